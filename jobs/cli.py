@@ -1,0 +1,146 @@
+"""`facesweep` command line: parses flags into one JobConfig and runs it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from jobs.progress import progress_for
+from workers.detector import DetectorSettings
+from workers.driver import JobConfig, JobProgress, run_job
+from workers.formats import FORMATS, UnknownFormatError
+from workers.inputs import InputError
+from workers.models import BUILTIN_MODELS, DEFAULT_MODEL, ModelError
+from workers.storage import StorageError
+
+USER_ERRORS = (ModelError, UnknownFormatError, InputError, StorageError)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+def _size(text: str) -> tuple[int, int]:
+    width, _, height = text.lower().partition("x")
+    try:
+        size = (int(width), int(height or width))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
+    if min(size) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive WIDTHxHEIGHT, got {text!r}")
+    return size
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facesweep", description="Batch face detection at cluster scale.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="detect faces in every image of INPUT, write Parquet to OUTPUT")
+    run.add_argument(
+        "input",
+        metavar="INPUT",
+        help="s3://bucket/prefix, a local directory, or a manifest "
+        "(.txt/.lst: one URI per line; .parquet: a `uri` column)",
+    )
+    run.add_argument("output", metavar="OUTPUT", help="s3://bucket/prefix or a local directory")
+    run.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"built-in ({', '.join(BUILTIN_MODELS)}), or a path / s3:// URI to an OpenVINO .xml "
+        f"(with .bin) or .onnx (default: {DEFAULT_MODEL})",
+    )
+    run.add_argument("--score-threshold", type=_fraction, default=0.5, help="keep faces scoring above (0.5)")
+    run.add_argument(
+        "--nms-threshold", type=_fraction, help="NMS IoU threshold (default: the format's reference)"
+    )
+    run.add_argument(
+        "--format", choices=sorted(FORMATS), help="output format (default: detected from outputs)"
+    )
+    run.add_argument("--resize", choices=["stretch", "letterbox"], help="resize rule (default: the format's)")
+    run.add_argument(
+        "--input-size", type=_size, metavar="WxH", help="network input size (default: the format's)"
+    )
+    run.add_argument(
+        "--precision", choices=["f32", "bf16", "f16"], help="inference precision (default: device's)"
+    )
+    run.add_argument("--actors", type=_positive_int, help="actors (default: cluster CPUs / cpus-per-actor)")
+    run.add_argument(
+        "--cpus-per-actor", type=_positive_float, default=2.0, help="CPUs (threads) per actor (2)"
+    )
+    run.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU, AUTO (CPU)")
+    run.add_argument(
+        "--shard-size", type=_positive_int, default=64, help="images per shard / Parquet file (64)"
+    )
+    run.add_argument("--include", metavar="GLOB", help="take keys matching GLOB (default: image extensions)")
+    run.add_argument("--ray-address", help="an existing Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> JobConfig:
+    return JobConfig(
+        input=args.input,
+        output=args.output,
+        detector=DetectorSettings(
+            model=args.model,
+            device=args.device,
+            score_threshold=args.score_threshold,
+            nms_threshold=args.nms_threshold,
+            format=args.format,
+            resize=args.resize,
+            input_size=args.input_size,
+            precision=args.precision,
+        ),
+        actors=args.actors,
+        cpus_per_actor=args.cpus_per_actor,
+        shard_size=args.shard_size,
+        include=args.include,
+        ray_address=args.ray_address,
+    )
+
+
+def summary(progress: JobProgress, output: str) -> str:
+    lines = [
+        f"images: {progress.images}   faces: {progress.faces}   errors: {progress.errors}",
+        f"time: {progress.seconds:.1f} s   throughput: {progress.images_per_second:.1f} images/s",
+        f"output: {output}",
+    ]
+    if progress.failed_shards:
+        lines.append(f"failed shards ({len(progress.failed_shards)}), re-run to retry them:")
+        lines += [f"  {failure}" for failure in progress.failed_shards]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = config_from_args(args)
+    progress_view = progress_for(sys.stderr)
+    try:
+        result = run_job(config, progress_view)
+    except USER_ERRORS as error:
+        progress_view.close()
+        print(f"facesweep: error: {error}", file=sys.stderr)
+        return 1
+    progress_view.close()
+    print(summary(result, config.output))
+    return 1 if result.failed_shards else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Progress for `facesweep run`: a live bar on a terminal, one log line per shard otherwise."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from tqdm import tqdm
+
+from workers.driver import JobProgress
+
+
+class TerminalProgress:
+    """A tqdm bar: images done of total (known once the listing is complete), images/s, faces, errors."""
+
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
+        self._bar = tqdm(total=None, unit="img", file=stream, dynamic_ncols=True)
+
+    def __call__(self, progress: JobProgress) -> None:
+        if progress.listing_done and self._bar.total is None:
+            self._bar.total = progress.listed
+        self._bar.update(progress.images - self._bar.n)
+        self._bar.set_postfix(faces=progress.faces, errors=progress.errors, refresh=True)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+class LogProgress:
+    """A plain line per shard, for logs and CI."""
+
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
+        self._stream = stream
+
+    def __call__(self, progress: JobProgress) -> None:
+        total = str(progress.listed) if progress.listing_done else f"{progress.listed}+"
+        print(
+            f"shard {progress.shards}: {progress.images}/{total} images, {progress.faces} faces, "
+            f"{progress.errors} errors, {progress.images_per_second:.1f} img/s",
+            file=self._stream,
+            flush=True,
+        )
+
+    def close(self) -> None:
+        pass
+
+
+def progress_for(stream: TextIO = sys.stderr) -> TerminalProgress | LogProgress:
+    return TerminalProgress(stream) if stream.isatty() else LogProgress(stream)

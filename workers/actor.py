@@ -1,0 +1,124 @@
+"""The Ray actor's body: for each shard, fetch -> decode -> infer -> decode faces -> one Parquet file.
+
+Wiring only: storage fetches, `images` decodes, `Detector` runs the model and decodes its outputs,
+`sink` writes. Fetching and image decoding run in a bounded thread pool (boto3 and OpenCV release the
+GIL) while the model works on earlier images, so the model never waits for the network.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+import cv2
+
+from workers.detector import Detector, DetectorSettings, Prepared, Timings
+from workers.images import ImageError, decode_image
+from workers.shards import Shard
+from workers.sink import ImageResult, results_table, write_parquet
+from workers.storage import StorageError, join, storage_for
+
+
+@dataclass(frozen=True)
+class ShardReport:
+    """What one shard produced; the driver sums these."""
+
+    index: int
+    images: int
+    faces: int
+    errors: int
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Fetched:
+    position: int
+    width: int | None = None
+    height: int | None = None
+    prepared: Prepared | None = None
+    error: str | None = None
+
+
+class ShardWorker:
+    """Holds one compiled detector; processes shards into OUTPUT. Ray wraps it as an actor."""
+
+    def __init__(self, settings: DetectorSettings, output: str, fetchers: int = 16) -> None:
+        cv2.setNumThreads(1)  # the model owns the actor's cores; many images decode in parallel instead
+        self.detector = Detector(settings)
+        self.output = output
+        self.fetchers = fetchers
+        self.in_flight = max(2 * fetchers, 8)
+
+    def process(self, shard: Shard) -> ShardReport:
+        timings = Timings()
+        fetched: dict[int, _Fetched] = {}
+
+        def ready() -> Iterator[tuple[int, Prepared]]:
+            for item in self._fetch_all(shard.uris, timings):
+                fetched[item.position] = item
+                if item.prepared is not None:
+                    yield item.position, item.prepared
+
+        faces = self.detector.detect(ready(), timings)
+        results = [self._result(uri, fetched[i], faces.get(i)) for i, uri in enumerate(shard.uris)]
+        started = time.perf_counter()
+        table = results_table(results, self.detector.settings.model)
+        write_parquet(table, storage_for(self.output), join(self.output, shard.file_name))
+        timings.add("write", time.perf_counter() - started)
+        return ShardReport(
+            index=shard.index,
+            images=len(results),
+            faces=sum(len(r.faces) for r in results if r.faces is not None),
+            errors=sum(r.error is not None for r in results),
+            stage_seconds=timings.seconds,
+        )
+
+    @staticmethod
+    def _result(uri: str, item: _Fetched, faces: object) -> ImageResult:
+        if item.error is not None:
+            return ImageResult(uri, item.width, item.height, error=item.error)
+        if isinstance(faces, str):  # the decoder failed on this image
+            return ImageResult(uri, item.width, item.height, error=faces)
+        return ImageResult(uri, item.width, item.height, faces=faces)
+
+    def _fetch_all(self, uris: tuple[str, ...], timings: Timings) -> Iterator[_Fetched]:
+        """Fetched and prepared images in completion order, at most `in_flight` held at once."""
+        with ThreadPoolExecutor(self.fetchers, thread_name_prefix="fetch") as pool:
+            pending: set[Future[_Fetched]] = set()
+            queue = iter(enumerate(uris))
+            for position, uri in queue:
+                pending.add(pool.submit(self._fetch_one, position, uri, timings))
+                if len(pending) >= self.in_flight:
+                    break
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+                    next_item = next(queue, None)
+                    if next_item is not None:
+                        pending.add(pool.submit(self._fetch_one, *next_item, timings))
+
+    def _fetch_one(self, position: int, uri: str, timings: Timings) -> _Fetched:
+        clock = time.perf_counter()
+        try:
+            data = storage_for(uri).get(uri)
+        except StorageError as error:
+            return _Fetched(position, error=f"fetch failed: {error}")
+        clock = _lap(timings, "fetch", clock)
+        try:
+            image = decode_image(data)
+        except ImageError as error:
+            return _Fetched(position, error=str(error))
+        clock = _lap(timings, "decode", clock)
+        height, width = image.shape[:2]
+        prepared = self.detector.prepare(image)
+        _lap(timings, "preprocess", clock)
+        return _Fetched(position, width, height, prepared)
+
+
+def _lap(timings: Timings, stage: str, since: float) -> float:
+    now = time.perf_counter()
+    timings.add(stage, now - since)
+    return now

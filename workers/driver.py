@@ -1,0 +1,201 @@
+"""The job driver: validate early, plan shards from a lazy listing, keep a pool of Ray actors busy.
+
+Every mistake a user can make (bad model, missing bucket, empty prefix, unwritable OUTPUT) is found
+before any actor starts. Shards are handed out as actors free up, with at most two queued per actor,
+so neither the listing nor the plan is ever held whole in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from itertools import chain
+
+import ray
+
+from workers.actor import ShardReport, ShardWorker
+from workers.detector import DetectorSettings, inspect_model
+from workers.inputs import InputError, list_inputs
+from workers.shards import Shard, plan_shards
+from workers.storage import join, storage_for
+
+JOB_FILE = "_job.json"
+QUEUED_PER_ACTOR = 2
+LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """One job: what to read, where to write, which detector, and how many actors."""
+
+    input: str
+    output: str
+    detector: DetectorSettings
+    actors: int | None = None  # None: as many as the cluster's CPUs allow
+    cpus_per_actor: float = 2.0
+    shard_size: int = 64
+    include: str | None = None
+    ray_address: str | None = None  # None: a local Ray instance (or the one RAY_ADDRESS names)
+
+
+@dataclass
+class JobProgress:
+    """Running totals, passed to the progress callback after every shard."""
+
+    images: int = 0
+    faces: int = 0
+    errors: int = 0
+    shards: int = 0
+    failed_shards: list[str] = field(default_factory=list)
+    listed: int = 0
+    listing_done: bool = False
+    started: float = field(default_factory=time.monotonic)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    def add(self, report: ShardReport) -> None:
+        self.images += report.images
+        self.faces += report.faces
+        self.errors += report.errors
+        self.shards += 1
+        for stage, seconds in report.stage_seconds.items():
+            self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
+
+
+def run_job(config: JobConfig, on_progress: Callable[[JobProgress], None] = lambda _: None) -> JobProgress:
+    """Runs the job to the end and returns its totals; raises a one-line error for bad input."""
+    inspect_model(config.detector)
+    uris = _non_empty(list_inputs(config.input, config.include), config)
+    progress = JobProgress()
+    started_at = _now()
+    _write_job_file(config, progress, started_at, finished_at=None)
+    started_ray = _ensure_ray(config.ray_address)
+    try:
+        actors = _start_actors(config)
+        _dispatch(actors, _count_listed(uris, progress), config.shard_size, progress, on_progress)
+    finally:
+        if started_ray:
+            ray.shutdown()
+    _write_job_file(config, progress, started_at, finished_at=_now())
+    return progress
+
+
+def _non_empty(uris: Iterator[str], config: JobConfig) -> Iterator[str]:
+    first = next(uris, None)
+    if first is None:
+        rule = f"--include {config.include!r}" if config.include else "image extensions"
+        raise InputError(f"no images found in {config.input} (matched by {rule}): check INPUT or --include")
+    return chain([first], uris)
+
+
+def _count_listed(uris: Iterator[str], progress: JobProgress) -> Iterator[str]:
+    for uri in uris:
+        progress.listed += 1
+        yield uri
+    progress.listing_done = True
+
+
+def _ensure_ray(address: str | None) -> bool:
+    """Connects to `address` (or RAY_ADDRESS), else starts a local, loopback-only instance.
+
+    Returns whether this call started Ray (and so must stop it).
+    """
+    if ray.is_initialized():
+        return False
+    env = {"RAY_USAGE_STATS_ENABLED": "0"}
+    os.environ.update({k: os.environ.get(k, v) for k, v in env.items()})
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env}, logging_level="WARNING", log_to_driver=False)
+    else:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        ray.init(
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+            runtime_env={"env_vars": env},
+            logging_level="WARNING",
+            log_to_driver=False,
+        )
+    return True
+
+
+def _start_actors(config: JobConfig) -> list[ray.actor.ActorHandle]:
+    cpus = config.cpus_per_actor
+    count = config.actors or max(1, int(ray.cluster_resources().get("CPU", 1) // cpus))
+    settings = DetectorSettings(**{**asdict(config.detector), "threads": max(1, round(cpus))})
+    actor_class = ray.remote(ShardWorker).options(num_cpus=cpus, max_restarts=3, max_task_retries=3)
+    actors = [actor_class.remote(settings, config.output) for _ in range(count)]
+    return actors
+
+
+def _dispatch(
+    actors: list[ray.actor.ActorHandle],
+    uris: Iterator[str],
+    shard_size: int,
+    progress: JobProgress,
+    on_progress: Callable[[JobProgress], None],
+) -> None:
+    """Keeps every actor fed with up to QUEUED_PER_ACTOR shards until the plan runs out."""
+    shards = plan_shards(uris, shard_size)
+    running: dict[ray.ObjectRef, tuple[ray.actor.ActorHandle, Shard]] = {}
+
+    def submit(actor: ray.actor.ActorHandle) -> bool:
+        shard = next(shards, None)
+        if shard is None:
+            return False
+        running[actor.process.remote(shard)] = (actor, shard)
+        return True
+
+    for actor in actors:
+        for _ in range(QUEUED_PER_ACTOR):
+            submit(actor)
+    while running:
+        [done], _ = ray.wait(list(running), num_returns=1)
+        actor, shard = running.pop(done)
+        try:
+            progress.add(ray.get(done))
+        except ray.exceptions.RayError as error:
+            progress.failed_shards.append(f"{shard.file_name}: {_first_line(error)}")
+        submit(actor)
+        on_progress(progress)
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[-1][:300] if lines else type(error).__name__
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _write_job_file(
+    config: JobConfig, progress: JobProgress, started_at: str, finished_at: str | None
+) -> None:
+    """OUTPUT/_job.json: the config and totals (no credentials are ever part of a JobConfig)."""
+    report = {
+        "config": asdict(config),
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "images": progress.images,
+        "faces": progress.faces,
+        "errors": progress.errors,
+        "shards": progress.shards,
+        "failed_shards": progress.failed_shards,
+        "seconds": round(progress.seconds, 3),
+        "images_per_second": round(progress.images_per_second, 3),
+        "stage_seconds": {k: round(v, 3) for k, v in progress.stage_seconds.items()},
+    }
+    storage_for(config.output).put(join(config.output, JOB_FILE), json.dumps(report, indent=2).encode())

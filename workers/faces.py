@@ -1,0 +1,51 @@
+"""Faces as NumPy arrays, and the geometry that maps network-input pixels back to the original image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Faces:
+    """Detections of one image: boxes [N,4] (x1,y1,x2,y2), scores [N], landmarks [N,5,2] or None."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    landmarks: np.ndarray | None
+
+    @staticmethod
+    def empty(with_landmarks: bool) -> Faces:
+        return Faces(
+            np.zeros((0, 4), np.float32),
+            np.zeros(0, np.float32),
+            np.zeros((0, 5, 2), np.float32) if with_landmarks else None,
+        )
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def take(self, index: np.ndarray) -> Faces:
+        """The faces at `index` (an integer array or a boolean mask), in that order."""
+        landmarks = None if self.landmarks is None else self.landmarks[index]
+        return Faces(self.boxes[index], self.scores[index], landmarks)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How an image of `width` x `height` was scaled into the network input (image at the top-left)."""
+
+    width: int
+    height: int
+    scale_x: float
+    scale_y: float
+
+    def to_original(self, faces: Faces) -> Faces:
+        """Maps boxes and landmarks from network-input pixels to the original image, boxes clipped to it."""
+        scale = np.array([self.scale_x, self.scale_y], np.float32)
+        boxes = (faces.boxes.reshape(-1, 2, 2) / scale).reshape(-1, 4)
+        np.clip(boxes[:, 0::2], 0, self.width, out=boxes[:, 0::2])
+        np.clip(boxes[:, 1::2], 0, self.height, out=boxes[:, 1::2])
+        landmarks = None if faces.landmarks is None else (faces.landmarks / scale).astype(np.float32)
+        return Faces(boxes.astype(np.float32), faces.scores.astype(np.float32), landmarks)

@@ -1,0 +1,101 @@
+"""OpenVINO: read a model, bake preprocessing into it, compile it once, and run many requests in flight.
+
+Knows nothing about faces: it turns uint8 NHWC images into the model's raw outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import openvino as ov
+from openvino.preprocess import ColorFormat, PrePostProcessor
+
+from workers.formats.base import OutputInfo, Preprocess
+from workers.models import ModelError
+
+_core: ov.Core | None = None
+
+
+def core() -> ov.Core:
+    """The process's one OpenVINO Core."""
+    global _core
+    if _core is None:
+        _core = ov.Core()
+    return _core
+
+
+def read_model(path: str, display_name: str) -> ov.Model:
+    """The model at `path`; a one-line ModelError when OpenVINO cannot read it or it has several inputs."""
+    try:
+        model = core().read_model(path)
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[0][:200]
+        raise ModelError(f"cannot read model {display_name}: {reason}") from None
+    if len(model.inputs) != 1:
+        raise ModelError(
+            f"model {display_name} has {len(model.inputs)} inputs; a face detector takes one image"
+        )
+    return model
+
+
+def output_infos(model: ov.Model) -> list[OutputInfo]:
+    """Names and partial shapes of the model's outputs (dynamic dimensions as None)."""
+    return [
+        OutputInfo(
+            frozenset(out.get_names()),
+            tuple(d.get_length() if d.is_static else None for d in out.get_partial_shape()),
+        )
+        for out in model.outputs
+    ]
+
+
+def compile_model(
+    model: ov.Model, preprocess: Preprocess, device: str, threads: int, precision: str | None
+) -> ov.CompiledModel:
+    """Compiles `model` for batch-1 uint8 NHWC BGR input: colour order, mean and scale run in the graph."""
+    height, width = (-1, -1) if preprocess.input_size is None else preprocess.input_size[::-1]
+    model.reshape({model.input(): ov.PartialShape([1, 3, height, width])})
+    ppp = PrePostProcessor(model)
+    ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC")).set_color_format(
+        ColorFormat.BGR
+    )
+    ppp.input().model().set_layout(ov.Layout("NCHW"))
+    steps = ppp.input().preprocess()
+    if preprocess.color == "RGB":
+        steps.convert_color(ColorFormat.RGB)
+    steps.convert_element_type(ov.Type.f32)
+    if any(preprocess.mean):
+        steps.mean(list(preprocess.mean))
+    if any(s != 1 for s in preprocess.scale):
+        steps.scale(list(preprocess.scale))
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "THROUGHPUT"}
+    if device.upper().startswith("CPU"):
+        config |= {"INFERENCE_NUM_THREADS": threads, "ENABLE_CPU_PINNING": False}
+    if precision:
+        config["INFERENCE_PRECISION_HINT"] = precision
+    return core().compile_model(ppp.build(), device, config)
+
+
+def run_in_flight(
+    compiled: ov.CompiledModel,
+    inputs: Iterable[tuple[np.ndarray, Any]],
+    on_result: Callable[[list[np.ndarray], float, Any], None],
+) -> None:
+    """Runs every (tensor, userdata) with the device's optimal number of requests in flight.
+
+    `on_result(outputs, seconds, userdata)` is called from OpenVINO's threads with copies of the outputs
+    and the request's inference time; the
+    function returns once every result has been delivered. Consuming `inputs` lazily lets the caller
+    overlap fetching and decoding with inference (a full queue blocks the next submission).
+    """
+    queue = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    queue.set_callback(
+        lambda request, userdata: on_result(
+            [t.data.copy() for t in request.output_tensors], request.latency / 1000, userdata
+        )
+    )
+    for tensor, userdata in inputs:
+        queue.start_async({0: tensor}, userdata)
+    queue.wait_all()

@@ -1,0 +1,173 @@
+"""Object storage behind one small interface (list, get, put, exists): boto3 for s3://, else local files.
+
+S3 endpoint and credentials come the standard boto3 way (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, profiles...).
+Writes are atomic: an S3 PUT of the whole body, or a hidden temporary file renamed into place locally.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Protocol
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+S3_SCHEME = "s3://"
+
+
+class StorageError(OSError):
+    """A storage operation that failed; the message names the object and the reason in one line."""
+
+
+class Storage(Protocol):
+    def list(self, prefix: str) -> Iterator[str]:
+        """Full URIs of every object under `prefix` (a folder), in lexicographic order, lazily."""
+        ...
+
+    def get(self, uri: str) -> bytes: ...
+
+    def put(self, uri: str, data: bytes) -> None: ...
+
+    def exists(self, uri: str) -> bool: ...
+
+
+def is_s3_uri(uri: str) -> bool:
+    return uri.startswith(S3_SCHEME)
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """('bucket', 'key') of 's3://bucket/key'."""
+    bucket, _, key = uri[len(S3_SCHEME) :].partition("/")
+    if not bucket:
+        raise StorageError(f"{uri} names no bucket: write s3://BUCKET/PREFIX")
+    return bucket, key
+
+
+def join(base: str, name: str) -> str:
+    """`name` inside the folder `base` (a URI or a local path)."""
+    return f"{base.rstrip('/')}/{name}" if is_s3_uri(base) else str(Path(base) / name)
+
+
+def storage_for(uri: str) -> Storage:
+    """The backend for `uri`; one per process and scheme (boto3 clients are created lazily per process)."""
+    return _s3() if is_s3_uri(uri) else _local()
+
+
+@cache
+def _s3() -> S3Storage:
+    return S3Storage()
+
+
+@cache
+def _local() -> LocalStorage:
+    return LocalStorage()
+
+
+class S3Storage:
+    """boto3 with standard-mode retries and a connection pool sized for concurrent GETs."""
+
+    def __init__(self, max_connections: int = 32) -> None:
+        self._config = Config(
+            retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=max_connections
+        )
+        self._lock = threading.Lock()
+        self._client_obj = None
+
+    @property
+    def _client(self):
+        with self._lock:
+            if self._client_obj is None:
+                self._client_obj = boto3.session.Session().client("s3", config=self._config)
+            return self._client_obj
+
+    def list(self, prefix: str) -> Iterator[str]:
+        bucket, key = split_s3_uri(prefix)
+        folder = key if not key or key.endswith("/") else key + "/"
+        pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=folder)
+        try:
+            for page in pages:
+                for obj in page.get("Contents", ()):
+                    yield f"{S3_SCHEME}{bucket}/{obj['Key']}"
+        except (ClientError, BotoCoreError) as error:
+            raise StorageError(_describe(prefix, error)) from None
+
+    def get(self, uri: str) -> bytes:
+        bucket, key = split_s3_uri(uri)
+        try:
+            return self._client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except (ClientError, BotoCoreError) as error:
+            raise StorageError(_describe(uri, error)) from None
+
+    def put(self, uri: str, data: bytes) -> None:
+        bucket, key = split_s3_uri(uri)
+        try:
+            self._client.put_object(Bucket=bucket, Key=key, Body=data)
+        except (ClientError, BotoCoreError) as error:
+            raise StorageError(_describe(uri, error)) from None
+
+    def exists(self, uri: str) -> bool:
+        bucket, key = split_s3_uri(uri)
+        try:
+            self._client.head_object(Bucket=bucket, Key=key)
+            return True
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise StorageError(_describe(uri, error)) from None
+        except BotoCoreError as error:
+            raise StorageError(_describe(uri, error)) from None
+
+
+def _describe(uri: str, error: Exception) -> str:
+    if isinstance(error, ClientError):
+        code = error.response.get("Error", {}).get("Code", "")
+        if code == "NoSuchBucket":
+            return f"bucket {split_s3_uri(uri)[0]!r} does not exist ({uri}): create it or fix the URI"
+        if code in ("NoSuchKey", "404"):
+            return f"{uri} does not exist"
+        if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
+            return f"access denied to {uri} ({code}): check AWS credentials and permissions"
+        return f"{uri}: {code or 'error'}: {error.response.get('Error', {}).get('Message', '')}".rstrip(": ")
+    return f"{uri}: {str(error).splitlines()[0]}"
+
+
+class LocalStorage:
+    """The local filesystem; URIs are paths."""
+
+    def list(self, prefix: str) -> Iterator[str]:
+        root = Path(prefix)
+        if not root.is_dir():
+            raise StorageError(f"{prefix} is not a directory")
+        for folder, dirs, files in os.walk(root, onerror=_raise):
+            dirs.sort()
+            for name in sorted(files):
+                yield str(Path(folder, name).absolute())
+
+    def get(self, uri: str) -> bytes:
+        try:
+            return Path(uri).read_bytes()
+        except OSError as error:
+            raise StorageError(f"{uri}: {error.strerror or error}") from None
+
+    def put(self, uri: str, data: bytes) -> None:
+        path = Path(uri)
+        partial = path.with_name(f"_{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_bytes(data)
+            partial.replace(path)
+        except OSError as error:
+            partial.unlink(missing_ok=True)
+            raise StorageError(f"cannot write {uri}: {error.strerror or error}") from None
+
+    def exists(self, uri: str) -> bool:
+        return Path(uri).exists()
+
+
+def _raise(error: OSError) -> None:
+    raise StorageError(f"cannot list {error.filename}: {error.strerror}") from None
