@@ -79,12 +79,16 @@ def run_job(config: JobConfig, on_progress: Callable[[JobProgress], None] = lamb
     uris = _non_empty(list_inputs(config.input, config.include), config)
     progress = JobProgress()
     started_at = _now()
+    storage_for(config.output).make_folder(config.output)
     _write_job_file(config, progress, started_at, finished_at=None)
     started_ray = _ensure_ray(config.ray_address)
+    actors = []
     try:
         actors = _start_actors(config)
         _dispatch(actors, _count_listed(uris, progress), config.shard_size, progress, on_progress)
     finally:
+        for actor in actors:
+            ray.kill(actor)
         if started_ray:
             ray.shutdown()
     _write_job_file(config, progress, started_at, finished_at=_now())
@@ -136,8 +140,7 @@ def _start_actors(config: JobConfig) -> list[ray.actor.ActorHandle]:
     count = config.actors or max(1, int(ray.cluster_resources().get("CPU", 1) // cpus))
     settings = DetectorSettings(**{**asdict(config.detector), "threads": max(1, round(cpus))})
     actor_class = ray.remote(ShardWorker).options(num_cpus=cpus, max_restarts=3, max_task_retries=3)
-    actors = [actor_class.remote(settings, config.output) for _ in range(count)]
-    return actors
+    return [actor_class.remote(settings, config.output) for _ in range(count)]
 
 
 def _dispatch(

@@ -6,6 +6,7 @@ Writes are atomic: an S3 PUT of the whole body, or a hidden temporary file renam
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterator
@@ -34,6 +35,10 @@ class Storage(Protocol):
     def put(self, uri: str, data: bytes) -> None: ...
 
     def exists(self, uri: str) -> bool: ...
+
+    def make_folder(self, uri: str) -> None:
+        """Makes sure objects can be written below `uri` (S3: its bucket exists; local: the folder)."""
+        ...
 
 
 def is_s3_uri(uri: str) -> bool:
@@ -122,18 +127,35 @@ class S3Storage:
         except BotoCoreError as error:
             raise StorageError(_describe(uri, error)) from None
 
+    def make_folder(self, uri: str) -> None:
+        bucket, _ = split_s3_uri(uri)
+        try:  # some servers create a bucket on the first PUT; AWS does not, so check explicitly
+            self._client.head_bucket(Bucket=bucket)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket", "NotFound"):
+                raise StorageError(
+                    f"bucket {bucket!r} does not exist ({uri}): create it or fix the URI"
+                ) from None
+            raise StorageError(_describe(uri, error)) from None
+        except BotoCoreError as error:
+            raise StorageError(_describe(uri, error)) from None
+
 
 def _describe(uri: str, error: Exception) -> str:
     if isinstance(error, ClientError):
         code = error.response.get("Error", {}).get("Code", "")
         if code == "NoSuchBucket":
-            return f"bucket {split_s3_uri(uri)[0]!r} does not exist ({uri}): create it or fix the URI"
+            return _missing_bucket(uri)
         if code in ("NoSuchKey", "404"):
             return f"{uri} does not exist"
         if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
             return f"access denied to {uri} ({code}): check AWS credentials and permissions"
         return f"{uri}: {code or 'error'}: {error.response.get('Error', {}).get('Message', '')}".rstrip(": ")
     return f"{uri}: {str(error).splitlines()[0]}"
+
+
+def _missing_bucket(uri: str) -> str:
+    return f"bucket {split_s3_uri(uri)[0]!r} does not exist ({uri}): create it or fix the URI"
 
 
 class LocalStorage:
@@ -162,11 +184,18 @@ class LocalStorage:
             partial.write_bytes(data)
             partial.replace(path)
         except OSError as error:
-            partial.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
             raise StorageError(f"cannot write {uri}: {error.strerror or error}") from None
 
     def exists(self, uri: str) -> bool:
         return Path(uri).exists()
+
+    def make_folder(self, uri: str) -> None:
+        try:
+            Path(uri).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StorageError(f"cannot write {uri}: {error.strerror or error}") from None
 
 
 def _raise(error: OSError) -> None:

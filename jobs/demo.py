@@ -1,0 +1,87 @@
+"""`make demo`: a local SeaweedFS, sample photos uploaded to a bucket, a real job on a local Ray, a summary.
+
+Sample photos: the scikit-image sample images (`make setup` installs them; astronaut.png and camera.png
+show a face, the others none) and, when `../shared/data` is beside the checkout, the WIDER FACE
+val-subset-145 photos. The Parquet output is also copied to ./demo-output so it outlives the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from jobs.cli import summary
+from jobs.local_s3 import start_local_s3
+from jobs.progress import progress_for
+from workers.detector import DetectorSettings
+from workers.driver import JobConfig, run_job
+from workers.models import DEFAULT_MODEL
+
+SKIMAGE_PHOTOS = (
+    "astronaut.png",
+    "camera.png",
+    "coffee.png",
+    "chelsea.png",
+    "rocket.jpg",
+    "hubble_deep_field.jpg",
+)
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+WIDER_SUBSET = SHARED / "data" / "widerface" / "val-subset-145" / "images"
+BUCKET = "facesweep-demo"
+
+
+def sample_photos() -> list[tuple[str, Path]]:
+    """(key below the bucket's photos/ prefix, local file) of every sample photo available here."""
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("facesweep demo: scikit-image sample photos are missing: run `make setup`")
+    data = Path(next(iter(spec.submodule_search_locations))) / "data"
+    photos = [(f"skimage/{name}", data / name) for name in SKIMAGE_PHOTOS]
+    if WIDER_SUBSET.is_dir():
+        photos += [(f"wider/{p.relative_to(WIDER_SUBSET)}", p) for p in sorted(WIDER_SUBSET.rglob("*.jpg"))]
+    return photos
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="facesweep-demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--copy-to", type=Path, default=Path("demo-output"), help="local copy of the output")
+    args = parser.parse_args(argv)
+    photos = sample_photos()
+    with tempfile.TemporaryDirectory(prefix="facesweep-demo-") as tmp, start_local_s3(Path(tmp)) as server:
+        os.environ.update(server.env())
+        client = server.client()
+        client.create_bucket(Bucket=BUCKET)
+        for key, path in photos:
+            client.upload_file(str(path), BUCKET, f"photos/{key}")
+        print(f"SeaweedFS at {server.endpoint_url}: uploaded {len(photos)} photos to s3://{BUCKET}/photos/")
+        config = JobConfig(
+            input=f"s3://{BUCKET}/photos/",
+            output=f"s3://{BUCKET}/detections/",
+            detector=DetectorSettings(model=DEFAULT_MODEL),
+            cpus_per_actor=float(os.cpu_count() or 1),
+        )
+        view = progress_for(sys.stderr)
+        result = run_job(config, view)
+        view.close()
+        print(summary(result, config.output))
+        _copy_output(client, args.copy_to)
+        print(f"local copy: {args.copy_to}/ (query it with DuckDB, pandas or pyarrow.dataset)")
+    return 1 if result.failed_shards else 0
+
+
+def _copy_output(client: object, target: Path) -> None:
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="detections/")
+    for page in pages:
+        for obj in page.get("Contents", ()):
+            client.download_file(BUCKET, obj["Key"], str(target / obj["Key"].removeprefix("detections/")))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Bad input gets one clear line on stderr and a non-zero exit, before any work starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jobs.demo import sample_photos
+from jobs.local_s3 import LocalS3
+
+
+def facesweep(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "run", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 1, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("facesweep: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("one-photo")
+    (folder / "astronaut.png").write_bytes(dict(sample_photos())["skimage/astronaut.png"].read_bytes())
+    return folder
+
+
+def test_missing_bucket(s3_env: LocalS3, tmp_path: Path) -> None:
+    result = facesweep("s3://no-such-bucket/photos", str(tmp_path / "out"))
+    assert_one_line_error(result, "bucket 'no-such-bucket' does not exist")
+
+
+def test_empty_prefix(s3_env: LocalS3, tmp_path: Path) -> None:
+    s3_env.client().create_bucket(Bucket="cli-empty")
+    s3_env.client().put_object(Bucket="cli-empty", Key="elsewhere/a.jpg", Body=b"x")
+    result = facesweep("s3://cli-empty/photos", str(tmp_path / "out"))
+    assert_one_line_error(result, "no images found in s3://cli-empty/photos")
+
+
+def test_missing_model_file(photo: Path, tmp_path: Path) -> None:
+    result = facesweep(str(photo), str(tmp_path / "out"), "--model", str(tmp_path / "nope.xml"))
+    assert_one_line_error(result, "model not found", "nope.xml")
+
+
+def test_model_without_weights_beside_it(photo: Path, tmp_path: Path) -> None:
+    (tmp_path / "lonely.xml").write_text("<net/>")
+    result = facesweep(str(photo), str(tmp_path / "out"), "--model", str(tmp_path / "lonely.xml"))
+    assert_one_line_error(result, "lonely.xml", "lonely.bin")
+
+
+def test_output_under_a_file_is_not_writable(photo: Path, tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    result = facesweep(str(photo), str(tmp_path / "a-file" / "out"))
+    assert_one_line_error(result, "cannot write", "a-file")
+
+
+def test_output_bucket_missing(s3_env: LocalS3, photo: Path) -> None:
+    result = facesweep(str(photo), "s3://no-output-bucket/run")
+    assert_one_line_error(result, "bucket 'no-output-bucket' does not exist")
+
+
+def test_input_that_does_not_exist(tmp_path: Path) -> None:
+    result = facesweep(str(tmp_path / "missing"), str(tmp_path / "out"))
+    assert_one_line_error(result, "does not exist", "missing")

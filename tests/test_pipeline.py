@@ -1,0 +1,126 @@
+"""The whole path on real components: SeaweedFS, a local Ray, OpenVINO, real photos -> Parquet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.demo import sample_photos
+from jobs.local_s3 import LocalS3
+from workers.detector import DetectorSettings
+from workers.driver import JobConfig, run_job
+from workers.nms import pairwise_iou
+from workers.sink import SCHEMA
+
+# The face in scikit-image's astronaut.png, read off a pixel grid by eye: forehead below the fringe
+# to chin, cheek to cheek; and the five landmarks (eyes' pupils, nose tip, mouth corners).
+ASTRONAUT_FACE = np.array([[180, 62, 270, 180]], np.float32)
+ASTRONAUT_LANDMARKS = np.array([[201, 101], [245, 101], [222, 128], [201, 142], [245, 142]], np.float32)
+FACELESS = ("skimage/coffee.png", "skimage/rocket.jpg")
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample photos in a nested directory, plus a non-image file the listing must skip."""
+    root = tmp_path_factory.mktemp("photos")
+    for key, path in sample_photos()[:12]:
+        target = root / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    (root / "skimage" / "NOTES.txt").write_text("not an image")
+    return root
+
+
+def job(input_: str, output: str, **detector: object) -> JobConfig:
+    return JobConfig(
+        input=input_,
+        output=output,
+        detector=DetectorSettings(model="retinaface-mnet025", precision="f32", **detector),
+        actors=1,
+        cpus_per_actor=1,
+        shard_size=4,
+    )
+
+
+def read_rows(output: str, filesystem: pafs.FileSystem | None = None) -> dict[str, dict]:
+    table = ds.dataset(output, format="parquet", filesystem=filesystem).to_table()
+    assert table.schema.equals(SCHEMA), table.schema
+    rows = table.to_pylist()
+    uris = [row["uri"] for row in rows]
+    assert len(uris) == len(set(uris)), "an image appears twice"
+    return {uri: row for uri, row in zip(uris, rows, strict=True)}
+
+
+def check_contract(rows: dict[str, dict], expected_uris: set[str]) -> None:
+    assert set(rows) == expected_uris
+    for row in rows.values():
+        assert row["status"] == "ok" and row["error"] is None, row
+        assert row["model"] == "retinaface-mnet025"
+        scores = [face["score"] for face in row["faces"]]
+        assert scores == sorted(scores, reverse=True)
+        for face in row["faces"]:
+            assert 0 <= face["x1"] < face["x2"] <= row["width"] and 0 <= face["y1"] < face["y2"] <= row["height"]
+            assert len(face["landmarks"]) == 10
+    for name in FACELESS:
+        [row] = [row for uri, row in rows.items() if uri.endswith(name)]
+        assert row["faces"] == [], f"{name} should be present with an empty face list"
+    [astronaut] = [row for uri, row in rows.items() if uri.endswith("astronaut.png")]
+    assert (astronaut["width"], astronaut["height"]) == (512, 512)
+    face = astronaut["faces"][0]
+    box = np.array([[face["x1"], face["y1"], face["x2"], face["y2"]]], np.float32)
+    assert pairwise_iou(box, ASTRONAUT_FACE, plus_one=False)[0, 0] >= 0.8
+    landmarks = np.array(face["landmarks"], np.float32).reshape(5, 2)
+    assert np.abs(landmarks - ASTRONAUT_LANDMARKS).max() <= 8
+
+
+def test_local_directory_to_local_directory(ray_local: None, photo_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    result = run_job(job(str(photo_dir), str(output)))
+    images = {str(p) for p in photo_dir.rglob("*") if p.suffix in (".png", ".jpg")}
+    assert result.images == len(images) and result.errors == 0 and not result.failed_shards
+    rows = read_rows(str(output))
+    check_contract(rows, images)
+    assert result.faces == sum(len(row["faces"]) for row in rows.values())
+    assert sorted(p.name for p in output.iterdir()) == ["_job.json"] + [
+        f"part-{i:06d}.parquet" for i in range(-(-len(images) // 4))
+    ]
+
+
+def test_s3_prefix_to_s3_prefix(ray_local: None, local_s3: LocalS3, photo_dir: Path) -> None:
+    client = local_s3.client()
+    client.create_bucket(Bucket="pipeline-in")
+    client.create_bucket(Bucket="pipeline-out")
+    keys = []
+    for path in sorted(photo_dir.rglob("*")):
+        if path.is_file():
+            key = f"batch 1/{path.relative_to(photo_dir)}"
+            client.upload_file(str(path), "pipeline-in", key)
+            keys.append(key)
+    result = run_job(job("s3://pipeline-in/batch 1", "s3://pipeline-out/run"))
+    s3 = pafs.S3FileSystem(
+        endpoint_override=local_s3.endpoint_url,
+        access_key=local_s3.credentials.access_key,
+        secret_key=local_s3.credentials.secret_key,
+        region="us-east-1",
+    )
+    rows = read_rows("pipeline-out/run", s3)
+    check_contract(rows, {f"s3://pipeline-in/{k}" for k in keys if not k.endswith(".txt")})
+    assert result.images == len(rows)
+
+
+def test_manifests_list_exactly_their_images(ray_local: None, photo_dir: Path, tmp_path: Path) -> None:
+    photos = sorted(str(p) for p in photo_dir.rglob("*.png"))[:3]
+    text = tmp_path / "images.txt"
+    text.write_text("# three photos\n" + "\n".join(photos) + "\n\n")
+    table = tmp_path / "images.parquet"
+    pq.write_table(pa.table({"uri": photos[::-1], "note": ["x"] * 3}), table)
+    for manifest in (text, table):
+        output = tmp_path / f"out-{manifest.suffix[1:]}"
+        run_job(job(str(manifest), str(output)))
+        assert set(read_rows(str(output))) == set(photos)
