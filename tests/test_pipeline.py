@@ -65,7 +65,9 @@ def check_contract(rows: dict[str, dict], expected_uris: set[str]) -> None:
         scores = [face["score"] for face in row["faces"]]
         assert scores == sorted(scores, reverse=True)
         for face in row["faces"]:
-            assert 0 <= face["x1"] < face["x2"] <= row["width"] and 0 <= face["y1"] < face["y2"] <= row["height"]
+            assert (
+                0 <= face["x1"] < face["x2"] <= row["width"] and 0 <= face["y1"] < face["y2"] <= row["height"]
+            )
             assert len(face["landmarks"]) == 10
     for name in FACELESS:
         [row] = [row for uri, row in rows.items() if uri.endswith(name)]

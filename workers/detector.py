@@ -83,6 +83,11 @@ class Detector:
         tensor, geometry = to_network_input(image, self.preprocess)
         return Prepared(tensor, geometry)
 
+    def infer(self, prepared: Prepared) -> list[np.ndarray]:
+        """The model's raw outputs for one image, synchronously (for tests and one-off use)."""
+        result = self._compiled(prepared.tensor)
+        return [result[output] for output in self._compiled.outputs]
+
     def decode(self, outputs: list[np.ndarray], prepared: Prepared) -> Faces:
         """Faces of one image from the model's raw outputs, in original-image pixels, best first."""
         net_size = (prepared.tensor.shape[2], prepared.tensor.shape[1])
