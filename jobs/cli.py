@@ -8,13 +8,13 @@ from collections.abc import Sequence
 
 from jobs.progress import progress_for
 from workers.detector import DetectorSettings
-from workers.driver import JobConfig, JobProgress, run_job
+from workers.driver import JobConfig, JobError, JobProgress, run_job
 from workers.formats import FORMATS, UnknownFormatError
 from workers.inputs import InputError
 from workers.models import BUILTIN_MODELS, DEFAULT_MODEL, ModelError
 from workers.storage import StorageError
 
-USER_ERRORS = (ModelError, UnknownFormatError, InputError, StorageError)
+USER_ERRORS = (ModelError, UnknownFormatError, InputError, StorageError, JobError)
 
 
 def _positive_int(text: str) -> int:
@@ -118,7 +118,9 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
 def summary(progress: JobProgress, output: str) -> str:
     lines = [
         f"images: {progress.images}   faces: {progress.faces}   errors: {progress.errors}",
-        f"time: {progress.seconds:.1f} s   throughput: {progress.images_per_second:.1f} images/s",
+        f"time: {progress.seconds:.1f} s, of which start-up {progress.startup_seconds:.1f} s (Ray, models)",
+        f"throughput: {progress.processing_images_per_second:.1f} images/s after start-up, "
+        f"{progress.images_per_second:.1f} images/s overall",
         f"output: {output}",
     ]
     if progress.failed_shards:

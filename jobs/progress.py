@@ -14,16 +14,20 @@ class TerminalProgress:
     """A tqdm bar: images done of total (known once the listing is complete), images/s, faces, errors."""
 
     def __init__(self, stream: TextIO = sys.stderr) -> None:
-        self._bar = tqdm(total=None, unit="img", file=stream, dynamic_ncols=True)
+        self._stream = stream
+        self._bar: tqdm | None = None  # appears with the first finished shard, not before errors
 
     def __call__(self, progress: JobProgress) -> None:
+        if self._bar is None:
+            self._bar = tqdm(total=None, unit="img", file=self._stream, dynamic_ncols=True)
         if progress.listing_done and self._bar.total is None:
             self._bar.total = progress.listed
         self._bar.update(progress.images - self._bar.n)
         self._bar.set_postfix(faces=progress.faces, errors=progress.errors, refresh=True)
 
     def close(self) -> None:
-        self._bar.close()
+        if self._bar is not None:
+            self._bar.close()
 
 
 class LogProgress:
@@ -36,7 +40,7 @@ class LogProgress:
         total = str(progress.listed) if progress.listing_done else f"{progress.listed}+"
         print(
             f"shard {progress.shards}: {progress.images}/{total} images, {progress.faces} faces, "
-            f"{progress.errors} errors, {progress.images_per_second:.1f} img/s",
+            f"{progress.errors} errors, {progress.processing_images_per_second:.1f} img/s",
             file=self._stream,
             flush=True,
         )

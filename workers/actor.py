@@ -51,6 +51,10 @@ class ShardWorker:
         self.fetchers = fetchers
         self.in_flight = max(2 * fetchers, 8)
 
+    def ready(self) -> str:
+        """Answers once the model is compiled (the constructor has run); the format's name."""
+        return self.detector.format.name
+
     def process(self, shard: Shard) -> ShardReport:
         timings = Timings()
         fetched: dict[int, _Fetched] = {}

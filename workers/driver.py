@@ -8,6 +8,7 @@ so neither the listing nor the plan is ever held whole in memory.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +27,10 @@ from workers.storage import join, storage_for
 JOB_FILE = "_job.json"
 QUEUED_PER_ACTOR = 2
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024
+
+
+class JobError(RuntimeError):
+    """A job that could not run; the message says why in one line."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,7 @@ class JobProgress:
     listed: int = 0
     listing_done: bool = False
     started: float = field(default_factory=time.monotonic)
+    startup_seconds: float = 0.0  # until every actor had compiled its model
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -62,7 +68,14 @@ class JobProgress:
 
     @property
     def images_per_second(self) -> float:
+        """Over the whole job, start-up included."""
         return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def processing_images_per_second(self) -> float:
+        """Once the actors were ready: the pipeline's own rate."""
+        busy = self.seconds - self.startup_seconds
+        return self.images / busy if busy > 0 else 0.0
 
     def add(self, report: ShardReport) -> None:
         self.images += report.images
@@ -85,6 +98,7 @@ def run_job(config: JobConfig, on_progress: Callable[[JobProgress], None] = lamb
     actors = []
     try:
         actors = _start_actors(config)
+        progress.startup_seconds = progress.seconds
         _dispatch(actors, _count_listed(uris, progress), config.shard_size, progress, on_progress)
     finally:
         for actor in actors:
@@ -124,6 +138,8 @@ def _ensure_ray(address: str | None) -> bool:
         ray.init(address=address, runtime_env={"env_vars": env}, logging_level="WARNING", log_to_driver=False)
     else:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # Ray turns token authentication on for a new local instance (good) and warns that it did (noise).
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(
             _node_ip_address="127.0.0.1",
             include_dashboard=False,
@@ -140,7 +156,16 @@ def _start_actors(config: JobConfig) -> list[ray.actor.ActorHandle]:
     count = config.actors or max(1, int(ray.cluster_resources().get("CPU", 1) // cpus))
     settings = DetectorSettings(**{**asdict(config.detector), "threads": max(1, round(cpus))})
     actor_class = ray.remote(ShardWorker).options(num_cpus=cpus, max_restarts=3, max_task_retries=3)
-    return [actor_class.remote(settings, config.output) for _ in range(count)]
+    actors = [actor_class.remote(settings, config.output) for _ in range(count)]
+    try:
+        ray.get([actor.ready.remote() for actor in actors])
+    except ray.exceptions.RayError as error:
+        for actor in actors:
+            ray.kill(actor)
+        raise JobError(
+            f"actors could not start the model on {config.detector.device}: {_first_line(error)}"
+        ) from None
+    return actors
 
 
 def _dispatch(
@@ -198,7 +223,9 @@ def _write_job_file(
         "shards": progress.shards,
         "failed_shards": progress.failed_shards,
         "seconds": round(progress.seconds, 3),
+        "startup_seconds": round(progress.startup_seconds, 3),
         "images_per_second": round(progress.images_per_second, 3),
+        "processing_images_per_second": round(progress.processing_images_per_second, 3),
         "stage_seconds": {k: round(v, 3) for k, v in progress.stage_seconds.items()},
     }
     storage_for(config.output).put(join(config.output, JOB_FILE), json.dumps(report, indent=2).encode())
