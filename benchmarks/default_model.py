@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from workers.evaluate import match_by_suffix, read_ground_truth, read_predictions, recall
 
@@ -53,10 +52,8 @@ DEFINITIONS = f"""\
 - detections: faces written to the output (score > {SCORE_THRESHOLD}).
 - job images/s: `images_per_second` from the job's `_job.json`: images / seconds from the job's start
   (before Ray starts) to its last shard, so it includes starting Ray, the actor and compiling the model.
-- steady images/s: with one actor, shards run one after another and each shard's Parquet file is written
-  when that shard ends; this is the images of every shard after the first divided by the time between the
-  first and the last shard file's modification time, so start-up and the first (warm-up) shard are left
-  out.
+- after start-up images/s: `processing_images_per_second` from `_job.json`: images / seconds from the
+  moment every actor had compiled its model to the last shard.
 - wall s: the whole `facesweep run` command, process start to exit."""
 
 
@@ -67,14 +64,6 @@ class Run:
     model: str
     wall_seconds: float
     job: dict
-    shard_rows: list[int]  # images per shard file, in the order the shards finished
-    shard_times: list[float]  # modification time of each shard file, seconds
-
-    @property
-    def steady_images_per_second(self) -> float | None:
-        if len(self.shard_rows) < 2 or self.shard_times[-1] <= self.shard_times[0]:
-            return None
-        return sum(self.shard_rows[1:]) / (self.shard_times[-1] - self.shard_times[0])
 
 
 def facesweep_command() -> str:
@@ -104,14 +93,7 @@ def run_model(variant: tuple[str, ...], images: Path, output: Path) -> Run:
     wall = time.perf_counter() - started
     if done.returncode != 0:
         sys.exit(f"benchmark: {' '.join(command)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    shards = sorted(output.glob("part-*.parquet"), key=lambda path: path.stat().st_mtime_ns)
-    return Run(
-        model=" ".join(variant),
-        wall_seconds=wall,
-        job=json.loads((output / "_job.json").read_text()),
-        shard_rows=[pq.read_metadata(path).num_rows for path in shards],
-        shard_times=[path.stat().st_mtime_ns / 1e9 for path in shards],
-    )
+    return Run(model=" ".join(variant), wall_seconds=wall, job=json.loads((output / "_job.json").read_text()))
 
 
 def accuracy(output: Path, truth: dict[str, np.ndarray]) -> tuple[dict[int, tuple[int, int]], int, int]:
@@ -162,7 +144,7 @@ def report(shared: Path) -> str:
     truth = read_ground_truth(subset / "annotations.txt")
     header = (
         "| model | recall, faces ≥32 px | recall, faces ≥64 px | detections "
-        "| job images/s | steady images/s | wall s |"
+        "| job images/s | after start-up images/s | wall s |"
     )
     rows = [header, "|" + "---|" * header.count(" | ") + "---|"]
     notes = []
@@ -174,22 +156,17 @@ def report(shared: Path) -> str:
             run = run_model(variant, subset / "images", output)
             found, detections, unmatched = accuracy(output, truth)
             checks = box_checks(output)
-        steady = run.steady_images_per_second
         rows.append(
             f"| {model} | {percent(*found[32])} | {percent(*found[64])} | {detections} "
             f"| {run.job['images_per_second']:.1f} "
-            f"| {f'{steady:.1f}' if steady else 'n/a'} "
+            f"| {run.job['processing_images_per_second']:.1f} "
             f"| {run.wall_seconds:.1f} |"
-        )
-        shard_note = ", ".join(
-            f"{rows_} images at +{when - run.shard_times[0]:.2f} s"
-            for rows_, when in zip(run.shard_rows, run.shard_times, strict=True)
         )
         notes.append(
             f"- {model}: {run.job['images']} images, {run.job['errors']} errors, "
             f"{unmatched} ground-truth images without output; 1-min load average before the run {load:.1f}; "
-            f"job {run.job['seconds']:.1f} s; "
-            f"shards finished: {shard_note}; stage seconds (summed over threads): "
+            f"job {run.job['seconds']:.1f} s, start-up {run.job['startup_seconds']:.1f} s; "
+            f"stage seconds (summed over threads): "
             f"{json.dumps(run.job['stage_seconds'])}\n  boxes: {checks}"
         )
     machine = (

@@ -49,6 +49,16 @@ def _size(text: str) -> tuple[int, int]:
     return size
 
 
+def _triple(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three numbers like 104,117,123, got {text!r}") from None
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facesweep", description="Batch face detection at cluster scale.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -60,32 +70,34 @@ def build_parser() -> argparse.ArgumentParser:
         "(.txt/.lst: one URI per line; .parquet: a `uri` column)",
     )
     run.add_argument("output", metavar="OUTPUT", help="s3://bucket/prefix or a local directory")
-    run.add_argument(
+    model = run.add_argument_group("model and decoding")
+    model.add_argument(
         "--model",
         default=DEFAULT_MODEL,
         help=f"built-in ({', '.join(BUILTIN_MODELS)}), or a path / s3:// URI to an OpenVINO .xml "
         f"(with .bin) or .onnx (default: {DEFAULT_MODEL})",
     )
-    run.add_argument("--score-threshold", type=_fraction, default=0.5, help="keep faces scoring above (0.5)")
-    run.add_argument(
-        "--nms-threshold", type=_fraction, help="NMS IoU threshold (default: the format's reference)"
+    model.add_argument(
+        "--score-threshold", type=_fraction, default=0.5, help="keep faces scoring above (0.5)"
     )
-    run.add_argument(
-        "--format", choices=sorted(FORMATS), help="output format (default: detected from outputs)"
-    )
-    run.add_argument("--resize", choices=["stretch", "letterbox"], help="resize rule (default: the format's)")
-    run.add_argument(
-        "--input-size", type=_size, metavar="WxH", help="network input size (default: the format's)"
-    )
-    run.add_argument(
-        "--precision", choices=["f32", "bf16", "f16"], help="inference precision (default: device's)"
-    )
-    run.add_argument("--actors", type=_positive_int, help="actors (default: cluster CPUs / cpus-per-actor)")
-    run.add_argument(
+    model.add_argument("--nms-threshold", type=_fraction, help="NMS IoU threshold (default: the format's)")
+    model.add_argument("--format", choices=sorted(FORMATS), help="output format (default: from the outputs)")
+    model.add_argument("--face-label", type=int, help="class id of faces in multi-class outputs")
+    pre = run.add_argument_group("preprocessing (default: the known model's, else its format's)")
+    pre.add_argument("--resize", choices=["stretch", "letterbox"], help="plain resize or aspect-keeping")
+    pre.add_argument("--input-size", type=_size, metavar="WxH", help="network input (default: the IR's)")
+    pre.add_argument("--color", choices=["BGR", "RGB"], help="channel order the network expects")
+    pre.add_argument("--mean", type=_triple, metavar="A,B,C", help="subtracted per channel (network order)")
+    pre.add_argument("--scale", type=_triple, metavar="A,B,C", help="divides per channel after the mean")
+    res = run.add_argument_group("resources")
+    res.add_argument("--actors", type=_positive_int, help="actors (default: cluster CPUs / cpus-per-actor)")
+    res.add_argument(
         "--cpus-per-actor", type=_positive_float, default=2.0, help="CPUs (threads) per actor (2)"
     )
-    run.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU, AUTO (CPU)")
-    run.add_argument(
+    res.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU, AUTO (CPU)")
+    res.add_argument("--batch", type=_positive_int, default=1, help="images per inference request (1)")
+    res.add_argument("--precision", choices=["f32", "bf16", "f16"], help="inference precision (device's)")
+    res.add_argument(
         "--shard-size", type=_positive_int, default=64, help="images per shard / Parquet file (64)"
     )
     run.add_argument("--include", metavar="GLOB", help="take keys matching GLOB (default: image extensions)")
@@ -105,6 +117,11 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
             format=args.format,
             resize=args.resize,
             input_size=args.input_size,
+            color=args.color,
+            mean=args.mean,
+            scale=args.scale,
+            face_label=args.face_label,
+            batch=args.batch,
             precision=args.precision,
         ),
         actors=args.actors,

@@ -21,10 +21,10 @@ PHOTOS = ("skimage/astronaut.png", "skimage/camera.png", "skimage/chelsea.png")
 def raw(model: str, photo: str, score_threshold: float) -> tuple[Detector, list[np.ndarray], Faces, tuple]:
     detector = Detector(DetectorSettings(model=model, precision="f32", score_threshold=score_threshold))
     prepared = detector.prepare(decode_image(dict(sample_photos())[photo].read_bytes()))
-    outputs = detector.infer(prepared)
+    outputs = detector.infer([prepared])
     net_size = (prepared.tensor.shape[2], prepared.tensor.shape[1])
-    picked = [outputs[i] for i in detector._outputs]
-    faces = detector.format.decode(picked, net_size, score_threshold, detector.nms_threshold)
+    picked = [outputs[i] for i in detector.plan.outputs]
+    faces = detector.format.decode(picked, net_size, detector.plan.decode)
     return detector, picked, faces, net_size
 
 

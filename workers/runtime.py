@@ -51,12 +51,24 @@ def output_infos(model: ov.Model) -> list[OutputInfo]:
     ]
 
 
+def static_input_size(model: ov.Model) -> tuple[int, int] | None:
+    """(width, height) of the model's NCHW image input when the IR fixes it, else None."""
+    shape = model.input().get_partial_shape()
+    if shape.rank.is_static and len(shape) == 4 and shape[2].is_static and shape[3].is_static:
+        return shape[3].get_length(), shape[2].get_length()
+    return None
+
+
 def compile_model(
-    model: ov.Model, preprocess: Preprocess, device: str, threads: int, precision: str | None
+    model: ov.Model, preprocess: Preprocess, device: str, threads: int, precision: str | None, batch: int = 1
 ) -> ov.CompiledModel:
-    """Compiles `model` for batch-1 uint8 NHWC BGR input: colour order, mean and scale run in the graph."""
+    """Compiles `model` for uint8 NHWC BGR input batches: colour order, mean and scale run in the graph."""
     height, width = (-1, -1) if preprocess.input_size is None else preprocess.input_size[::-1]
-    model.reshape({model.input(): ov.PartialShape([1, 3, height, width])})
+    try:
+        model.reshape({model.input(): ov.PartialShape([batch, 3, height, width])})
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[0][:160]
+        raise ModelError(f"model cannot take batch {batch} of {width}x{height} images: {reason}") from None
     ppp = PrePostProcessor(model)
     ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC")).set_color_format(
         ColorFormat.BGR

@@ -57,9 +57,26 @@ class Preprocess:
         return net, resized, Geometry(width, height, resized[0] / width, resized[1] / height)
 
 
-Decode = Callable[[Sequence[np.ndarray], tuple[int, int], float, float], Faces]
-"""decode(outputs of one image in `Format.match` order, (net_w, net_h), score_threshold, nms_threshold)
--> faces in network-input pixels, sorted by score descending."""
+@dataclass(frozen=True)
+class DecodeSettings:
+    """What a decoder needs besides the outputs: thresholds and, for multi-class outputs, the face label."""
+
+    score_threshold: float
+    nms_threshold: float
+    face_label: int | None = None  # None: every label counts as a face
+
+
+Decode = Callable[[Sequence[np.ndarray], tuple[int, int], DecodeSettings], Faces]
+"""decode(outputs of one image in `Format.match` order, as `Format.split` cut them, (net_w, net_h),
+settings) -> faces in network-input pixels, sorted by score descending."""
+
+Split = Callable[[Sequence[np.ndarray], int], list[list[np.ndarray]]]
+"""split(outputs of a batch in `Format.match` order, batch size) -> each image's outputs."""
+
+
+def split_batch_axis(outputs: Sequence[np.ndarray], batch: int) -> list[list[np.ndarray]]:
+    """Cuts every output along its first (batch) axis, keeping a batch axis of 1."""
+    return [[o[i : i + 1] for o in outputs] for i in range(batch)]
 
 
 @dataclass(frozen=True)
@@ -74,6 +91,8 @@ class Format:
     """Indices of the outputs the decoder takes, in its order, or None when these are not our outputs."""
     decode: Decode
     default_nms_threshold: float
+    split: Split = split_batch_axis
+    max_batch: int | None = None  # 1 when the outputs cannot tell a batch's images apart
 
 
 def find_named(outputs: Sequence[OutputInfo], names: Sequence[str]) -> list[int] | None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from workers.faces import Faces
-from workers.formats.base import Format, OutputInfo, Preprocess
+from workers.formats.base import DecodeSettings, Format, OutputInfo, Preprocess
 from workers.nms import nms
 
 STRIDE = 4
@@ -33,12 +33,10 @@ def match(outputs: Sequence[OutputInfo]) -> list[int] | None:
     return [heatmap, scale_a, scale_b, landmarks]
 
 
-def decode(
-    outputs: Sequence[np.ndarray], net_size: tuple[int, int], score_threshold: float, nms_threshold: float
-) -> Faces:
+def decode(outputs: Sequence[np.ndarray], net_size: tuple[int, int], settings: DecodeSettings) -> Faces:
     heatmap, scale, offset, landmarks = (o[0] for o in outputs)
     net_w, net_h = net_size
-    ys, xs = np.nonzero(heatmap[0] > score_threshold)
+    ys, xs = np.nonzero(heatmap[0] > settings.score_threshold)
     scores = heatmap[0, ys, xs]
     h = np.exp(scale[0, ys, xs]) * STRIDE
     w = np.exp(scale[1, ys, xs]) * STRIDE
@@ -48,7 +46,7 @@ def decode(
     rel = landmarks[:, ys, xs].T.reshape(-1, 5, 2)  # (y, x) per point
     points = np.stack([rel[:, :, 1] * w[:, None] + x1[:, None], rel[:, :, 0] * h[:, None] + y1[:, None]], -1)
     faces = Faces(boxes.astype(np.float32), scores, points.astype(np.float32))
-    return faces.take(nms(faces.boxes, scores, nms_threshold, suppress_equal=True))
+    return faces.take(nms(faces.boxes, scores, settings.nms_threshold, suppress_equal=True))
 
 
 FORMAT = Format(

@@ -13,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 
 from workers.faces import Faces
-from workers.formats.base import Format, OutputInfo, Preprocess, find_named
+from workers.formats.base import DecodeSettings, Format, OutputInfo, Preprocess, find_named
 from workers.nms import nms
 
 STEPS = (8, 16, 32)
@@ -40,12 +40,10 @@ def match(outputs: Sequence[OutputInfo]) -> list[int] | None:
     return find_named(outputs, OUTPUTS)
 
 
-def decode(
-    outputs: Sequence[np.ndarray], net_size: tuple[int, int], score_threshold: float, nms_threshold: float
-) -> Faces:
+def decode(outputs: Sequence[np.ndarray], net_size: tuple[int, int], settings: DecodeSettings) -> Faces:
     loc, conf, landmarks = (o.reshape(o.shape[-2:]) for o in outputs)
     prior = priors(*net_size)
-    candidates = np.flatnonzero(conf[:, 1] > score_threshold)
+    candidates = np.flatnonzero(conf[:, 1] > settings.score_threshold)
     candidates = candidates[np.argsort(-conf[candidates, 1], kind="stable")[:TOP_K_BEFORE_NMS]]
     p, d = prior[candidates], loc[candidates]
     centers = p[:, :2] + d[:, :2] * VARIANCES[0] * p[:, 2:]
@@ -53,7 +51,7 @@ def decode(
     boxes = np.hstack([centers - sizes / 2, centers + sizes / 2])
     points = p[:, None, :2] + landmarks[candidates].reshape(-1, 5, 2) * VARIANCES[0] * p[:, None, 2:]
     faces = Faces(boxes, conf[candidates, 1], points)
-    return faces.take(nms(boxes, faces.scores, nms_threshold, plus_one=True, max_kept=KEEP_TOP_K))
+    return faces.take(nms(boxes, faces.scores, settings.nms_threshold, plus_one=True, max_kept=KEEP_TOP_K))
 
 
 FORMAT = Format(
