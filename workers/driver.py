@@ -60,11 +60,12 @@ class JobProgress:
     listing_done: bool = False
     started: float = field(default_factory=time.monotonic)
     startup_seconds: float = 0.0  # until every actor had compiled its model
+    finished: float | None = None  # when the last shard came back
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def seconds(self) -> float:
-        return time.monotonic() - self.started
+        return (self.finished or time.monotonic()) - self.started
 
     @property
     def images_per_second(self) -> float:
@@ -100,6 +101,7 @@ def run_job(config: JobConfig, on_progress: Callable[[JobProgress], None] = lamb
         actors = _start_actors(config)
         progress.startup_seconds = progress.seconds
         _dispatch(actors, _count_listed(uris, progress), config.shard_size, progress, on_progress)
+        progress.finished = time.monotonic()
     finally:
         for actor in actors:
             ray.kill(actor)
