@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from jobs.local_s3 import LocalS3
-from workers.evaluate import iou_matrix, match_by_suffix, read_ground_truth, read_predictions, recall
+from workers.evaluate import match_by_suffix, read_ground_truth, read_predictions, recall
 from workers.faces import Faces
+from workers.nms import pairwise_iou
 from workers.sink import ImageResult, results_table, write_parquet
 from workers.storage import storage_for
 
@@ -57,15 +58,15 @@ def test_real_subset_has_145_images_and_4255_faces() -> None:
     assert all(name.startswith(("images/0--Parade/", "images/1--Handshaking/")) for name in truth)
 
 
-# --- iou_matrix and recall ---------------------------------------------------------------------------
+# --- IoU and recall ---------------------------------------------------------------------------
 
 
 def test_iou_matrix_hand_computed() -> None:
     a = boxes((0, 0, 10, 10), (5, 5, 5, 5))  # the second is empty
     b = boxes((0, 0, 10, 10), (5, 0, 15, 10), (20, 20, 30, 30))
     # (0,0,10,10) vs (5,0,15,10): intersection 50, union 150
-    np.testing.assert_allclose(iou_matrix(a, b), [[1, 1 / 3, 0], [0, 0, 0]])
-    assert iou_matrix(boxes(), b).shape == (0, 3)
+    np.testing.assert_allclose(pairwise_iou(a, b, plus_one=False), [[1, 1 / 3, 0], [0, 0, 0]])
+    assert pairwise_iou(boxes(), b, plus_one=False).shape == (0, 3)
 
 
 def test_recall_perfect_match() -> None:

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
+from workers.nms import pairwise_iou
 from workers.sink import SCHEMA
 from workers.storage import is_s3_uri, split_s3_uri
 
@@ -112,19 +113,6 @@ def match_by_suffix(
     return matched
 
 
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in `a` [N, 4] with every box in `b` [M, 4]: [N, M] (0 where the union is empty)."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    width = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
-    height = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
-    inter = np.clip(width, 0, None) * np.clip(height, 0, None)
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-
-
 def recall(
     pred_boxes: np.ndarray,
     gt_boxes: np.ndarray,
@@ -148,7 +136,7 @@ def recall(
     counted = gt_boxes[(gt_boxes[:, 3] - gt_boxes[:, 1]) >= min_height]
     if scores is not None:
         pred_boxes = pred_boxes[np.argsort(-np.asarray(scores), kind="stable")]
-    overlaps = iou_matrix(pred_boxes, counted)
+    overlaps = pairwise_iou(pred_boxes.astype(np.float64), counted.astype(np.float64), plus_one=False)
     overlaps[(overlaps < iou) | (overlaps <= 0)] = -1.0  # -1: not a candidate
     taken = np.zeros(len(counted), bool)
     for row in overlaps[(overlaps >= 0).any(axis=1)]:  # only predictions with a candidate, in order
