@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jobs.demo import sample_photos
@@ -71,3 +72,30 @@ def test_output_bucket_missing(s3_env: LocalS3, photo: Path) -> None:
 def test_input_that_does_not_exist(tmp_path: Path) -> None:
     result = facesweep(str(tmp_path / "missing"), str(tmp_path / "out"))
     assert_one_line_error(result, "does not exist", "missing")
+
+
+def mystery_model(folder: Path) -> Path:
+    """A real OpenVINO IR whose one output ([1, 3] channel means) is no face detector's."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    image = ops.parameter([1, 3, 64, 64], np.float32, name="image")
+    means = ops.reduce_mean(image, np.array([2, 3]), keep_dims=False)
+    means.output(0).get_tensor().set_names({"mystery_scores"})
+    path = folder / "mystery.xml"
+    ov.save_model(ov.Model([means], [image], "mystery"), path)
+    return path
+
+
+def test_model_with_unknown_outputs_fails_before_any_image_is_read(tmp_path: Path) -> None:
+    # INPUT does not exist: the error must be about the model, so the model was checked first.
+    result = facesweep(
+        str(tmp_path / "no-input"), str(tmp_path / "out"), "--model", str(mystery_model(tmp_path))
+    )
+    assert_one_line_error(result, "mystery.xml", "mystery_scores [1, 3]", "match no known format")
+    assert not (tmp_path / "out").exists()
+
+
+def test_forced_format_that_does_not_fit(photo: Path, tmp_path: Path) -> None:
+    result = facesweep(str(photo), str(tmp_path / "out"), "--format", "centerface")
+    assert_one_line_error(result, "retinaface-mnet025", "not of format 'centerface'")

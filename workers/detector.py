@@ -141,13 +141,18 @@ class Detector:
         result = self._compiled(self._batch_tensor(prepared))
         return [result[output] for output in self._compiled.outputs]
 
-    def decode(self, outputs: list[np.ndarray], prepared: Sequence[Prepared]) -> list[Faces]:
-        """Faces of each image of a batch from the model's raw outputs, in original pixels, best first."""
+    def decode(
+        self, outputs: list[np.ndarray], prepared: Sequence[Prepared], settings: DecodeSettings | None = None
+    ) -> list[Faces]:
+        """Faces of each image of a batch from the model's raw outputs, in original pixels, best first.
+
+        `settings` overrides the planned thresholds (to decode stored outputs at another threshold)."""
         picked = [outputs[i] for i in self.plan.outputs]
         per_image = self.format.split(picked, self.plan.batch)
+        settings = settings or self.plan.decode
         return [
             image.geometry.to_original(
-                self.format.decode(tensors, (image.tensor.shape[2], image.tensor.shape[1]), self.plan.decode)
+                self.format.decode(tensors, (image.tensor.shape[2], image.tensor.shape[1]), settings)
             )
             for tensors, image in zip(per_image, prepared, strict=False)
         ]

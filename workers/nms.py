@@ -15,14 +15,21 @@ import numpy as np
 BLOCK = 256
 
 
-def pairwise_iou(a: np.ndarray, b: np.ndarray, plus_one: bool) -> np.ndarray:
-    """IoU matrix [len(a), len(b)] of x1,y1,x2,y2 boxes; `plus_one` uses the (x2-x1+1) pixel convention."""
+def pairwise_intersection(a: np.ndarray, b: np.ndarray, plus_one: bool) -> tuple[np.ndarray, ...]:
+    """(intersection [len(a), len(b)], areas of a, areas of b) of x1,y1,x2,y2 boxes.
+
+    `plus_one` uses the (x2-x1+1) pixel convention."""
     one = 1.0 if plus_one else 0.0
     area_a = (a[:, 2] - a[:, 0] + one) * (a[:, 3] - a[:, 1] + one)
     area_b = (b[:, 2] - b[:, 0] + one) * (b[:, 3] - b[:, 1] + one)
     iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]) + one
     ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]) + one
-    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    return np.clip(iw, 0, None) * np.clip(ih, 0, None), area_a, area_b
+
+
+def pairwise_iou(a: np.ndarray, b: np.ndarray, plus_one: bool) -> np.ndarray:
+    """IoU matrix [len(a), len(b)] of x1,y1,x2,y2 boxes (0 where the union is empty)."""
+    inter, area_a, area_b = pairwise_intersection(a, b, plus_one)
     union = area_a[:, None] + area_b[None, :] - inter
     return inter / np.maximum(union, np.finfo(np.float32).tiny)
 

@@ -4,10 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from workers.formats import centerface, priorbox
+from workers.formats import anchors, boxes_labels, centerface, priorbox, scrfd, ssd, yunet
 from workers.formats.base import Format, OutputInfo
 
-FORMATS: dict[str, Format] = {f.name: f for f in (priorbox.FORMAT, centerface.FORMAT)}
+FORMATS: dict[str, Format] = {
+    f.name: f
+    for f in (
+        priorbox.FORMAT,
+        centerface.FORMAT,
+        ssd.FORMAT,
+        boxes_labels.FORMAT,
+        anchors.RETINAFACE,
+        anchors.SSH,
+        scrfd.FORMAT,
+        scrfd.FORMAT_NO_KPS,
+        yunet.FORMAT,
+    )
+}
 
 
 class UnknownFormatError(ValueError):
@@ -26,5 +39,11 @@ def detect_format(
         if indices is not None:
             return fmt, indices
     seen = "; ".join(f"{'|'.join(sorted(o.names)) or '?'} {list(o.shape)}" for o in outputs)
-    wanted = f"format {forced!r}" if forced else f"any known format ({', '.join(FORMATS)})"
-    raise UnknownFormatError(f"model {model}: outputs [{seen}] match {wanted}; pass --format to choose one")
+    if forced:
+        raise UnknownFormatError(
+            f"model {model}: outputs [{seen}] are not of format {forced!r}: check --format"
+        )
+    raise UnknownFormatError(
+        f"model {model}: outputs [{seen}] match no known format ({', '.join(FORMATS)}): "
+        "use a face detector of one of these formats, or pass --format"
+    )

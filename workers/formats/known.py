@@ -37,7 +37,7 @@ KNOWN_MODELS = (
         "mnet.25",
         "retinaface",
         ("6683f0c04e85e17e",),
-        preprocess=Preprocess(input_size=(640, 640), resize="stretch", color="RGB"),
+        preprocess=Preprocess(input_size=(640, 640), resize="letterbox", color="RGB"),
     ),
     KnownModel("ssh-mxnet", "ssh"),
     KnownModel("ssh-format-mnet025-bgr-640", "ssh", ("63bd162751850e02",)),
@@ -48,6 +48,8 @@ KNOWN_MODELS = (
         ("09189deaaf8646c5",),
         preprocess=Preprocess(input_size=None, resize="stretch", color="RGB", size_multiple=32),
     ),
+    # insightface's bnkps export: a fixed batch of 1 (its upsampling cannot be reshaped to batch > 1)
+    KnownModel("scrfd_500m_bnkps", "scrfd", ("b467f878e26ff1e7",), max_batch=1),
 )
 
 

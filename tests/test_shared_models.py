@@ -1,0 +1,81 @@
+"""Every model in ../shared/models runs through `facesweep run` on real WIDER FACE photos.
+
+The photos are the 73 images of val-subset-145 that hold a face at least 64 px high (all 214 of them),
+given as a manifest. Seed formats must find >= 90% of those faces at IoU 0.5; every model's boxes
+must lie inside their image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+
+from jobs.cli import main as facesweep
+from workers.evaluate import match_by_suffix, read_ground_truth, read_predictions, recall
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SUBSET = SHARED / "data" / "widerface" / "val-subset-145"
+MODELS = SHARED / "models"
+SCORE_THRESHOLD = 0.05
+MIN_HEIGHT = 64
+
+# (model file below ../shared/models, format it must be detected as, whether it is a seed format)
+CASES = [
+    ("face-detection-0204/FP16/face-detection-0204.xml", "ssd", True),
+    ("face-detection-0204/FP16-INT8/face-detection-0204.xml", "ssd", True),
+    ("face-detection-0200/FP16/face-detection-0200.xml", "ssd", True),
+    ("face-detection-adas-0001/FP16/face-detection-adas-0001.xml", "ssd", True),
+    ("face-detection-retail-0005/FP16/face-detection-retail-0005.xml", "ssd", True),
+    ("face-detection-0205/FP16/face-detection-0205.xml", "boxes_labels", True),
+    ("retinaface-mnet025-insightface/retinaface-mnet025-bgr-640.xml", "retinaface", True),
+    ("retinaface-mnet025-insightface/mnet.25.onnx", "retinaface", True),
+    ("ssh-format-mnet025/ssh-format-mnet025-bgr-640.xml", "ssh", True),
+    ("retinaface-mnet025-biubug6/retinaface_mnet025_biubug6.onnx", "priorbox", False),
+    ("centerface/centerface.onnx", "centerface", False),
+    ("scrfd/scrfd_500m_bnkps.onnx", "scrfd", False),
+    ("scrfd/scrfd_2.5g.onnx", "scrfd", False),
+    ("yunet/face_detection_yunet_2026may.onnx", "yunet", False),
+]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not SUBSET.is_dir(), reason="needs ../shared (models and WIDER FACE photos)"),
+]
+
+
+@pytest.fixture(scope="module")
+def truth() -> dict[str, np.ndarray]:
+    faces = read_ground_truth(SUBSET / "annotations.txt")
+    return {k: v for k, v in faces.items() if ((v[:, 3] - v[:, 1]) >= MIN_HEIGHT).any()}
+
+
+@pytest.fixture(scope="module")
+def manifest(truth: dict[str, np.ndarray], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("manifest") / "big-faces.txt"
+    path.write_text("\n".join(str(SUBSET / relpath) for relpath in sorted(truth)) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(("model", "format_name", "seed"), CASES, ids=[c[0].split("/")[-1] for c in CASES])
+def test_model_runs_through_the_cli(
+    ray_local: None, truth: dict, manifest: Path, tmp_path: Path, model: str, format_name: str, seed: bool
+) -> None:
+    output = tmp_path / "out"
+    args = ["run", str(manifest), str(output), "--model", str(MODELS / model)]
+    args += ["--score-threshold", str(SCORE_THRESHOLD), "--actors", "1", "--cpus-per-actor", "1"]
+    assert facesweep(args) == 0
+    table = ds.dataset(output, format="parquet").to_table()
+    assert table.num_rows == len(truth) and set(table["status"].to_pylist()) == {"ok"}
+    for row in table.to_pylist():
+        for face in row["faces"]:
+            assert 0 <= face["x1"] <= face["x2"] <= row["width"], face
+            assert 0 <= face["y1"] <= face["y2"] <= row["height"], face
+    matched = match_by_suffix(read_predictions(str(output)), truth)
+    counts = [recall(matched[k][0], truth[k], 0.5, MIN_HEIGHT, matched[k][1]) for k in truth]
+    found, total = np.sum(counts, axis=0)
+    print(f"{model}: {format_name}, recall of faces >= {MIN_HEIGHT} px {found}/{total} = {found / total:.3f}")
+    if seed:
+        assert found / total >= 0.9
