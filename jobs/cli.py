@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from jobs.progress import progress_for
 from workers.detector import DetectorSettings
 from workers.driver import JobConfig, JobError, JobProgress, run_job
+from workers.evaluate import evaluate, format_report
 from workers.formats import FORMATS, UnknownFormatError
 from workers.inputs import InputError
 from workers.models import BUILTIN_MODELS, DEFAULT_MODEL, ModelError
@@ -102,6 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--include", metavar="GLOB", help="take keys matching GLOB (default: image extensions)")
     run.add_argument("--ray-address", help="an existing Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    score = commands.add_parser(
+        "eval", help="score predictions against face boxes: WIDER FACE, OMZ or VOC AP"
+    )
+    score.add_argument(
+        "predictions",
+        metavar="PREDICTIONS",
+        help="a facesweep output (local directory or s3://bucket/prefix), "
+        "or a folder of official WIDER FACE txt predictions (<event>/<name>.txt)",
+    )
+    score.add_argument(
+        "ground_truth",
+        metavar="GROUND_TRUTH",
+        help="one line per face: image_relpath x y w h [blur ... pose easy medium hard]; "
+        "images pair with predictions by path suffix",
+    )
+    score.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     return parser
 
 
@@ -146,8 +165,23 @@ def summary(progress: JobProgress, output: str) -> str:
     return "\n".join(lines)
 
 
+def run_eval(args: argparse.Namespace) -> int:
+    """`facesweep eval`: the APs on stdout (and in --json FILE), or one line on stderr for bad input."""
+    try:
+        report = evaluate(args.predictions, args.ground_truth)
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    except (OSError, ValueError) as error:
+        print(f"facesweep: error: {error}", file=sys.stderr)
+        return 1
+    print(format_report(report))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "eval":
+        return run_eval(args)
     config = config_from_args(args)
     progress_view = progress_for(sys.stderr)
     try:

@@ -1,15 +1,34 @@
-"""Tests for workers.evaluate on small hand-made boxes with hand-computed answers, plus the real subset."""
+"""Tests for workers.evaluate on small hand-made boxes with hand-computed answers, plus the real subset.
+
+The APs are also checked against line-by-line ports of the official WIDER script and OMZ's `bbox_match`
+on random sets (tests/test_wider_ap.py checks the real figures).
+"""
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from jobs.cli import main
 from jobs.local_s3 import LocalS3
-from workers.evaluate import match_by_suffix, read_ground_truth, read_predictions, recall
+from workers.evaluate import (
+    SETTINGS,
+    GroundTruth,
+    Predictions,
+    match_by_suffix,
+    omz_ap,
+    read_ground_truth,
+    read_ground_truth_with_settings,
+    read_predictions,
+    read_wider_txt,
+    recall,
+    voc_ap,
+    wider_ap,
+)
 from workers.faces import Faces
 from workers.nms import pairwise_iou
 from workers.sink import ImageResult, results_table, write_parquet
@@ -209,3 +228,350 @@ def test_read_predictions_from_s3(s3_env: LocalS3) -> None:
     output = f"s3://{bucket}/jobs/run1"
     _write_output(output)
     _check_read(output)
+
+
+# --- ground truth with the easy/medium/hard flags, WIDER txt predictions ---------------------------------
+
+
+def test_read_ground_truth_with_settings_reads_the_flags(tmp_path: Path) -> None:
+    path = tmp_path / "annotations.txt"
+    path.write_text(
+        "# image_relpath x y w h blur expression illumination invalid occlusion pose easy medium hard\n"
+        "b/2.jpg 10 20 30 40 0 0 0 0 0 0 1 1 1\n"
+        "a/1.jpg 1 2 3 4 2 0 0 0 2 0 0 0 1\n"
+        "b/2.jpg 0 0 5 5 0 0 0 0 0 0 0 1 1\n"
+    )
+    truth = read_ground_truth_with_settings(path)
+    assert list(truth) == ["b/2.jpg", "a/1.jpg"]
+    np.testing.assert_array_equal(truth["b/2.jpg"].boxes, [[10, 20, 40, 60], [0, 0, 5, 5]])
+    np.testing.assert_array_equal(truth["b/2.jpg"].positives, [[True, True, True], [False, True, True]])
+    np.testing.assert_array_equal(truth["a/1.jpg"].positives, [[False, False, True]])
+    assert truth["a/1.jpg"].positives.dtype == bool
+    old = read_ground_truth(path)  # the plain reader is unchanged
+    assert list(old) == list(truth)
+    np.testing.assert_array_equal(old["b/2.jpg"], truth["b/2.jpg"].boxes)
+
+
+def test_read_ground_truth_with_settings_without_the_columns(tmp_path: Path) -> None:
+    path = tmp_path / "annotations.txt"
+    path.write_text("a/1.jpg 1 2 3 4\na/1.jpg 5 6 7 8 0 0 0 0 0 0\n")
+    (only,) = read_ground_truth_with_settings(path).values()
+    assert only.positives is None
+    np.testing.assert_array_equal(only.boxes, [[1, 2, 4, 6], [5, 6, 12, 14]])
+
+
+def test_read_wider_txt(tmp_path: Path) -> None:
+    (tmp_path / "0--Parade").mkdir()
+    (tmp_path / "1--Handshaking").mkdir()
+    (tmp_path / "0--Parade" / "0_Parade_1.txt").write_text(
+        "0_Parade_1\n2\n10 20 30 40 0.9 \n1.5 2 3 4 0.25 \n"
+    )
+    (tmp_path / "1--Handshaking" / "x.txt").write_text("1--Handshaking/x.png\n0\n")
+    (tmp_path / "results.txt").write_text("not a prediction file, and not read\n")
+    predictions = read_wider_txt(tmp_path)
+    assert sorted(predictions) == ["0--Parade/0_Parade_1.jpg", "1--Handshaking/x.png"]
+    found, scores = predictions["0--Parade/0_Parade_1.jpg"]
+    np.testing.assert_array_equal(found, [[10, 20, 40, 60], [1.5, 2, 4.5, 6]])
+    np.testing.assert_array_equal(scores, [0.9, 0.25])
+    assert found.dtype == scores.dtype == np.float64
+    none, no_scores = predictions["1--Handshaking/x.png"]
+    assert none.shape == (0, 4) and no_scores.shape == (0,)
+
+
+def test_read_wider_txt_refuses_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no such directory"):
+        read_wider_txt(tmp_path / "nope")
+    with pytest.raises(ValueError, match="no WIDER prediction files"):
+        read_wider_txt(tmp_path)
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "a.txt").write_text("a\n2\n1 2 3 4 0.5\n")
+    with pytest.raises(ValueError, match=r"a\.txt: expected 2 lines"):
+        read_wider_txt(tmp_path)
+    (tmp_path / "e" / "a.txt").write_text("a\nmany\n1 2 3 4 0.5\n")
+    with pytest.raises(ValueError, match="not a face count"):
+        read_wider_txt(tmp_path)
+
+
+def test_match_by_suffix_both_ways_takes_shorter_prediction_keys() -> None:
+    predictions = _predictions("0--Parade/a.jpg", "/abs/images/1--Handshaking/b.jpg", "c.jpg")
+    truth = {"images/0--Parade/a.jpg": boxes(), "images/1--Handshaking/b.jpg": boxes(), "x/c.jpg": boxes()}
+    assert list(match_by_suffix(predictions, truth)) == ["images/1--Handshaking/b.jpg"]
+    matched = match_by_suffix(predictions, truth, both_ways=True)
+    assert list(matched) == list(truth)
+    assert matched["images/0--Parade/a.jpg"] is predictions["0--Parade/a.jpg"]
+    with pytest.raises(ValueError, match="several ground-truth images"):
+        match_by_suffix(predictions, {"images/c.jpg": boxes(), "other/c.jpg": boxes()}, both_ways=True)
+
+
+# --- WIDER AP ----------------------------------------------------------------------------------------
+
+
+def truth_of(*faces: tuple[tuple[float, float, float, float], bool]) -> GroundTruth:
+    """Faces with one flag used for all three settings."""
+    flags = np.array([[positive] * 3 for _, positive in faces], bool).reshape(-1, 3)
+    return GroundTruth(boxes(*(box for box, _ in faces)), flags)
+
+
+def found(*detections: tuple[tuple[float, float, float, float], float]) -> Predictions:
+    return boxes(*(box for box, _ in detections)), np.array([score for _, score in detections], np.float32)
+
+
+def test_wider_ap_hand_computed() -> None:
+    face1, face2, ignored, elsewhere = (0, 0, 10, 10), (20, 0, 30, 10), (40, 0, 50, 10), (90, 90, 99, 99)
+    truth = {
+        "a.jpg": truth_of((face1, True), (face2, True), (ignored, False)),
+        "b.jpg": truth_of((face1, True)),
+    }
+    predictions = {
+        # scores already span [0, 1], so normalizing leaves them; none sits on a threshold (k / 1000)
+        "a.jpg": found((face1, 1.0), (ignored, 0.7005), (elsewhere, 0.5005), (face1, 0.3005)),
+        "b.jpg": found((face1, 0.0)),
+    }
+    # down the thresholds (recall, precision): face1 (1/3, 1/1); + the ignored face's hit, which counts
+    # neither way (1/3, 1/1); + a miss (1/3, 1/2); + face1 again, a proposal that finds nothing new
+    # (1/3, 1/3); at threshold 0, b's face (2/3, 2/4). AP = 1/3 * 1 + 1/3 * 1/2 = 0.5
+    assert wider_ap(predictions, truth) == pytest.approx({"easy": 0.5, "medium": 0.5, "hard": 0.5})
+
+
+def test_wider_ap_settings_use_their_own_positives() -> None:
+    face, small = (0, 0, 10, 10), (20, 0, 30, 10)
+    truth = {"a.jpg": GroundTruth(boxes(face, small), np.array([[1, 1, 1], [0, 0, 1]], bool))}
+    predictions = {"a.jpg": found((face, 1.0), (small, 0.0))}
+    # easy / medium: one positive, found by the first prediction; the other hits an ignored face: AP 1.
+    # hard: both positive and both found, precision 1 all along: AP 1; with `small` missed, recall 1/2
+    aps = wider_ap(predictions, truth)
+    assert aps == {"easy": 1.0, "medium": 1.0, "hard": 1.0}
+    assert wider_ap({"a.jpg": found((face, 1.0), ((50, 50, 60, 60), 0.0))}, truth)["hard"] == 0.5
+
+
+def test_wider_ap_counts_an_image_up_to_its_last_prediction_above_the_threshold() -> None:
+    """The official quirk: predictions are not sorted within an image; at each threshold the image counts
+    everything up to its *last* prediction scoring at least that much."""
+    face, miss1, miss2 = (0, 0, 10, 10), (50, 50, 60, 60), (80, 80, 90, 90)
+    truth = {"a.jpg": truth_of((face, True))}
+    # file order: the hit scores lowest but comes first, so it counts from the top threshold on:
+    # (1, 1/2) above 0.5, then (1, 1/3). Sorted by score it would be (0, 0) ... then (1, 1/3): AP 1/3
+    unsorted = {"a.jpg": found((face, 0.0), (miss1, 1.0), (miss2, 0.5))}
+    assert wider_ap(unsorted, truth)["easy"] == pytest.approx(0.5)
+    in_score_order = {"a.jpg": found((miss1, 1.0), (miss2, 0.5), (face, 0.0))}
+    assert wider_ap(in_score_order, truth)["easy"] == pytest.approx(1 / 3)
+
+
+def test_wider_ap_needs_the_settings() -> None:
+    with pytest.raises(ValueError, match="easy/medium/hard"):
+        wider_ap({}, {"a.jpg": GroundTruth(boxes((0, 0, 1, 1)), None)})
+
+
+# --- OMZ and VOC AP ----------------------------------------------------------------------------------
+
+
+def test_omz_ap_hand_computed() -> None:
+    normal1, normal2, small = (0, 0, 100, 100), (200, 0, 300, 100), (400, 0, 410, 10)  # small: 10 px, ignored
+    truth = {"a.jpg": boxes(normal1, normal2, small), "b.jpg": boxes()}
+    predictions = {
+        "a.jpg": found(
+            (normal1, 0.9),  # true positive
+            ((0, 0, 100, 110), 0.8),  # IoU 0.91 with normal1, already taken: false positive
+            ((402, 2, 407, 7), 0.7),  # inside `small` (IoU 0.25, but intersection / own area 1): ignored
+            ((500, 500, 600, 600), 0.6),  # nothing: false positive
+            (normal2, 0.5),  # true positive
+        ),
+        "b.jpg": found(((0, 0, 50, 50), 0.85)),  # an image without faces: false positive
+    }
+    # by score: TP, FP, FP, (ignored), FP, TP -> precision 1, 1/2, 1/3, 1/3, 1/4, 2/5 at recall 1/2 ... 1
+    # AP = 1/2 * 1 + 1/2 * 2/5 = 0.7
+    assert omz_ap(predictions, truth) == pytest.approx(0.7)
+    # counting faces from 5 px, `small` is a positive and the prediction inside it (IoU 0.25) a false one:
+    # precision 1, 1/2, 1/3, 1/4, 1/5, 2/6 at recall 1/3 ... 2/3, AP = 1/3 * 1 + 1/3 * 1/3
+    assert omz_ap(predictions, truth, height_range=(5, 1024)) == pytest.approx(4 / 9)
+
+
+def test_omz_ap_clips_faces_to_1024_and_rounds_predictions() -> None:
+    tall = (0, 100, 100, 1200)  # 1100 px high: ignored as it is, 924 px once clipped to y <= 1024
+    truth = {"a.jpg": boxes(tall)}
+    predictions = {"a.jpg": found(((0.4, 100.4, 100.4, 1024.4), 0.9))}  # rounds to the clipped face
+    assert omz_ap(predictions, truth) == 1.0
+    assert omz_ap(predictions, truth, clip=None) == 0.0  # no positive left
+
+
+def test_voc_ap_hand_computed() -> None:
+    face1, face2 = (0, 0, 10, 10), (20, 0, 30, 10)
+    truth = {"a.jpg": boxes(face1, face2), "b.jpg": boxes((0, 0, 0, 0))}  # b: WIDER's "no face" placeholder
+    predictions = {
+        "a.jpg": found(
+            ((25, 0, 35, 10), 0.95),  # IoU 1/3 with face2: false positive
+            (face1, 0.9),  # true positive
+            ((0, 0, 10, 12), 0.8),  # IoU 0.83 with face1, taken: false positive (no fallback to face2)
+            (face2, 0.6),  # true positive
+        ),
+        "b.jpg": found(((50, 50, 60, 60), 0.7)),  # false positive; the placeholder is no face to find
+    }
+    # precision 0, 1/2, 1/3, 1/4, 2/5 at recall 0, 1/2, 1/2, 1/2, 1: AP = 1/2 * 1/2 + 1/2 * 2/5 = 0.45
+    assert voc_ap(predictions, truth) == pytest.approx(0.45)
+    assert voc_ap({}, truth) == 0.0
+
+
+# --- against line-by-line ports of the reference code, on random sets --------------------------------
+
+
+def _all_point(recalls: np.ndarray, precisions: np.ndarray) -> float:
+    mrec, mpre = np.concatenate(([0.0], recalls, [1.0])), np.concatenate(([0.0], precisions, [0.0]))
+    for i in range(mpre.size - 1, 0, -1):
+        mpre[i - 1] = max(mpre[i - 1], mpre[i])
+    i = np.where(mrec[1:] != mrec[:-1])[0]
+    return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
+
+
+def official_wider(predictions: dict[str, Predictions], truth: dict[str, GroundTruth]) -> dict[str, float]:
+    """`widerface_evaluate/evaluation.py`'s norm_score, image_eval, img_pr_info and voc_ap, loop for loop."""
+    scores = [s.astype(float) for _, s in predictions.values() if len(s)]
+    low, high = min([1.0, *(s.min() for s in scores)]), max([0.0, *(s.max() for s in scores)])
+    aps = {}
+    for column, setting in enumerate(SETTINGS):
+        curve, count = np.zeros((1000, 2)), 0
+        for name, entry in truth.items():
+            keep = entry.positives[:, column]
+            count += keep.sum()
+            pred, score = predictions[name]
+            if not len(entry.boxes) or not len(score):
+                continue
+            score = (score.astype(float) - low) / (high - low)
+            overlaps = pairwise_iou(pred.astype(float), entry.boxes.astype(float), plus_one=True)
+            state, found_, proposal = np.zeros(len(keep)), np.zeros(len(score)), np.ones(len(score))
+            for h in range(len(score)):
+                j = overlaps[h].argmax()
+                if overlaps[h, j] >= 0.5:
+                    if not keep[j]:
+                        state[j], proposal[h] = -1, -1
+                    elif state[j] == 0:
+                        state[j] = 1
+                found_[h] = (state == 1).sum()
+            for t in range(1000):
+                above = np.where(score >= 1 - (t + 1) / 1000)[0]
+                if len(above):
+                    curve[t] += [(proposal[: above[-1] + 1] == 1).sum(), found_[above[-1]]]
+        with np.errstate(invalid="ignore"):
+            aps[setting] = _all_point(curve[:, 1] / count, curve[:, 1] / curve[:, 0])
+    return aps
+
+
+def official_omz(predictions: dict[str, Predictions], truth: dict[str, np.ndarray]) -> float:
+    """OMZ's cast_to_int, clip_boxes 1024, filter [64, 1024) + is_empty and `bbox_match` (ignore_difficult,
+    no boundaries, multiple matches per ignored), prediction by prediction."""
+    faces = {name: np.clip(np.rint(b.astype(float)), 0, 1024) for name, b in truth.items()}
+    heights = {name: b[:, 3] - b[:, 1] for name, b in faces.items()}
+    difficult = {
+        name: ~((h >= 64) & (h < 1024)) | (faces[name][:, 2] <= faces[name][:, 0]) | (h <= 0)
+        for name, h in heights.items()
+    }
+    used = {name: np.zeros(len(b), bool) for name, b in faces.items()}
+    rows = [
+        (name, box, score) for name, (p, s) in predictions.items() for box, score in zip(p, s, strict=True)
+    ]
+    order = np.argsort(-np.array([score for _, _, score in rows]))
+    tp, fp = np.zeros(len(rows)), np.zeros(len(rows))
+    for k, index in enumerate(order):
+        name, box, _ = rows[index]
+        gt, hard = faces[name], difficult[name]
+        if not len(gt):
+            fp[k] = 1
+            continue
+        box = np.rint(box.astype(float))
+        iw = np.maximum(np.minimum(gt[:, 2], box[2]) - np.maximum(gt[:, 0], box[0]), 0)
+        ih = np.maximum(np.minimum(gt[:, 3], box[3]) - np.maximum(gt[:, 1], box[1]), 0)
+        area = (box[2] - box[0]) * (box[3] - box[1])
+        overlaps = pairwise_iou(box[None], gt, plus_one=False)[0]
+        overlaps[hard] = (iw * ih / area if area else np.zeros(len(gt)))[hard]
+        best = overlaps[~hard].max() if (~hard).any() else -np.inf
+        if best < 0.5 and hard.any():
+            best = overlaps[hard].max()
+        at_best = np.where(overlaps == best)[0]
+        if best < 0.5:
+            fp[k] = 1
+        elif not hard[at_best].any():
+            if used[name][at_best].any():
+                fp[k] = 1
+            else:
+                tp[k], used[name][at_best] = 1, True
+    tp, fp = np.cumsum(tp), np.cumsum(fp)
+    positives = sum(int((~d).sum()) for d in difficult.values())
+    eps = np.finfo(float).eps
+    return _all_point(tp / max(positives, eps), tp / np.maximum(tp + fp, eps))
+
+
+def random_set(seed: int) -> tuple[dict[str, Predictions], dict[str, GroundTruth]]:
+    """Whole-pixel faces of 5 to 300 px (ties and exact matches happen), nested easy/medium/hard flags,
+    predictions near faces and astray, unsorted; an image without predictions and one without faces."""
+    rng = np.random.default_rng(seed)
+    predictions, truth = {}, {}
+    for i in range(12):
+        n = int(rng.integers(0, 15)) if i else 0
+        xy = rng.integers(0, 800, (n, 2))
+        size = rng.choice([5, 12, 40, 64, 70, 100, 300], (n, 1)) + rng.integers(0, 3, (n, 2))
+        faces = np.concatenate([xy, xy + size], axis=1).astype(np.float32)
+        level = rng.integers(0, 4, n)  # 0 easy, 1 medium, 2 hard, 3 in no setting
+        flags = level[:, None] <= np.arange(3)[None, :]
+        picked = faces[rng.integers(0, max(n, 1), int(rng.integers(0, 2 * n + 1)))] if n else faces
+        jitter = rng.choice([0, 0, 1, 3, 8], picked.shape) * rng.choice([-1, 1], picked.shape)
+        stray = rng.integers(0, 800, (int(rng.integers(0, 5)), 2))
+        stray = np.concatenate([stray, stray + rng.integers(5, 200, stray.shape)], axis=1)
+        boxes_ = np.concatenate([picked + jitter, stray]).astype(np.float32) if i != 1 else np.zeros((0, 4))
+        scores = np.round(rng.random(len(boxes_)), 2).astype(np.float32)  # rounded: equal scores happen
+        truth[f"{i}.jpg"] = GroundTruth(faces, flags)
+        predictions[f"{i}.jpg"] = (boxes_.astype(np.float32), scores)
+    return predictions, truth
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_wider_ap_equals_the_official_loops(seed: int) -> None:
+    predictions, truth = random_set(seed)
+    expected = official_wider(predictions, truth)
+    assert wider_ap(predictions, truth) == pytest.approx(expected, rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_omz_ap_equals_the_accuracy_checker_loops(seed: int) -> None:
+    predictions, truth = random_set(seed)
+    plain = {name: entry.boxes for name, entry in truth.items()}
+    assert omz_ap(predictions, truth) == pytest.approx(official_omz(predictions, plain), rel=1e-12, abs=1e-15)
+
+
+# --- facesweep eval: bad input -----------------------------------------------------------------------
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], *fragments: str) -> None:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("facesweep: error: "), err
+    for fragment in fragments:
+        assert fragment in err[0], err[0]
+
+
+def test_eval_missing_inputs_and_no_match(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    truth = tmp_path / "annotations.txt"
+    truth.write_text("images/e/a.jpg 0 0 10 10\n")
+    (tmp_path / "txt" / "e").mkdir(parents=True)
+    (tmp_path / "txt" / "e" / "b.txt").write_text("b\n1\n0 0 10 10 0.9\n")
+    assert main(["eval", str(tmp_path / "txt"), str(tmp_path / "nope.txt")]) == 1
+    _one_line_error(capsys, "nope.txt", "no such file")
+    assert main(["eval", str(tmp_path / "nowhere"), str(truth)]) == 1
+    _one_line_error(capsys, "nowhere", "no such file or directory")
+    assert main(["eval", str(tmp_path / "txt"), str(truth)]) == 1
+    _one_line_error(capsys, "no image of", "(1 images)")
+    assert main(["eval", str(tmp_path), str(truth)]) == 1  # a folder with neither kind of predictions
+    _one_line_error(capsys, "neither a facesweep output")
+
+
+def test_eval_without_settings_reports_voc_ap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    truth = tmp_path / "annotations.txt"
+    truth.write_text("images/e/a.jpg 0 0 100 100\nimages/e/a.jpg 200 0 100 100\n")
+    (tmp_path / "txt" / "e").mkdir(parents=True)
+    (tmp_path / "txt" / "e" / "a.txt").write_text("a\n2\n0 0 100 100 0.9\n500 500 10 10 0.8\n")
+    report = tmp_path / "out" / "report.json"
+    assert main(["eval", str(tmp_path / "txt"), str(truth), "--json", str(report)]) == 1  # no such folder
+    _one_line_error(capsys, "report.json")
+    report = tmp_path / "report.json"
+    assert main(["eval", str(tmp_path / "txt"), str(truth), "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "VOC AP (IoU 0.5, all faces): 0.5000" in out and "WIDER" not in out
+    figures = json.loads(report.read_text())
+    assert figures["voc_ap"] == 0.5 and figures["omz_ap"] == 0.5 and figures["omz_positives"] == 2
