@@ -352,9 +352,14 @@ def _accepts(port: int) -> bool:
 
 
 def _launch(
-    weed: Path, data_dir: Path, credentials: S3Credentials, config_path: Path, log: IO[bytes]
+    weed: Path,
+    data_dir: Path,
+    credentials: S3Credentials,
+    config_path: Path,
+    log: IO[bytes],
+    ports: Mapping[str, int] | None = None,
 ) -> LocalS3:
-    ports = _pick_ports()
+    ports = dict(ports) if ports else _pick_ports()
     cmd = [
         str(weed),
         "-logtostderr",  # glog would otherwise write weed.* files into $TMPDIR
@@ -387,9 +392,14 @@ def _launch(
 
 
 def start_local_s3(
-    data_dir: Path, credentials: S3Credentials | None = None, timeout_s: float = 60.0
+    data_dir: Path,
+    credentials: S3Credentials | None = None,
+    timeout_s: float = 60.0,
+    ports: Mapping[str, int] | None = None,
 ) -> LocalS3:
     """Start ``weed mini`` on loopback with data in ``data_dir`` and wait until S3 accepts writes.
+
+    ``ports`` (a stopped server's ``.ports``) restarts a server where its clients expect it.
 
     Credentials default to random ones. Raises :class:`FileNotFoundError` if ``weed`` is missing and
     :class:`LocalS3Error` (server stopped, last log lines in the message) if it is not ready in
@@ -406,7 +416,7 @@ def start_local_s3(
 
     with log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
         for attempt in range(1, _START_ATTEMPTS + 1):
-            server = _launch(weed, data_dir, credentials, config_path, log)
+            server = _launch(weed, data_dir, credentials, config_path, log, ports)
             probe = _boto3_client(
                 server.endpoint_url,
                 credentials,

@@ -89,7 +89,7 @@ def test_local_directory_to_local_directory(ray_local: None, photo_dir: Path, tm
     rows = read_rows(str(output))
     check_contract(rows, images)
     assert result.faces == sum(len(row["faces"]) for row in rows.values())
-    assert sorted(p.name for p in output.iterdir()) == ["_job.json"] + [
+    assert sorted(p.name for p in output.iterdir()) == ["_job.json", "_plan"] + [
         f"part-{i:06d}.parquet" for i in range(-(-len(images) // 4))
     ]
 

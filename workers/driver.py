@@ -21,11 +21,12 @@ import ray
 from workers.actor import ShardReport, ShardWorker
 from workers.detector import DetectorSettings, inspect_model
 from workers.inputs import InputError, list_inputs
+from workers.resume import OutputState
 from workers.shards import Shard, plan_shards
-from workers.storage import join, storage_for
+from workers.sink import ShardCounts
 
-JOB_FILE = "_job.json"
 QUEUED_PER_ACTOR = 2
+MAX_RESTARTS = 4
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024
 
 
@@ -59,6 +60,9 @@ class JobProgress:
     listed: int = 0
     listing_done: bool = False
     started: float = field(default_factory=time.monotonic)
+    resumed: ShardCounts = field(default_factory=lambda: ShardCounts(0, 0, 0))  # by earlier runs
+    resumed_shards: int = 0
+    already_complete: bool = False
     startup_seconds: float = 0.0  # until every actor had compiled its model
     finished: float | None = None  # when the last shard came back
     stage_seconds: dict[str, float] = field(default_factory=dict)
@@ -78,6 +82,11 @@ class JobProgress:
         busy = self.seconds - self.startup_seconds
         return self.images / busy if busy > 0 else 0.0
 
+    def add_resumed(self, counts: ShardCounts) -> None:
+        r = self.resumed
+        self.resumed = ShardCounts(r.images + counts.images, r.faces + counts.faces, r.errors + counts.errors)
+        self.resumed_shards += 1
+
     def add(self, report: ShardReport) -> None:
         self.images += report.images
         self.faces += report.faces
@@ -87,28 +96,59 @@ class JobProgress:
             self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
 
 
-def run_job(config: JobConfig, on_progress: Callable[[JobProgress], None] = lambda _: None) -> JobProgress:
-    """Runs the job to the end and returns its totals; raises a one-line error for bad input."""
-    inspect_model(config.detector)
+def run_job(
+    config: JobConfig, on_progress: Callable[[JobProgress], None] = lambda _: None, overwrite: bool = False
+) -> JobProgress:
+    """Runs the job to the end (or finishes what an earlier run of it left) and returns its totals.
+
+    Raises a one-line error for bad input, and OutputConflictError when OUTPUT holds another job."""
+    plan = inspect_model(config.detector)
     uris = _non_empty(list_inputs(config.input, config.include), config)
+    state = OutputState.read(config.output)
+    if overwrite:
+        state.clear()
+    identity = _identity(config, plan.checksum)
+    state.check_identity(identity)
     progress = JobProgress()
-    started_at = _now()
-    storage_for(config.output).make_folder(config.output)
-    _write_job_file(config, progress, started_at, finished_at=None)
+    if state.complete:
+        progress.already_complete = True
+        record = state.record or {}
+        progress.resumed = ShardCounts(record["images"], record["faces"], record["errors"])
+        progress.resumed_shards = record["shards"]
+        progress.finished = time.monotonic()
+        return progress
+    started_at = (state.record or {}).get("started_at") or _now()
+    state.write_record(_record(config, identity, progress, started_at))
     started_ray = _ensure_ray(config.ray_address)
     actors = []
     try:
         actors = _start_actors(config)
         progress.startup_seconds = progress.seconds
-        _dispatch(actors, _count_listed(uris, progress), config.shard_size, progress, on_progress)
+        shards = state.resume(plan_shards(_count_listed(uris, progress), config.shard_size))
+        _dispatch(actors, shards, progress, on_progress)
         progress.finished = time.monotonic()
     finally:
         for actor in actors:
             ray.kill(actor)
         if started_ray:
             ray.shutdown()
-    _write_job_file(config, progress, started_at, finished_at=_now())
+    state.write_record(_record(config, identity, progress, started_at, finished_at=_now()))
     return progress
+
+
+def _identity(config: JobConfig, checksum: str) -> dict:
+    """What decides which faces the job writes; a re-run into the same OUTPUT must match it."""
+    detector = {
+        k: v for k, v in asdict(config.detector).items() if k not in ("model", "threads", "model_sha256")
+    }
+    identity = {
+        "input": config.input,
+        "include": config.include,
+        "shard_size": config.shard_size,
+        "model_sha256": checksum,
+        **detector,
+    }
+    return json.loads(json.dumps(identity))  # as _job.json stores it (tuples become lists)
 
 
 def _non_empty(uris: Iterator[str], config: JobConfig) -> Iterator[str]:
@@ -157,7 +197,11 @@ def _start_actors(config: JobConfig) -> list[ray.actor.ActorHandle]:
     cpus = config.cpus_per_actor
     count = config.actors or max(1, int(ray.cluster_resources().get("CPU", 1) // cpus))
     settings = DetectorSettings(**{**asdict(config.detector), "threads": max(1, round(cpus))})
-    actor_class = ray.remote(ShardWorker).options(num_cpus=cpus, max_restarts=3, max_task_retries=3)
+    # A lost actor (process or node) is restarted up to MAX_RESTARTS times; its shards wait for it and
+    # are retried as often as needed (each retry rewrites the same shard file, atomically).
+    actor_class = ray.remote(ShardWorker).options(
+        num_cpus=cpus, max_restarts=MAX_RESTARTS, max_task_retries=-1
+    )
     actors = [actor_class.remote(settings, config.output) for _ in range(count)]
     try:
         ray.get([actor.ready.remote() for actor in actors])
@@ -172,17 +216,23 @@ def _start_actors(config: JobConfig) -> list[ray.actor.ActorHandle]:
 
 def _dispatch(
     actors: list[ray.actor.ActorHandle],
-    uris: Iterator[str],
-    shard_size: int,
+    shards: Iterator[tuple[Shard, ShardCounts | None]],
     progress: JobProgress,
     on_progress: Callable[[JobProgress], None],
 ) -> None:
-    """Keeps every actor fed with up to QUEUED_PER_ACTOR shards until the plan runs out."""
-    shards = plan_shards(uris, shard_size)
+    """Keeps every actor fed with up to QUEUED_PER_ACTOR shards until the plan runs out; shards an
+    earlier run committed are counted, not redone."""
     running: dict[ray.ObjectRef, tuple[ray.actor.ActorHandle, Shard]] = {}
 
+    def next_to_do() -> Shard | None:
+        for shard, committed in shards:
+            if committed is None:
+                return shard
+            progress.add_resumed(committed)
+        return None
+
     def submit(actor: ray.actor.ActorHandle) -> bool:
-        shard = next(shards, None)
+        shard = next_to_do()
         if shard is None:
             return False
         running[actor.process.remote(shard)] = (actor, shard)
@@ -211,23 +261,30 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _write_job_file(
-    config: JobConfig, progress: JobProgress, started_at: str, finished_at: str | None
-) -> None:
-    """OUTPUT/_job.json: the config and totals (no credentials are ever part of a JobConfig)."""
-    report = {
+def _record(
+    config: JobConfig, identity: dict, progress: JobProgress, started_at: str, finished_at: str | None = None
+) -> dict:
+    """OUTPUT/_job.json: identity, config and totals (no credentials are ever part of a JobConfig)."""
+    complete = finished_at is not None and progress.listing_done and not progress.failed_shards
+    return {
+        "identity": identity,
         "config": asdict(config),
         "started_at": started_at,
         "finished_at": finished_at,
-        "images": progress.images,
-        "faces": progress.faces,
-        "errors": progress.errors,
-        "shards": progress.shards,
+        "complete": complete,
+        "images": progress.images + progress.resumed.images,
+        "faces": progress.faces + progress.resumed.faces,
+        "errors": progress.errors + progress.resumed.errors,
+        "shards": progress.shards + progress.resumed_shards,
         "failed_shards": progress.failed_shards,
-        "seconds": round(progress.seconds, 3),
-        "startup_seconds": round(progress.startup_seconds, 3),
-        "images_per_second": round(progress.images_per_second, 3),
-        "processing_images_per_second": round(progress.processing_images_per_second, 3),
-        "stage_seconds": {k: round(v, 3) for k, v in progress.stage_seconds.items()},
+        "this_run": {
+            "images": progress.images,
+            "shards": progress.shards,
+            "resumed_shards": progress.resumed_shards,
+            "seconds": round(progress.seconds, 3),
+            "startup_seconds": round(progress.startup_seconds, 3),
+            "images_per_second": round(progress.images_per_second, 3),
+            "processing_images_per_second": round(progress.processing_images_per_second, 3),
+            "stage_seconds": {k: round(v, 3) for k, v in progress.stage_seconds.items()},
+        },
     }
-    storage_for(config.output).put(join(config.output, JOB_FILE), json.dumps(report, indent=2).encode())

@@ -54,6 +54,17 @@ DEFAULT_MODEL = "retinaface-mnet025"
 MODEL_SUFFIXES = (".xml", ".onnx")
 
 
+def model_checksum(path: Path) -> str:
+    """SHA-256 of the model's bytes: the .onnx file, or an IR's .xml followed by its .bin
+    (what `sha256sum model.onnx` or `cat model.xml model.bin | sha256sum` prints)."""
+    digest = hashlib.sha256()
+    for part in (path, path.with_suffix(".bin")) if path.suffix.lower() == ".xml" else (path,):
+        with part.open("rb") as file:
+            while chunk := file.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
 def cache_dir() -> Path:
     """`$FACESWEEP_CACHE`, else `~/.cache/facesweep`."""
     return Path(os.environ.get("FACESWEEP_CACHE") or Path.home() / ".cache" / "facesweep")

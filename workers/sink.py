@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from workers.faces import Faces
@@ -86,8 +88,33 @@ def _landmarks(found: Sequence[Faces], count: int) -> pa.Array:
     )
 
 
-def write_parquet(table: pa.Table, storage: Storage, uri: str) -> None:
+@dataclass(frozen=True)
+class ShardCounts:
+    """A committed shard's totals, kept in its Parquet footer so a resumed job can sum them cheaply."""
+
+    images: int
+    faces: int
+    errors: int
+
+
+COUNTS_KEY = b"facesweep.counts"
+
+
+def write_parquet(table: pa.Table, storage: Storage, uri: str) -> ShardCounts:
     """Writes `table` to `uri` as one Parquet file, atomically (readers never see a partial file)."""
+    counts = ShardCounts(
+        images=table.num_rows,
+        faces=int(pc.sum(pc.list_value_length(table["faces"])).as_py() or 0),
+        errors=int(pc.sum(pc.equal(table["status"], "error")).as_py() or 0),
+    )
+    table = table.replace_schema_metadata({COUNTS_KEY: json.dumps(asdict(counts)).encode()})
     buffer = pa.BufferOutputStream()
     pq.write_table(table, buffer, compression="zstd")
     storage.put(uri, buffer.getvalue().to_pybytes())
+    return counts
+
+
+def read_counts(parquet: bytes) -> ShardCounts:
+    """The counts a shard file carries in its footer."""
+    metadata = pq.read_metadata(pa.BufferReader(parquet)).metadata or {}
+    return ShardCounts(**json.loads(metadata[COUNTS_KEY]))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Protocol
@@ -22,7 +22,14 @@ S3_SCHEME = "s3://"
 
 
 class StorageError(OSError):
-    """A storage operation that failed; the message names the object and the reason in one line."""
+    """A storage operation that failed; the message names the object and the reason in one line.
+
+    Raised as is when the store itself failed (unreachable, still failing after boto3's retries): the
+    work that needed it fails and is retried, never recorded as a bad image."""
+
+
+class ObjectError(StorageError):
+    """A problem with one object (missing, access denied): that image gets an error row."""
 
 
 class Storage(Protocol):
@@ -35,6 +42,10 @@ class Storage(Protocol):
     def put(self, uri: str, data: bytes) -> None: ...
 
     def exists(self, uri: str) -> bool: ...
+
+    def delete(self, uris: Iterable[str]) -> None:
+        """Deletes the objects (missing ones are fine)."""
+        ...
 
     def make_folder(self, uri: str) -> None:
         """Makes sure objects can be written below `uri` (S3: its bucket exists; local: the folder)."""
@@ -77,8 +88,10 @@ class S3Storage:
     """boto3 with standard-mode retries and a connection pool sized for concurrent GETs."""
 
     def __init__(self, max_connections: int = 32) -> None:
+        # standard mode: exponential backoff with jitter (up to 20 s a wait); 10 attempts ride out a
+        # store that is down for about half a minute before the work that needed it fails.
         self._config = Config(
-            retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=max_connections
+            retries={"mode": "standard", "max_attempts": 10}, max_pool_connections=max_connections
         )
         self._lock = threading.Lock()
         self._client_obj = None
@@ -99,21 +112,21 @@ class S3Storage:
                 for obj in page.get("Contents", ()):
                     yield f"{S3_SCHEME}{bucket}/{obj['Key']}"
         except (ClientError, BotoCoreError) as error:
-            raise StorageError(_describe(prefix, error)) from None
+            raise _error(prefix, error) from None
 
     def get(self, uri: str) -> bytes:
         bucket, key = split_s3_uri(uri)
         try:
             return self._client.get_object(Bucket=bucket, Key=key)["Body"].read()
         except (ClientError, BotoCoreError) as error:
-            raise StorageError(_describe(uri, error)) from None
+            raise _error(uri, error) from None
 
     def put(self, uri: str, data: bytes) -> None:
         bucket, key = split_s3_uri(uri)
         try:
             self._client.put_object(Bucket=bucket, Key=key, Body=data)
         except (ClientError, BotoCoreError) as error:
-            raise StorageError(_describe(uri, error)) from None
+            raise _error(uri, error) from None
 
     def exists(self, uri: str) -> bool:
         bucket, key = split_s3_uri(uri)
@@ -123,9 +136,9 @@ class S3Storage:
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return False
-            raise StorageError(_describe(uri, error)) from None
+            raise _error(uri, error) from None
         except BotoCoreError as error:
-            raise StorageError(_describe(uri, error)) from None
+            raise _error(uri, error) from None
 
     def make_folder(self, uri: str) -> None:
         bucket, _ = split_s3_uri(uri)
@@ -136,9 +149,29 @@ class S3Storage:
                 raise StorageError(
                     f"bucket {bucket!r} does not exist ({uri}): create it or fix the URI"
                 ) from None
-            raise StorageError(_describe(uri, error)) from None
+            raise _error(uri, error) from None
         except BotoCoreError as error:
-            raise StorageError(_describe(uri, error)) from None
+            raise _error(uri, error) from None
+
+    def delete(self, uris: Iterable[str]) -> None:
+        by_bucket: dict[str, list[str]] = {}
+        for uri in uris:
+            bucket, key = split_s3_uri(uri)
+            by_bucket.setdefault(bucket, []).append(key)
+        for bucket, keys in by_bucket.items():
+            for start in range(0, len(keys), 1000):  # the most one DeleteObjects call takes
+                batch = [{"Key": key} for key in keys[start : start + 1000]]
+                try:
+                    self._client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+                except (ClientError, BotoCoreError) as error:
+                    raise _error(f"{S3_SCHEME}{bucket}/", error) from None
+
+
+def _error(uri: str, error: Exception) -> StorageError:
+    """The one-line error for a boto3 failure: ObjectError when only this object is at fault."""
+    code = error.response.get("Error", {}).get("Code", "") if isinstance(error, ClientError) else ""
+    cls = ObjectError if code in ("NoSuchKey", "404", "AccessDenied", "403") else StorageError
+    return cls(_describe(uri, error))
 
 
 def _describe(uri: str, error: Exception) -> str:
@@ -173,6 +206,8 @@ class LocalStorage:
     def get(self, uri: str) -> bytes:
         try:
             return Path(uri).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, PermissionError) as error:
+            raise ObjectError(f"{uri}: {error.strerror or error}") from None
         except OSError as error:
             raise StorageError(f"{uri}: {error.strerror or error}") from None
 
@@ -190,6 +225,13 @@ class LocalStorage:
 
     def exists(self, uri: str) -> bool:
         return Path(uri).exists()
+
+    def delete(self, uris: Iterable[str]) -> None:
+        for uri in uris:
+            try:
+                Path(uri).unlink(missing_ok=True)
+            except OSError as error:
+                raise StorageError(f"cannot delete {uri}: {error.strerror or error}") from None
 
     def make_folder(self, uri: str) -> None:
         try:

@@ -1,0 +1,204 @@
+"""Faults: an actor killed mid-shard, the driver killed mid-job, the object store down for 10 s, a node
+lost. Whatever happens, every input image ends up in the output exactly once."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pytest
+
+from jobs.demo import sample_photos
+from jobs.local_s3 import LocalS3, start_local_s3
+from workers.detector import DetectorSettings
+from workers.driver import JobConfig, JobProgress, run_job
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+PHOTOS = 12
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("fault-photos")
+    originals = [path for _, path in sample_photos()]
+    for i in range(PHOTOS):
+        source = originals[i % len(originals)]
+        (folder / f"{i:02d}-{source.name}").write_bytes(source.read_bytes())
+    return folder
+
+
+def assert_exactly_once(output: str, expected: set[str], filesystem: pafs.FileSystem | None = None) -> None:
+    seen = ds.dataset(output, format="parquet", filesystem=filesystem).to_table(columns=["uri"])["uri"]
+    assert sorted(seen.to_pylist()) == sorted(expected)
+
+
+def worker_pids(name: str) -> list[int]:
+    """Processes whose title Ray set to `ray::<name>...` (an actor process shows its class)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().startswith(f"ray::{name}".encode()):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_actor_killed_mid_shard_is_restarted_and_the_shard_retried(
+    ray_local: None, photos: Path, tmp_path: Path
+) -> None:
+    killed: list[int] = []
+
+    def kill_once(progress: JobProgress) -> None:
+        if not killed:  # the actor holds a second shard already: it dies in the middle of it
+            killed.extend(worker_pids("ShardWorker"))
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)
+
+    config = JobConfig(
+        str(photos), str(tmp_path / "out"), DetectorSettings(model="retinaface-mnet025"), 1, 1.0, shard_size=2
+    )
+    result = run_job(config, kill_once)
+    assert len(killed) == 1
+    assert not result.failed_shards and result.images == PHOTOS
+    assert_exactly_once(str(tmp_path / "out"), {str(p) for p in photos.iterdir()})
+
+
+def facesweep(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "jobs.cli", "run", *args, "--actors", "1", "--cpus-per-actor", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+        start_new_session=True,  # its own process group: the driver and the Ray it started die together
+    )
+
+
+def wait_for_shard_line(process: subprocess.Popen[str]) -> Iterator[str]:
+    for line in process.stderr:
+        if line.startswith("shard "):
+            yield line
+
+
+def test_driver_killed_mid_job_then_rerun_completes(photos: Path, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    first = facesweep(str(photos), str(output), "--shard-size", "2")
+    next(wait_for_shard_line(first))
+    os.killpg(first.pid, signal.SIGKILL)  # the driver's machine dies: the driver and its local Ray
+    first.wait(timeout=30)
+    done_before = sorted(p.name for p in output.glob("part-*.parquet"))
+    assert 1 <= len(done_before) < PHOTOS // 2
+    second = facesweep(str(photos), str(output), "--shard-size", "2")
+    out, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err
+    # Shards committed before the kill (and any an orphaned actor finished since) are not redone.
+    resumed = int(re.search(r"resumed: (\d+) shards", out).group(1))
+    assert resumed >= len(done_before)
+    assert re.search(rf"^images: {PHOTOS - 2 * resumed} ", out, re.MULTILINE), out
+    assert_exactly_once(str(output), {str(p) for p in photos.iterdir()})
+
+
+@pytest.fixture
+def own_s3(tmp_path: Path) -> Iterator[LocalS3]:
+    with start_local_s3(tmp_path / "s3") as server:
+        yield server
+
+
+def test_object_store_down_for_ten_seconds(own_s3: LocalS3, photos: Path, tmp_path: Path) -> None:
+    client = own_s3.client()
+    client.create_bucket(Bucket="flaky")
+    for photo in sorted(photos.iterdir()):
+        client.upload_file(str(photo), "flaky", f"in/{photo.name}")
+    job = facesweep("s3://flaky/in", "s3://flaky/out", "--shard-size", "2", env=own_s3.env())
+    next(wait_for_shard_line(job))
+    own_s3.stop()
+    outage_started = time.monotonic()
+    restarted: list[LocalS3] = []
+    timer = threading.Timer(
+        10.0,
+        lambda: restarted.append(start_local_s3(own_s3.data_dir, own_s3.credentials, ports=own_s3.ports)),
+    )
+    timer.start()
+    try:
+        _, err = job.communicate(timeout=300)
+        timer.join()
+        assert time.monotonic() - outage_started >= 10
+        assert job.returncode == 0, err
+        s3 = pafs.S3FileSystem(
+            endpoint_override=own_s3.endpoint_url,
+            access_key=own_s3.credentials.access_key,
+            secret_key=own_s3.credentials.secret_key,
+            region="us-east-1",
+        )
+        assert_exactly_once("flaky/out", {f"s3://flaky/in/{p.name}" for p in photos.iterdir()}, s3)
+        errors = ds.dataset("flaky/out", format="parquet", filesystem=s3).to_table(columns=["error"])
+        assert set(errors["error"].to_pylist()) == {None}, "an outage must not turn images into error rows"
+    finally:
+        timer.cancel()
+        for server in restarted:
+            server.stop()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(job.pid, signal.SIGKILL)
+
+
+NODE_LOSS_JOB = """
+import sys, ray
+from ray.cluster_utils import Cluster
+from workers.detector import DetectorSettings
+from workers.driver import JobConfig, run_job
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1"})
+workers = [cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(4)]
+ray.init(address=cluster.address)
+removed = []
+
+def lose_nodes(progress):
+    if not removed:  # two of the four worker nodes go: at least one of them holds an actor
+        for node in workers[:2]:
+            cluster.remove_node(node, allow_graceful=False)
+            removed.append(node)
+
+settings = DetectorSettings(model="retinaface-mnet025")
+config = JobConfig(sys.argv[1], sys.argv[2], settings, 2, 1.0, shard_size=2)
+result = run_job(config, lose_nodes)
+print("images", result.images, "failed", len(result.failed_shards), "removed", len(removed))
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+@pytest.mark.cluster
+def test_node_lost_mid_job(photos: Path, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", NODE_LOSS_JOB, str(photos), str(output)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+        start_new_session=True,
+    )
+    try:
+        out, err = process.communicate(timeout=400)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0, err[-3000:]
+    assert f"images {PHOTOS} failed 0 removed 2" in out
+    assert_exactly_once(str(output), {str(p) for p in photos.iterdir()})
