@@ -18,7 +18,7 @@ from workers.detector import Detector, DetectorSettings, Prepared, Timings
 from workers.images import ImageError, decode_image
 from workers.shards import Shard
 from workers.sink import ImageResult, results_table, write_parquet
-from workers.storage import StorageError, join, storage_for
+from workers.storage import ObjectError, join, storage_for
 
 
 @dataclass(frozen=True)
@@ -69,15 +69,9 @@ class ShardWorker:
         results = [self._result(uri, fetched[i], faces.get(i)) for i, uri in enumerate(shard.uris)]
         started = time.perf_counter()
         table = results_table(results, self.detector.settings.model)
-        write_parquet(table, storage_for(self.output), join(self.output, shard.file_name))
+        counts = write_parquet(table, storage_for(self.output), join(self.output, shard.file_name))
         timings.add("write", time.perf_counter() - started)
-        return ShardReport(
-            index=shard.index,
-            images=len(results),
-            faces=sum(len(r.faces) for r in results if r.faces is not None),
-            errors=sum(r.error is not None for r in results),
-            stage_seconds=timings.seconds,
-        )
+        return ShardReport(shard.index, counts.images, counts.faces, counts.errors, timings.seconds)
 
     @staticmethod
     def _result(uri: str, item: _Fetched, faces: object) -> ImageResult:
@@ -108,16 +102,23 @@ class ShardWorker:
         clock = time.perf_counter()
         try:
             data = storage_for(uri).get(uri)
-        except StorageError as error:
+        except ObjectError as error:  # this object is missing or forbidden; a failing store fails the shard
             return _Fetched(position, error=f"fetch failed: {error}")
         clock = _lap(timings, "fetch", clock)
+        # Whatever this image's bytes do to the decoder or the preprocessing, it is this image's error
+        # row: an exception escaping here would fail the whole shard, and its neighbours with it.
         try:
             image = decode_image(data)
         except ImageError as error:
             return _Fetched(position, error=str(error))
+        except Exception as error:
+            return _Fetched(position, error=f"decode failed: {_describe(error)}")
         clock = _lap(timings, "decode", clock)
         height, width = image.shape[:2]
-        prepared = self.detector.prepare(image)
+        try:
+            prepared = self.detector.prepare(image)
+        except Exception as error:
+            return _Fetched(position, width, height, error=f"preprocess failed: {_describe(error)}")
         _lap(timings, "preprocess", clock)
         return _Fetched(position, width, height, prepared)
 
@@ -126,3 +127,9 @@ def _lap(timings: Timings, stage: str, since: float) -> float:
     now = time.perf_counter()
     timings.add(stage, now - since)
     return now
+
+
+def _describe(error: Exception) -> str:
+    """An unexpected exception on one line: its type and the last line of its message, cut at 200 chars."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[-1][:200]}" if lines else type(error).__name__

@@ -70,7 +70,11 @@ def _read_manifest(source: str) -> Iterator[str]:
             u for batch in file.iter_batches(columns=["uri"]) for u in batch.column(0).to_pylist() if u
         )
     else:
-        lines = (line.strip() for line in data.decode("utf-8").splitlines())
+        try:  # utf-8-sig: a byte order mark (Notepad writes one) is not part of the first path
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as error:
+            raise InputError(f"manifest {source} is not UTF-8 text (byte {error.start})") from None
+        lines = (line.strip() for line in text.splitlines())
         entries = (line for line in lines if line and not line.startswith("#"))
     for entry in entries:
         yield _absolute(entry, base)
