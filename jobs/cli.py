@@ -15,9 +15,10 @@ from workers.evaluate import evaluate, format_report
 from workers.formats import FORMATS, UnknownFormatError
 from workers.inputs import InputError
 from workers.models import BUILTIN_MODELS, DEFAULT_MODEL, ModelError
+from workers.resume import OutputConflictError
 from workers.storage import StorageError
 
-USER_ERRORS = (ModelError, UnknownFormatError, InputError, StorageError, JobError)
+USER_ERRORS = (ModelError, UnknownFormatError, InputError, StorageError, JobError, OutputConflictError)
 
 
 def _positive_int(text: str) -> int:
@@ -62,6 +63,18 @@ def _triple(text: str) -> tuple[float, float, float]:
     return values
 
 
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers like 0.5,1,2, got {text!r}"
+        ) from None
+    if min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"scales must be greater than 0, got {text!r}")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facesweep", description="Batch face detection at cluster scale.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -92,6 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--color", choices=["BGR", "RGB"], help="channel order the network expects")
     pre.add_argument("--mean", type=_triple, metavar="A,B,C", help="subtracted per channel (network order)")
     pre.add_argument("--scale", type=_triple, metavar="A,B,C", help="divides per channel after the mean")
+    views = run.add_argument_group("multi-scale and tiling (accuracy for speed: docs/ACCURACY.md)")
+    views.add_argument(
+        "--scales",
+        type=_scales,
+        default=(1.0,),
+        metavar="S,S,...",
+        help="test-time pyramid: run each image at each scale (1 = the normal preprocessing; 2 = the image "
+        "reaches the network twice as large, in tiles if it exceeds a fixed input) and merge by NMS (1)",
+    )
+    views.add_argument(
+        "--tile",
+        action="store_true",
+        help="also run images larger than the network input as overlapping native-resolution tiles, "
+        "merged by NMS with the whole image (small faces in big photos; fixed-input models)",
+    )
     res = run.add_argument_group("resources")
     res.add_argument("--actors", type=_positive_int, help="actors (default: cluster CPUs / cpus-per-actor)")
     res.add_argument(
@@ -105,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--include", metavar="GLOB", help="take keys matching GLOB (default: image extensions)")
     run.add_argument("--ray-address", help="an existing Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    run.add_argument("--overwrite", action="store_true", help="redo the job from scratch in OUTPUT")
+    model.add_argument(
+        "--model-sha256", metavar="HEX", help="refuse the model unless its bytes have this SHA-256"
+    )
     score = commands.add_parser(
         "eval", help="score predictions against face boxes: WIDER FACE, OMZ or VOC AP"
     )
@@ -142,6 +174,9 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
             face_label=args.face_label,
             batch=args.batch,
             precision=args.precision,
+            model_sha256=args.model_sha256,
+            scales=args.scales,
+            tile=args.tile,
         ),
         actors=args.actors,
         cpus_per_actor=args.cpus_per_actor,
@@ -152,6 +187,12 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
 
 
 def summary(progress: JobProgress, output: str) -> str:
+    resumed = progress.resumed
+    if progress.already_complete:
+        return (
+            f"nothing to do: {output} already holds this job, complete ({resumed.images} images, "
+            f"{resumed.faces} faces, {resumed.errors} errors); --overwrite redoes it"
+        )
     lines = [
         f"images: {progress.images}   faces: {progress.faces}   errors: {progress.errors}",
         f"time: {progress.seconds:.1f} s, of which start-up {progress.startup_seconds:.1f} s (Ray, models)",
@@ -159,6 +200,12 @@ def summary(progress: JobProgress, output: str) -> str:
         f"{progress.images_per_second:.1f} images/s overall",
         f"output: {output}",
     ]
+    if progress.resumed_shards:
+        lines.insert(
+            1,
+            f"resumed: {progress.resumed_shards} shards ({resumed.images} images, {resumed.faces} faces, "
+            f"{resumed.errors} errors) were already done by an earlier run",
+        )
     if progress.failed_shards:
         lines.append(f"failed shards ({len(progress.failed_shards)}), re-run to retry them:")
         lines += [f"  {failure}" for failure in progress.failed_shards]
@@ -185,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = config_from_args(args)
     progress_view = progress_for(sys.stderr)
     try:
-        result = run_job(config, progress_view)
+        result = run_job(config, progress_view, overwrite=args.overwrite)
     except USER_ERRORS as error:
         progress_view.close()
         print(f"facesweep: error: {error}", file=sys.stderr)

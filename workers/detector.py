@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -17,8 +18,9 @@ from workers.faces import Faces, Geometry
 from workers.formats import detect_format
 from workers.formats.base import DecodeSettings, Format, Preprocess
 from workers.formats.known import recognise
-from workers.images import to_network_input
-from workers.models import ModelError, resolve_model
+from workers.images import network_tensor, scale_for_network
+from workers.models import ModelError, model_checksum, resolve_model
+from workers.nms import nms
 from workers.runtime import compile_model, output_infos, read_model, run_in_flight, static_input_size
 
 
@@ -40,14 +42,70 @@ class DetectorSettings:
     face_label: int | None = None
     batch: int = 1
     precision: str | None = None  # INFERENCE_PRECISION_HINT, e.g. "f32"; None: the device's default
+    model_sha256: str | None = None  # refuse a model whose bytes have another checksum
+    scales: tuple[float, ...] = (
+        1.0,
+    )  # test-time pyramid: each image also runs at these scales (Detector.prepare)
+    tile: bool = False  # also run images larger than a fixed network input as native-resolution tiles
+
+
+MIN_FACE = 64
+"""Network pixels: faces this large are found reliably; sets how much tiles overlap (`_largest_face`)."""
+EDGE_MARGIN = 4
+"""Network pixels: a box this close to a tile edge that lies inside the image is a cut face, dropped."""
+MERGE_NMS: dict[str, dict[str, bool]] = {
+    "priorbox": {"plus_one": True},
+    "retinaface": {"plus_one": True},
+    "ssh": {"plus_one": True},
+    "scrfd": {"plus_one": True},
+    "scrfd-nokps": {"plus_one": True},
+    "centerface": {"suppress_equal": True},
+}
+"""Each format's NMS conventions (as its decoder calls `nms`), for merging the faces of several views."""
+
+
+@dataclass(frozen=True)
+class View:
+    """One network input of an image: the `window` (x, y, w, h) of `scaled` (the image resized for one
+    scale) at the input's top-left, the rest padded; `geometry` maps its pixels back to the image.
+    `inner`: whether the window's left, top, right and bottom edges lie inside the scaled image (a tile);
+    `largest`: the widest and tallest face (network px) a tile keeps when a coarser view finds larger ones.
+    """
+
+    scaled: np.ndarray
+    window: tuple[int, int, int, int]
+    net_size: tuple[int, int]
+    pad: tuple[int, int, int]
+    geometry: Geometry
+    inner: tuple[bool, bool, bool, bool] = (False, False, False, False)
+    largest: tuple[float, float] = (math.inf, math.inf)
+
+    @property
+    def tensor(self) -> np.ndarray:
+        """The uint8 [1, h, w, 3] network input (built on demand: tiles share `scaled`)."""
+        return network_tensor(self.scaled, self.window, self.net_size, self.pad)
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """An image ready for the network: the uint8 NHWC tensor and how it maps back."""
+    """An image ready for the network: its views, one for a plain run, one per scale and tile otherwise."""
 
-    tensor: np.ndarray
-    geometry: Geometry
+    views: tuple[View, ...]
+
+    @property
+    def tensor(self) -> np.ndarray:
+        """The uint8 NHWC tensor of a single-view image."""
+        return self._single().tensor
+
+    @property
+    def geometry(self) -> Geometry:
+        """How a single-view image's network input maps back."""
+        return self._single().geometry
+
+    def _single(self) -> View:
+        if len(self.views) != 1:
+            raise ValueError(f"this image has {len(self.views)} views (scales or tiles), not one")
+        return self.views[0]
 
 
 @dataclass
@@ -67,6 +125,7 @@ class ModelPlan:
     """What reading a model decides: its format, the outputs to decode, preprocessing, decode settings."""
 
     path: Path
+    checksum: str  # models.model_checksum
     format: Format
     outputs: list[int]
     preprocess: Preprocess
@@ -77,6 +136,12 @@ class ModelPlan:
 def plan_model(settings: DetectorSettings) -> tuple[ov.Model, ModelPlan]:
     """Reads the model and decides how to run it; every mismatch is a one-line ModelError or format error."""
     path = resolve_model(settings.model)
+    checksum = model_checksum(path)
+    if settings.model_sha256 and settings.model_sha256.lower() != checksum:
+        raise ModelError(
+            f"model {settings.model} has SHA-256 {checksum}, not {settings.model_sha256} (--model-sha256): "
+            "refusing to run it"
+        )
     model = read_model(str(path), settings.model)
     fmt, outputs = detect_format(output_infos(model), settings.model, settings.format)
     known = recognise(path)
@@ -92,6 +157,13 @@ def plan_model(settings: DetectorSettings) -> tuple[ov.Model, ModelPlan]:
         mean=settings.mean,
         scale=settings.scale,
     )
+    if settings.tile and preprocess.input_size is None:
+        raise ModelError(
+            f"--tile needs a fixed network input: model {settings.model} already runs each image at its "
+            "own size (native resolution); pass --input-size WxH to tile"
+        )
+    if not settings.scales or min(settings.scales) <= 0:
+        raise ModelError(f"--scales must be positive numbers, got {settings.scales}")
     limits = [m for m in (fmt.max_batch, known.max_batch if known else None) if m is not None]
     if settings.batch > min(limits, default=settings.batch):
         raise ModelError(
@@ -107,7 +179,7 @@ def plan_model(settings: DetectorSettings) -> tuple[ov.Model, ModelPlan]:
         nms_threshold=fmt.default_nms_threshold if settings.nms_threshold is None else settings.nms_threshold,
         face_label=face_label,
     )
-    return model, ModelPlan(path, fmt, outputs, preprocess, decode, settings.batch)
+    return model, ModelPlan(path, checksum, fmt, outputs, preprocess, decode, settings.batch)
 
 
 def inspect_model(settings: DetectorSettings) -> ModelPlan:
@@ -132,13 +204,30 @@ class Detector:
         )
 
     def prepare(self, image: np.ndarray) -> Prepared:
-        """Resizes a BGR image for the network; thread-safe, so fetch threads can do it in parallel."""
-        tensor, geometry = to_network_input(image, self.plan.preprocess)
-        return Prepared(tensor, geometry)
+        """All views of a BGR image for the network; thread-safe, so fetch threads can do it in parallel.
+
+        One view per scale of `settings.scales` (1: the format's preprocessing; see `scale_for_network`),
+        cut into overlapping tiles where a scale makes the image larger than a fixed network input; with
+        `settings.tile`, also the image at native resolution in tiles when it does not fit the input."""
+        preprocess = self.plan.preprocess
+        levels = [
+            scale_for_network(image, preprocess, scale) for scale in dict.fromkeys(self.settings.scales)
+        ]
+        if self.settings.tile:
+            native = scale_for_network(image, preprocess, native=True)
+            height, width = image.shape[:2]
+            fits = width <= native[1][0] and height <= native[1][1]
+            if not fits and all(level[2] != native[2] for level in levels):
+                levels.append(native)
+        coarsest = (min(g.scale_x for _, _, g in levels), min(g.scale_y for _, _, g in levels))
+        return Prepared(tuple(view for level in levels for view in _views(*level, coarsest, preprocess.pad)))
 
     def infer(self, prepared: Sequence[Prepared]) -> list[np.ndarray]:
-        """The model's raw outputs for one batch, synchronously (for tests and one-off use)."""
-        result = self._compiled(self._batch_tensor(prepared))
+        """The model's raw outputs for one batch of views, synchronously (for tests and one-off use)."""
+        views = [view for image in prepared for view in image.views]
+        if len(views) > self.plan.batch:
+            raise ValueError(f"{len(views)} views do not fit one batch of {self.plan.batch}: use detect")
+        result = self._compiled(self._batch_tensor(views))
         return [result[output] for output in self._compiled.outputs]
 
     def decode(
@@ -147,47 +236,168 @@ class Detector:
         """Faces of each image of a batch from the model's raw outputs, in original pixels, best first.
 
         `settings` overrides the planned thresholds (to decode stored outputs at another threshold)."""
-        picked = [outputs[i] for i in self.plan.outputs]
-        per_image = self.format.split(picked, self.plan.batch)
         settings = settings or self.plan.decode
+        per_view = self._decode_views(outputs, [view for image in prepared for view in image.views], settings)
+        faces, start = [], 0
+        for image in prepared:
+            faces.append(self.merge(per_view[start : start + len(image.views)], settings.nms_threshold))
+            start += len(image.views)
+        return faces
+
+    def _decode_views(
+        self, outputs: list[np.ndarray], views: Sequence[View], settings: DecodeSettings
+    ) -> list[Faces]:
+        """Each view's faces in original pixels, less the faces cut by a tile edge inside the image."""
+        picked = [outputs[i] for i in self.plan.outputs]
+        per_view = self.format.split(picked, self.plan.batch)
         return [
-            image.geometry.to_original(
-                self.format.decode(tensors, (image.tensor.shape[2], image.tensor.shape[1]), settings)
-            )
-            for tensors, image in zip(per_image, prepared, strict=False)
+            view.geometry.to_original(_drop_cut(self.format.decode(tensors, view.net_size, settings), view))
+            for tensors, view in zip(per_view, views, strict=False)
         ]
 
-    def _batch_tensor(self, prepared: Sequence[Prepared]) -> np.ndarray:
-        """The images stacked into one batch, padded with copies of the last to the compiled batch size."""
+    def merge(self, parts: Sequence[Faces], nms_threshold: float | None = None) -> Faces:
+        """One image's faces from its views' faces: all of them through the format's NMS, best first (a
+        single view's faces as they are)."""
+        if len(parts) == 1:
+            return parts[0]
+        faces = Faces.concat(list(parts))
+        threshold = self.plan.decode.nms_threshold if nms_threshold is None else nms_threshold
+        return faces.take(nms(faces.boxes, faces.scores, threshold, **MERGE_NMS.get(self.format.name, {})))
+
+    def _batch_tensor(self, views: Sequence[View]) -> np.ndarray:
+        """The views stacked into one batch, padded with copies of the last to the compiled batch size."""
         if self.plan.batch == 1:
-            return prepared[0].tensor
-        padding = [prepared[-1].tensor] * (self.plan.batch - len(prepared))
-        return np.concatenate([p.tensor for p in prepared] + padding)
+            return views[0].tensor
+        tensors = [view.tensor for view in views]
+        return np.concatenate(tensors + [tensors[-1]] * (self.plan.batch - len(views)))
 
     def detect(self, items: Iterable[tuple[object, Prepared]], timings: Timings) -> dict[object, Faces | str]:
-        """Faces (or an error string) per key, running the model with several requests in flight."""
+        """Faces (or an error string) per key, running the model with several requests in flight; an
+        image's views may share batches with other images' views, and merge once the last is decoded."""
         results: dict[object, Faces | str] = {}
+        parts: dict[object, list[Faces | str | None]] = {}
+        remaining: dict[object, int] = {}
+        lock = threading.Lock()
+
+        def views() -> Iterator[tuple[object, int, View]]:
+            for key, prepared in items:
+                parts[key] = [None] * len(prepared.views)
+                remaining[key] = len(prepared.views)
+                for index, view in enumerate(prepared.views):
+                    yield key, index, view
 
         def on_result(
-            outputs: list[np.ndarray], infer_seconds: float, batch: list[tuple[object, Prepared]]
+            outputs: list[np.ndarray], infer_seconds: float, batch: list[tuple[object, int, View]]
         ) -> None:
             started = time.perf_counter()
             try:
-                for (key, _), faces in zip(batch, self.decode(outputs, [p for _, p in batch]), strict=True):
-                    results[key] = faces
+                decoded: list[Faces | str] = list(
+                    self._decode_views(outputs, [view for _, _, view in batch], self.plan.decode)
+                )
             except Exception as error:  # a decoder bug must not take the shard down with it
-                for key, _ in batch:
-                    results[key] = f"decode failed: {type(error).__name__}: {error}"
+                decoded = [f"decode failed: {type(error).__name__}: {error}"] * len(batch)
+            done = []
+            with lock:
+                for (key, index, _), faces in zip(batch, decoded, strict=True):
+                    parts[key][index] = faces
+                    remaining[key] -= 1
+                    if remaining[key] == 0:
+                        done.append(key)
+            for key in done:
+                found = parts.pop(key)
+                errors = [part for part in found if isinstance(part, str)]
+                try:
+                    results[key] = errors[0] if errors else self.merge(found)  # type: ignore[arg-type]
+                except Exception as error:
+                    results[key] = f"merge failed: {type(error).__name__}: {error}"
             timings.add("infer", infer_seconds)
             timings.add("decode_nms", time.perf_counter() - started)
 
-        batches = _batched(iter(items), self.plan.batch)
+        batches = _batched(views(), self.plan.batch)
         run_in_flight(
-            self._compiled, ((self._batch_tensor([p for _, p in b]), b) for b in batches), on_result
+            self._compiled, ((self._batch_tensor([v for _, _, v in b]), b) for b in batches), on_result
         )
         return results
 
 
-def _batched(items: Iterator[tuple[object, Prepared]], size: int) -> Iterator[list[tuple[object, Prepared]]]:
+def _views(
+    scaled: np.ndarray,
+    net: tuple[int, int],
+    geometry: Geometry,
+    coarsest: tuple[float, float],
+    pad: tuple[int, int, int],
+) -> list[View]:
+    """The network inputs of one scale: the whole scaled image when it fits the input, else overlapping
+    input-sized tiles of it (evenly spread, the first and last at the image's edges)."""
+    height, width = scaled.shape[:2]
+    if width <= net[0] and height <= net[1]:
+        return [View(scaled, (0, 0, width, height), net, pad, geometry)]
+    largest = (
+        _largest_face(geometry.scale_x / coarsest[0]),
+        _largest_face(geometry.scale_y / coarsest[1]),
+    )
+    xs = _starts(width, net[0], int(min(net[0] // 2, largest[0])))
+    ys = _starts(height, net[1], int(min(net[1] // 2, largest[1])))
+    w, h = min(net[0], width), min(net[1], height)
+    return [
+        View(
+            scaled,
+            (x, y, w, h),
+            net,
+            pad,
+            replace(geometry, offset_x=float(x), offset_y=float(y)),
+            (x > 0, y > 0, x + w < width, y + h < height),
+            largest,
+        )
+        for y in ys
+        for x in xs
+    ]
+
+
+def _largest_face(finer: float) -> float:
+    """The largest face (network px, one axis) that the tiles of a view `finer` times the coarsest view's
+    scale look after, and so how much neighbouring tiles overlap (at most half a tile).
+
+    A face up to it, less two edge margins, is whole and clear of the margins in some tile; a larger one
+    is at least MIN_FACE px in the coarsest view, which finds it whole, while a tile may see only part of
+    it. Unlimited for the coarsest view itself: its tiles overlap by half and keep faces of every size."""
+    return math.inf if finer <= 1 else float(math.ceil(MIN_FACE * finer) + 2 * EDGE_MARGIN)
+
+
+def _starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Tile offsets along one axis: as few tiles as cover `length` with at least `overlap` shared."""
+    if length <= tile:
+        return [0]
+    count = math.ceil((length - overlap) / (tile - overlap))
+    return [round(v) for v in np.linspace(0, length - tile, count)]
+
+
+def _drop_cut(faces: Faces, view: View) -> Faces:
+    """The faces of a tile less those it may have cut: a face within EDGE_MARGIN of (or past) a tile edge
+    inside the image, which another tile holds whole; and a face larger than the tile looks after (so
+    possibly the visible part of a larger face) within half its size of such an edge, which the coarser
+    view holds whole. Larger faces clear of the edges stay: the tile sees them whole, and sharper."""
+    left, top, right, bottom = view.inner
+    if not (left or top or right or bottom):
+        return faces
+    _, _, width, height = view.window
+    boxes = faces.boxes
+    sizes = boxes[:, 2:] - boxes[:, :2]
+    reach = np.where(sizes > np.array(view.largest), np.maximum(EDGE_MARGIN, sizes / 2), EDGE_MARGIN)
+    cut = np.zeros(len(faces), bool)
+    if left:
+        cut |= boxes[:, 0] < reach[:, 0]
+    if top:
+        cut |= boxes[:, 1] < reach[:, 1]
+    if right:
+        cut |= boxes[:, 2] > width - reach[:, 0]
+    if bottom:
+        cut |= boxes[:, 3] > height - reach[:, 1]
+    return faces.take(~cut)
+
+
+def _batched(
+    items: Iterator[tuple[object, int, View]], size: int
+) -> Iterator[list[tuple[object, int, View]]]:
     while batch := list(islice(items, size)):
         yield batch

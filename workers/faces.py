@@ -31,21 +31,37 @@ class Faces:
         landmarks = None if self.landmarks is None else self.landmarks[index]
         return Faces(self.boxes[index], self.scores[index], landmarks)
 
+    @staticmethod
+    def concat(parts: list[Faces]) -> Faces:
+        """The faces of all `parts` (of one image, with or all without landmarks), in that order."""
+        landmarks = None if parts[0].landmarks is None else np.concatenate([p.landmarks for p in parts])
+        return Faces(
+            np.concatenate([p.boxes for p in parts]), np.concatenate([p.scores for p in parts]), landmarks
+        )
+
 
 @dataclass(frozen=True)
 class Geometry:
-    """How an image of `width` x `height` was scaled into the network input (image at the top-left)."""
+    """How an image of `width` x `height` was scaled into the network input.
+
+    The image, scaled by `scale_x` x `scale_y`, lies at the input's top-left; or, for a tile, the input's
+    top-left is the point (`offset_x`, `offset_y`) of the scaled image (in scaled pixels)."""
 
     width: int
     height: int
     scale_x: float
     scale_y: float
+    offset_x: float = 0.0
+    offset_y: float = 0.0
 
     def to_original(self, faces: Faces) -> Faces:
         """Maps boxes and landmarks from network-input pixels to the original image, boxes clipped to it."""
         scale = np.array([self.scale_x, self.scale_y], np.float32)
-        boxes = (faces.boxes.reshape(-1, 2, 2) / scale).reshape(-1, 4)
+        offset = np.array([self.offset_x, self.offset_y], np.float32)
+        boxes = ((faces.boxes.reshape(-1, 2, 2) + offset) / scale).reshape(-1, 4)
         np.clip(boxes[:, 0::2], 0, self.width, out=boxes[:, 0::2])
         np.clip(boxes[:, 1::2], 0, self.height, out=boxes[:, 1::2])
-        landmarks = None if faces.landmarks is None else (faces.landmarks / scale).astype(np.float32)
+        landmarks = (
+            None if faces.landmarks is None else ((faces.landmarks + offset) / scale).astype(np.float32)
+        )
         return Faces(boxes.astype(np.float32), faces.scores.astype(np.float32), landmarks)
