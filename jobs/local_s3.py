@@ -271,6 +271,17 @@ class LocalS3:
         """A boto3 S3 client for this server (path-style addressing)."""
         return _boto3_client(self.endpoint_url, self.credentials)
 
+    def arrow_filesystem(self) -> Any:
+        """A pyarrow S3FileSystem for this server (paths are `bucket/key`)."""
+        from pyarrow import fs
+
+        return fs.S3FileSystem(
+            endpoint_override=self.endpoint_url,
+            access_key=self.credentials.access_key,
+            secret_key=self.credentials.secret_key,
+            region=REGION,
+        )
+
     def stop(self) -> None:
         """Stop the server: SIGTERM, wait up to 10 s, then SIGKILL. Safe to call more than once."""
         _LIVE.discard(self)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pyarrow.fs as pafs
 import pytest
 
 from jobs.demo import sample_photos
@@ -470,12 +469,7 @@ def test_s3_keys_with_spaces_and_non_ascii(ray_local: None, local_s3: LocalS3, t
 
     result = run_job(job("s3://bad-input/odd keys", "s3://bad-input/out"))
 
-    s3 = pafs.S3FileSystem(
-        endpoint_override=local_s3.endpoint_url,
-        access_key=local_s3.credentials.access_key,
-        secret_key=local_s3.credentials.secret_key,
-        region="us-east-1",
-    )
+    s3 = local_s3.arrow_filesystem()
     rows = read_rows("bad-input/out", s3)
     assert set(rows) == {f"s3://bad-input/{key}" for key in keys if not key.endswith(".md")}
     for key in list(keys)[:3]:

@@ -138,12 +138,7 @@ def test_object_store_down_for_ten_seconds(own_s3: LocalS3, photos: Path, tmp_pa
         timer.join()
         assert time.monotonic() - outage_started >= 10
         assert job.returncode == 0, err
-        s3 = pafs.S3FileSystem(
-            endpoint_override=own_s3.endpoint_url,
-            access_key=own_s3.credentials.access_key,
-            secret_key=own_s3.credentials.secret_key,
-            region="us-east-1",
-        )
+        s3 = own_s3.arrow_filesystem()
         assert_exactly_once("flaky/out", {f"s3://flaky/in/{p.name}" for p in photos.iterdir()}, s3)
         errors = ds.dataset("flaky/out", format="parquet", filesystem=s3).to_table(columns=["error"])
         assert set(errors["error"].to_pylist()) == {None}, "an outage must not turn images into error rows"

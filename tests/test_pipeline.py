@@ -105,12 +105,7 @@ def test_s3_prefix_to_s3_prefix(ray_local: None, local_s3: LocalS3, photo_dir: P
             client.upload_file(str(path), "pipeline-in", key)
             keys.append(key)
     result = run_job(job("s3://pipeline-in/batch 1", "s3://pipeline-out/run"))
-    s3 = pafs.S3FileSystem(
-        endpoint_override=local_s3.endpoint_url,
-        access_key=local_s3.credentials.access_key,
-        secret_key=local_s3.credentials.secret_key,
-        region="us-east-1",
-    )
+    s3 = local_s3.arrow_filesystem()
     rows = read_rows("pipeline-out/run", s3)
     check_contract(rows, {f"s3://pipeline-in/{k}" for k in keys if not k.endswith(".txt")})
     assert result.images == len(rows)
