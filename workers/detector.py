@@ -20,7 +20,6 @@ from workers.formats.base import DecodeSettings, Format, Preprocess
 from workers.formats.known import recognise
 from workers.images import network_tensor, scale_for_network
 from workers.models import ModelError, model_checksum, resolve_model
-from workers.nms import nms
 from workers.runtime import compile_model, output_infos, read_model, run_in_flight, static_input_size
 
 
@@ -53,15 +52,6 @@ MIN_FACE = 64
 """Network pixels: faces this large are found reliably; sets how much tiles overlap (`_largest_face`)."""
 EDGE_MARGIN = 4
 """Network pixels: a box this close to a tile edge that lies inside the image is a cut face, dropped."""
-MERGE_NMS: dict[str, dict[str, bool]] = {
-    "priorbox": {"plus_one": True},
-    "retinaface": {"plus_one": True},
-    "ssh": {"plus_one": True},
-    "scrfd": {"plus_one": True},
-    "scrfd-nokps": {"plus_one": True},
-    "centerface": {"suppress_equal": True},
-}
-"""Each format's NMS conventions (as its decoder calls `nms`), for merging the faces of several views."""
 
 
 @dataclass(frozen=True)
@@ -262,7 +252,7 @@ class Detector:
             return parts[0]
         faces = Faces.concat(list(parts))
         threshold = self.plan.decode.nms_threshold if nms_threshold is None else nms_threshold
-        return faces.take(nms(faces.boxes, faces.scores, threshold, **MERGE_NMS.get(self.format.name, {})))
+        return self.format.nms_rule.apply(faces, threshold)
 
     def _batch_tensor(self, views: Sequence[View]) -> np.ndarray:
         """The views stacked into one batch, padded with copies of the last to the compiled batch size."""

@@ -23,8 +23,9 @@ from functools import lru_cache
 import numpy as np
 
 from workers.faces import Faces
-from workers.formats.base import DecodeSettings, Format, OutputInfo, Preprocess, find_named
-from workers.nms import nms
+from workers.formats.base import DecodeSettings, Format, NmsRule, OutputInfo, Preprocess, find_named
+
+NMS_RULE = NmsRule(plus_one=True)  # as the reference NMS computes areas and ties
 
 STRIDES = (32, 16, 8)
 SCALES = {32: (32, 16), 16: (8, 4), 8: (2, 1)}
@@ -130,7 +131,7 @@ class Rule:
             np.concatenate(scores).astype(np.float32),
             np.concatenate(points).astype(np.float32) if self.landmarks else None,
         )
-        return faces.take(nms(faces.boxes, faces.scores, settings.nms_threshold, plus_one=True))
+        return NMS_RULE.apply(faces, settings.nms_threshold)
 
 
 RETINAFACE_RULE = Rule(prefix="face_rpn", landmarks=True, top_k_per_stride=None)
@@ -147,6 +148,7 @@ RETINAFACE = Format(
     preprocess=PREPROCESS,
     match=RETINAFACE_RULE.match,
     decode=RETINAFACE_RULE.decode,
+    nms_rule=NMS_RULE,
     default_nms_threshold=0.4,
 )
 
@@ -157,5 +159,6 @@ SSH = Format(
     preprocess=PREPROCESS,
     match=SSH_RULE.match,
     decode=SSH_RULE.decode,
+    nms_rule=NMS_RULE,
     default_nms_threshold=0.3,
 )

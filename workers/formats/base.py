@@ -10,6 +10,7 @@ from typing import Literal
 import numpy as np
 
 from workers.faces import Faces, Geometry
+from workers.nms import nms
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,26 @@ def split_batch_axis(outputs: Sequence[np.ndarray], batch: int) -> list[list[np.
 
 
 @dataclass(frozen=True)
+class NmsRule:
+    """How a format's reference runs NMS: +1-pixel areas, and whether an IoU equal to the threshold
+    suppresses. Decoders apply it, and so does merging an image's views (scales, tiles)."""
+
+    plus_one: bool = False
+    suppress_equal: bool = False
+
+    def apply(self, faces: Faces, threshold: float, max_kept: int | None = None) -> Faces:
+        kept = nms(
+            faces.boxes,
+            faces.scores,
+            threshold,
+            self.plus_one,
+            max_kept=max_kept,
+            suppress_equal=self.suppress_equal,
+        )
+        return faces.take(kept)
+
+
+@dataclass(frozen=True)
 class Format:
     """An output format: a matching rule over the model's outputs, default preprocessing, a decoder."""
 
@@ -93,6 +114,7 @@ class Format:
     default_nms_threshold: float
     split: Split = split_batch_axis
     max_batch: int | None = None  # 1 when the outputs cannot tell a batch's images apart
+    nms_rule: NmsRule = NmsRule()
 
 
 def find_named(outputs: Sequence[OutputInfo], names: Sequence[str]) -> list[int] | None:

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from workers.faces import Faces
-from workers.formats.base import DecodeSettings, Format, OutputInfo, Preprocess
-from workers.nms import nms
+from workers.formats.base import DecodeSettings, Format, NmsRule, OutputInfo, Preprocess
+
+NMS_RULE = NmsRule(suppress_equal=True)  # as the reference NMS computes areas and ties
 
 STRIDE = 4
 CHANNELS = (1, 2, 2, 10)  # heatmap, scale, offset, landmarks
@@ -46,7 +47,7 @@ def decode(outputs: Sequence[np.ndarray], net_size: tuple[int, int], settings: D
     rel = landmarks[:, ys, xs].T.reshape(-1, 5, 2)  # (y, x) per point
     points = np.stack([rel[:, :, 1] * w[:, None] + x1[:, None], rel[:, :, 0] * h[:, None] + y1[:, None]], -1)
     faces = Faces(boxes.astype(np.float32), scores, points.astype(np.float32))
-    return faces.take(nms(faces.boxes, scores, settings.nms_threshold, suppress_equal=True))
+    return NMS_RULE.apply(faces, settings.nms_threshold)
 
 
 FORMAT = Format(
@@ -56,5 +57,6 @@ FORMAT = Format(
     preprocess=Preprocess(input_size=None, resize="stretch", color="RGB", size_multiple=32),
     match=match,
     decode=decode,
+    nms_rule=NMS_RULE,
     default_nms_threshold=0.3,
 )

@@ -13,8 +13,9 @@ from functools import lru_cache
 import numpy as np
 
 from workers.faces import Faces
-from workers.formats.base import DecodeSettings, Format, OutputInfo, Preprocess, find_named
-from workers.nms import nms
+from workers.formats.base import DecodeSettings, Format, NmsRule, OutputInfo, Preprocess, find_named
+
+NMS_RULE = NmsRule(plus_one=True)  # as the reference NMS computes areas and ties
 
 STEPS = (8, 16, 32)
 MIN_SIZES = ((16, 32), (64, 128), (256, 512))
@@ -51,7 +52,7 @@ def decode(outputs: Sequence[np.ndarray], net_size: tuple[int, int], settings: D
     boxes = np.hstack([centers - sizes / 2, centers + sizes / 2])
     points = p[:, None, :2] + landmarks[candidates].reshape(-1, 5, 2) * VARIANCES[0] * p[:, None, 2:]
     faces = Faces(boxes, conf[candidates, 1], points)
-    return faces.take(nms(boxes, faces.scores, settings.nms_threshold, plus_one=True, max_kept=KEEP_TOP_K))
+    return NMS_RULE.apply(faces, settings.nms_threshold, max_kept=KEEP_TOP_K)
 
 
 FORMAT = Format(
@@ -67,5 +68,6 @@ FORMAT = Format(
     ),
     match=match,
     decode=decode,
+    nms_rule=NMS_RULE,
     default_nms_threshold=0.4,
 )

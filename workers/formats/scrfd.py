@@ -25,8 +25,9 @@ from functools import lru_cache, partial
 import numpy as np
 
 from workers.faces import Faces, Geometry
-from workers.formats.base import DecodeSettings, Format, OutputInfo, Preprocess, find_named
-from workers.nms import nms
+from workers.formats.base import DecodeSettings, Format, NmsRule, OutputInfo, Preprocess, find_named
+
+NMS_RULE = NmsRule(plus_one=True)  # as the reference NMS computes areas and ties
 
 STRIDES = (8, 16, 32)
 NUM_ANCHORS = 2
@@ -121,7 +122,7 @@ def decode(outputs: Sequence[np.ndarray], net_size: tuple[int, int], settings: D
     if kps is not None:
         points = center[:, None, :] + (kps[candidates] * stride).reshape(-1, 5, 2)
     faces = Faces(boxes, score[candidates, 0], points)
-    return faces.take(nms(boxes, faces.scores, settings.nms_threshold, plus_one=True))
+    return NMS_RULE.apply(faces, settings.nms_threshold)
 
 
 def _format(name: str, with_kps: bool) -> Format:
@@ -138,6 +139,7 @@ def _format(name: str, with_kps: bool) -> Format:
         ),
         match=partial(match, with_kps=with_kps),
         decode=decode,
+        nms_rule=NMS_RULE,
         default_nms_threshold=0.4,
         split=split,
     )
