@@ -80,7 +80,9 @@ def _copy_output(client: object, target: Path) -> None:
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="detections/")
     for page in pages:
         for obj in page.get("Contents", ()):
-            client.download_file(BUCKET, obj["Key"], str(target / obj["Key"].removeprefix("detections/")))
+            local = target / obj["Key"].removeprefix("detections/")
+            local.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(BUCKET, obj["Key"], str(local))
 
 
 if __name__ == "__main__":
