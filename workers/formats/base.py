@@ -88,8 +88,9 @@ class NmsRule:
     plus_one: bool = False
     suppress_equal: bool = False
 
-    def apply(self, faces: Faces, threshold: float, max_kept: int | None = None) -> Faces:
-        kept = nms(
+    def keep(self, faces: Faces, threshold: float, max_kept: int | None = None) -> np.ndarray:
+        """Indices of the faces NMS keeps, best first."""
+        return nms(
             faces.boxes,
             faces.scores,
             threshold,
@@ -97,7 +98,9 @@ class NmsRule:
             max_kept=max_kept,
             suppress_equal=self.suppress_equal,
         )
-        return faces.take(kept)
+
+    def apply(self, faces: Faces, threshold: float, max_kept: int | None = None) -> Faces:
+        return faces.take(self.keep(faces, threshold, max_kept))
 
 
 @dataclass(frozen=True)
