@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from jobs.config import ConfigError, run_arguments
 from jobs.progress import progress_for
 from workers.detector import DetectorSettings
 from workers.driver import JobConfig, JobError, JobProgress, run_job
@@ -22,6 +23,7 @@ USER_ERRORS = (ModelError, UnknownFormatError, InputError, StorageError, JobErro
 
 
 def _positive_int(text: str) -> int:
+    """An integer of at least 1."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
@@ -29,6 +31,7 @@ def _positive_int(text: str) -> int:
 
 
 def _positive_float(text: str) -> float:
+    """A number greater than 0."""
     value = float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
@@ -36,6 +39,7 @@ def _positive_float(text: str) -> float:
 
 
 def _fraction(text: str) -> float:
+    """A number between 0 and 1."""
     value = float(text)
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
@@ -43,6 +47,7 @@ def _fraction(text: str) -> float:
 
 
 def _size(text: str) -> tuple[int, int]:
+    """A size WIDTHxHEIGHT (one number: a square)."""
     width, _, height = text.lower().partition("x")
     try:
         size = (int(width), int(height or width))
@@ -54,6 +59,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _triple(text: str) -> tuple[float, float, float]:
+    """Three comma-separated numbers."""
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
@@ -64,6 +70,7 @@ def _triple(text: str) -> tuple[float, float, float]:
 
 
 def _scales(text: str) -> tuple[float, ...]:
+    """Comma-separated numbers greater than 0."""
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
@@ -81,11 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="detect faces in every image of INPUT, write Parquet to OUTPUT")
     run.add_argument(
         "input",
+        nargs="?",
         metavar="INPUT",
         help="s3://bucket/prefix, a local directory, or a manifest "
-        "(.txt/.lst: one URI per line; .parquet: a `uri` column)",
+        "(.txt/.lst: one URI per line; .parquet: a `uri` column) (or from --config)",
     )
-    run.add_argument("output", metavar="OUTPUT", help="s3://bucket/prefix or a local directory")
+    run.add_argument(
+        "output",
+        nargs="?",
+        metavar="OUTPUT",
+        help="s3://bucket/prefix or a local directory (or from --config)",
+    )
+    run.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a YAML job spec (jobs/*.yaml): keys are these options' names with underscores, flags override",
+    )
     model = run.add_argument_group("model and decoding")
     model.add_argument(
         "--model",
@@ -134,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--include", metavar="GLOB", help="take keys matching GLOB (default: image extensions)")
     run.add_argument("--ray-address", help="an existing Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     run.add_argument("--overwrite", action="store_true", help="redo the job from scratch in OUTPUT")
+    scoring = run.add_argument_group("evaluation after the job (as `facesweep eval OUTPUT GROUND_TRUTH`)")
+    scoring.add_argument("--ground-truth", metavar="FILE", help="annotations to score OUTPUT against")
+    scoring.add_argument("--eval-json", metavar="FILE", help="also write the figures to FILE as JSON")
     model.add_argument(
         "--model-sha256", metavar="HEX", help="refuse the model unless its bytes have this SHA-256"
     )
@@ -213,11 +234,16 @@ def summary(progress: JobProgress, output: str) -> str:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    """`facesweep eval`: the APs on stdout (and in --json FILE), or one line on stderr for bad input."""
+    """`facesweep eval`."""
+    return score(args.predictions, args.ground_truth, args.json)
+
+
+def score(predictions: str, ground_truth: str, json_path: str | None) -> int:
+    """The APs on stdout (and as JSON in `json_path`), or one line on stderr for bad input."""
     try:
-        report = evaluate(args.predictions, args.ground_truth)
-        if args.json:
-            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        report = evaluate(predictions, ground_truth)
+        if json_path:
+            Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
     except (OSError, ValueError) as error:
         print(f"facesweep: error: {error}", file=sys.stderr)
         return 1
@@ -226,9 +252,15 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "eval":
         return run_eval(args)
+    try:
+        args = run_arguments(parser, argv, args)
+    except ConfigError as error:
+        print(f"facesweep: error: {error}", file=sys.stderr)
+        return 2
     config = config_from_args(args)
     progress_view = progress_for(sys.stderr)
     try:
@@ -239,7 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     progress_view.close()
     print(summary(result, config.output))
-    return 1 if result.failed_shards else 0
+    if result.failed_shards:
+        return 1
+    return score(config.output, args.ground_truth, args.eval_json) if args.ground_truth else 0
 
 
 if __name__ == "__main__":
