@@ -45,6 +45,7 @@ class DetectorSettings:
     model_sha256: str | None = None  # refuse a model whose bytes have another checksum
     scales: tuple[float, ...] = (1.0,)  # test-time pyramid: run each image at these scales (prepare)
     tile: bool = False  # also run images larger than a fixed network input as native-resolution tiles
+    reduced_decode: bool = True  # decode a JPEG at 1/2, 1/4, 1/8 when every view downscales that much
 
 
 MIN_FACE = 64
@@ -103,7 +104,9 @@ class Prepared:
 
 @dataclass
 class Timings:
-    """Seconds spent per stage, summed over images (thread-safe accumulation)."""
+    """Seconds per stage, summed over images (thread-safe accumulation): the CPU time of the thread that
+    did the work (fetch, decode, preprocess, decode_nms, write; so fetch excludes waiting for the network),
+    and for infer the requests' own latency, several of which overlap."""
 
     seconds: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -196,15 +199,36 @@ class Detector:
             self.plan.batch,
         )
 
-    def prepare(self, image: np.ndarray) -> Prepared:
+    def reduction(self, width: int, height: int) -> int:
+        """How much smaller (1, 2, 4 or 8) an image of this stored size may be decoded (JPEG DCT scaling)
+        without any view seeing fewer pixels than it would from the full image: every view scales it down
+        at least that much. Either orientation (EXIF may turn it); 1 with --tile, which wants every pixel."""
+        if not self.settings.reduced_decode or self.settings.tile:
+            return 1
+        most = max(self.settings.scales)
+        finest = max(
+            max(geometry.scale_x, geometry.scale_y) * most
+            for geometry in (
+                self.plan.preprocess.plan(w, h)[2] for w, h in ((width, height), (height, width))
+            )
+        )
+        return next((r for r in (8, 4, 2) if r * finest <= 1), 1)
+
+    def prepare(self, image: np.ndarray, full_size: tuple[int, int] | None = None) -> Prepared:
         """All views of a BGR image for the network; thread-safe, so fetch threads can do it in parallel.
 
         One view per scale of `settings.scales` (1: the format's preprocessing; see `scale_for_network`),
         cut into overlapping tiles where a scale makes the image larger than a fixed network input; with
-        `settings.tile`, also the image at native resolution in tiles when it does not fit the input."""
+        `settings.tile`, also the image at native resolution in tiles when it does not fit the input.
+        `full_size`: (width, height) of the full image when `image` is a reduced decode of it (`reduction`);
+        faces then come back in the full image's pixels."""
         preprocess = self.plan.preprocess
+        full_size = full_size or (image.shape[1], image.shape[0])
         levels = [
-            scale_for_network(image, preprocess, scale) for scale in dict.fromkeys(self.settings.scales)
+            (scaled, net, geometry.of_full_size(*full_size))
+            for scaled, net, geometry in (
+                scale_for_network(image, preprocess, scale) for scale in dict.fromkeys(self.settings.scales)
+            )
         ]
         if self.settings.tile:
             native = scale_for_network(image, preprocess, native=True)
@@ -304,7 +328,7 @@ class Detector:
         def on_result(
             outputs: list[np.ndarray], infer_seconds: float, batch: list[tuple[object, int, View]]
         ) -> None:
-            started = time.perf_counter()
+            started = time.thread_time()
             try:
                 decoded: list[Faces | str] = list(
                     self._decode_views(outputs, [view for _, _, view in batch], self.plan.decode)
@@ -321,7 +345,7 @@ class Detector:
             for key in done:
                 results[key] = self._finish(parts.pop(key), views_of.pop(key))
             timings.add("infer", infer_seconds)
-            timings.add("decode_nms", time.perf_counter() - started)
+            timings.add("decode_nms", time.thread_time() - started)
 
         batches = _batched(views(), self.plan.batch)
         run_in_flight(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -53,6 +53,15 @@ class Geometry:
     scale_y: float
     offset_x: float = 0.0
     offset_y: float = 0.0
+
+    def of_full_size(self, width: int, height: int) -> Geometry:
+        """This geometry of a reduced decode, for the full image of `width` x `height` it was decoded from."""
+        if (width, height) == (self.width, self.height):
+            return self
+        ratio_x, ratio_y = self.width / width, self.height / height
+        return replace(
+            self, width=width, height=height, scale_x=self.scale_x * ratio_x, scale_y=self.scale_y * ratio_y
+        )
 
     def to_original(self, faces: Faces) -> Faces:
         """Maps boxes and landmarks from network-input pixels to the original image, boxes clipped to it."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import cv2
 import numpy as np
 
@@ -24,27 +27,47 @@ class ImageError(ValueError):
 
 
 def decode_image(data: bytes) -> np.ndarray:
-    """BGR uint8 [H, W, 3] of encoded image bytes, upright per its EXIF orientation.
+    """BGR uint8 [H, W, 3] of encoded image bytes, upright per its EXIF orientation (`decode_reduced`)."""
+    return decode_reduced(data)[0]
+
+
+def decode_reduced(
+    data: bytes, reduction_for: Callable[[int, int], int] | None = None
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """The decoded BGR image and the upright (width, height) of the full image.
 
     Before decoding, from the header only: the format (by its magic number), the size (refused above
     MAX_PIXELS, so a decoder never allocates it) and that the file is whole (libjpeg only warns about a
     cut JPEG, and OpenCV may return it with a grey bottom). Then one OpenCV decode; IMREAD_COLOR turns
     grayscale, alpha, CMYK and 16-bit images (high byte) into 8-bit BGR and applies EXIF orientation.
-    Formats without a header reader here (PPM, HDR, AVIF...) are left to OpenCV's own checks."""
+    Formats without a header reader here (PPM, HDR, AVIF...) are left to OpenCV's own checks.
+
+    `reduction_for(width, height)` (stored size) may answer 2, 4 or 8 for a JPEG: libjpeg then decodes
+    at 1/2, 1/4 or 1/8 of the size in its DCT (several times faster than a full decode and a resize);
+    the image returned is that small, the size returned is still the full image's."""
     if not data:
         raise ImageError("empty file")
     kind = image_format(data)
+    size = None
     if kind in _SIZE_READERS:
-        width, height = _SIZE_READERS[kind](data)
-        _check_size(kind, width, height)
+        size = _SIZE_READERS[kind](data)
+        _check_size(kind, *size)
+    reduction = reduction_for(*size) if reduction_for and size and kind == "JPEG" else 1
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED_FLAGS.get(reduction, cv2.IMREAD_COLOR))
     except cv2.error as error:  # OpenCV's own limits, allocation failures
         raise ImageError(f"cannot decode {kind or 'image'}: {error.err}") from None
     if image is None:
         raise ImageError(_undecodable(kind))
     _check_size(kind or "image", image.shape[1], image.shape[0])
-    return image
+    if reduction == 1 or size is None:
+        return image, (image.shape[1], image.shape[0])
+    width, height = size
+    stored_shape = (math.ceil(height / reduction), math.ceil(width / reduction))
+    return image, (width, height) if image.shape[:2] == stored_shape else (height, width)  # EXIF-rotated
+
+
+_REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 
 
 def image_format(data: bytes) -> str | None:
