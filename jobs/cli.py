@@ -9,7 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jobs.config import ConfigError, run_arguments
+from jobs.export import DEFAULT_FILES, export
 from jobs.progress import progress_for
+from jobs.report import write_report
 from workers.detector import DetectorSettings
 from workers.driver import JobConfig, JobError, JobProgress, run_job
 from workers.evaluate import evaluate, format_report
@@ -174,6 +176,25 @@ def build_parser() -> argparse.ArgumentParser:
         "images pair with predictions by path suffix",
     )
     score.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
+    an_output = "a facesweep output: s3://bucket/prefix or a local directory"
+    show = commands.add_parser("show", help="draw the faces on the images; write an HTML report to DIR")
+    show.add_argument("output", metavar="OUTPUT", help=an_output)
+    show.add_argument("--out", metavar="DIR", required=True, help="folder for report.html and its images")
+    show.add_argument("--limit", type=_positive_int, default=200, help="images drawn, first by uri (200)")
+    show.add_argument("--min-score", type=_fraction, default=0.0, help="draw faces scoring at least (0)")
+    show.add_argument(
+        "--ground-truth", metavar="FILE", help="annotations as for `facesweep eval`: APs, misses marked"
+    )
+    exporter = commands.add_parser("export", help="write the faces as COCO JSON, CSV or one row per face")
+    exporter.add_argument("output", metavar="OUTPUT", help=an_output)
+    exporter.add_argument("--format", choices=list(DEFAULT_FILES), required=True, help="what to write")
+    exporter.add_argument(
+        "--out",
+        metavar="FILE",
+        help="local path or s3:// URI (default: "
+        + ", ".join(f"{name} for {fmt}" for fmt, name in DEFAULT_FILES.items())
+        + ")",
+    )
     return parser
 
 
@@ -251,11 +272,37 @@ def score(predictions: str, ground_truth: str, json_path: str | None) -> int:
     return 0
 
 
+def run_show(args: argparse.Namespace) -> int:
+    """`facesweep show`: the report's path on stdout, or one line on stderr for bad input."""
+    try:
+        path = write_report(args.output, args.out, args.limit, args.min_score, args.ground_truth)
+    except (OSError, ValueError) as error:
+        print(f"facesweep: error: {error}", file=sys.stderr)
+        return 1
+    print(f"report: {path}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """`facesweep export`: what was written on stdout, or one line on stderr for bad input."""
+    try:
+        done = export(args.output, args.format, args.out)
+    except (OSError, ValueError) as error:
+        print(f"facesweep: error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {done.path}: {done.faces} faces of {done.images} images ({done.errors} with errors)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "eval":
         return run_eval(args)
+    if args.command == "show":
+        return run_show(args)
+    if args.command == "export":
+        return run_export(args)
     try:
         args = run_arguments(parser, argv, args)
     except ConfigError as error:

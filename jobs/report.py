@@ -1,0 +1,351 @@
+"""`facesweep show`: a job's faces drawn on its images, in one self-contained HTML report.
+
+`write_report` reads the output (local or s3://), draws each face's box, score and five landmarks with
+OpenCV on the first `limit` images read without error (fetched from their uri, decoded upright as the job
+decoded them, so the boxes line up), and writes into the report folder:
+
+- `thumbs/NNNNNN.jpg`: 320 px wide thumbnails, `full/NNNNNN.jpg`: the whole images, both drawn;
+- `report.html`: totals, faces-per-image and score histograms (inline SVG), the table of error rows with
+  their reasons, and the grid of thumbnails (each links to its full image). No script, nothing fetched.
+
+With ground truth (WIDER-style annotations, paired with the images by path suffix as `facesweep eval`
+pairs them) the report also has `facesweep eval`'s APs, and the thumbnails show detections that match a
+face at IoU >= 0.5 (greedy, best score first) in green, false detections in red and missed faces in yellow.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from workers.evaluate import OMZ_HEIGHT_RANGE, evaluate, match_by_suffix, read_ground_truth
+from workers.faces import Faces
+from workers.images import decode_image
+from workers.nms import pairwise_iou
+from workers.output import faces_per_image, read_output
+from workers.storage import storage_for
+
+THUMB_WIDTH = 320
+MATCH_IOU = 0.5
+MAX_ERROR_ROWS = 500
+# BGR
+DETECTED = (80, 200, 40)
+MATCHED = (60, 200, 60)
+FALSE = (40, 40, 230)
+MISSED = (0, 215, 255)
+LANDMARK_COLORS = ((255, 80, 0), (0, 220, 255), (255, 0, 255), (0, 255, 0), (0, 80, 255))
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One image of the grid: its drawn files (None when it could not be read, with `note` saying why)."""
+
+    uri: str
+    faces: int
+    thumb: str | None = None
+    full: str | None = None
+    note: str | None = None
+    matched: int | None = None  # with ground truth: detections on a face, false ones, faces missed
+    false: int | None = None
+    missed: int | None = None
+
+
+def write_report(
+    output: str,
+    folder: str | os.PathLike[str],
+    limit: int = 200,
+    min_score: float = 0.0,
+    ground_truth: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Writes `folder/report.html` (and its images) for the facesweep output `output`; returns its path.
+
+    Totals and histograms cover every row; the grid the first `limit` images (by uri) that the job read,
+    with their faces scoring at least `min_score`. An image that cannot be fetched or decoded now gets a
+    placeholder saying why. Raises OutputError / StorageError for a bad `output`, FileNotFoundError and
+    ValueError for bad ground truth.
+    """
+    table = read_output(output)
+    evaluation, truth = None, {}
+    if ground_truth is not None:
+        evaluation = evaluate(output, ground_truth)
+        boxes = read_ground_truth(ground_truth)
+        paired = match_by_suffix({uri: uri for uri in table["uri"].to_pylist()}, boxes, both_ways=True)
+        truth = {uri: boxes[relpath] for relpath, uri in paired.items()}
+    folder = Path(folder)
+    for sub in ("thumbs", "full"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    faces = faces_per_image(table)
+    drawn = np.flatnonzero(pc.is_valid(table["faces"]).to_numpy(zero_copy_only=False))[:limit]
+    uris = table["uri"].to_pylist()
+
+    def render(position: int, row: int) -> Tile:
+        uri = uris[row]
+        return _render(uri, faces[row], truth.get(uri), folder, f"{position:06d}.jpg", min_score)
+
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        tiles = list(pool.map(render, range(len(drawn)), drawn.tolist()))
+    path = folder / "report.html"
+    path.write_text(_html(output, table, tiles, min_score, evaluation, ground_truth))
+    return path
+
+
+def _render(
+    uri: str, faces: Faces, truth: np.ndarray | None, folder: Path, name: str, min_score: float
+) -> Tile:
+    """Draws one image's faces on it and on its thumbnail, writes both; a placeholder tile on failure."""
+    try:
+        image = decode_image(storage_for(uri).get(uri))
+    except (OSError, ValueError) as error:  # StorageError, ImageError
+        return Tile(uri, 0, note=f"cannot show this image: {str(error).splitlines()[0]}")
+    shown = faces.take(faces.scores >= min_score)
+    colors = np.tile(np.array(DETECTED), (len(shown), 1))
+    missed = np.zeros((0, 4), np.float32)
+    counts: dict[str, int] = {}
+    if truth is not None:
+        truth = truth[(truth[:, 2] > truth[:, 0]) & (truth[:, 3] > truth[:, 1])]  # WIDER's `0 0 0 0`: none
+        matched, found = match_faces(shown.boxes, truth)
+        colors = np.where(matched[:, None], np.array(MATCHED), np.array(FALSE))
+        missed = truth[~found]
+        counts = {"matched": int(matched.sum()), "false": int((~matched).sum()), "missed": len(missed)}
+    scale = THUMB_WIDTH / image.shape[1]
+    thumb_size = (THUMB_WIDTH, max(1, round(image.shape[0] * scale)))
+    thumb = cv2.resize(image, thumb_size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    for picture, factor, sub in ((image, 1.0, "full"), (thumb, scale, "thumbs")):
+        draw_faces(picture, shown, colors, missed, factor)
+        if not cv2.imwrite(str(folder / sub / name), picture, [cv2.IMWRITE_JPEG_QUALITY, 85]):
+            raise OSError(f"cannot write {folder / sub / name}")
+    return Tile(uri, len(shown), f"thumbs/{name}", f"full/{name}", **counts)
+
+
+def match_faces(
+    boxes: np.ndarray, truth: np.ndarray, iou: float = MATCH_IOU
+) -> tuple[np.ndarray, np.ndarray]:
+    """`(matched [N], found [M])`: greedy one-to-one matching of detections (best first) to faces at `iou`."""
+    overlaps = pairwise_iou(boxes.astype(np.float64), truth.astype(np.float64), plus_one=False)
+    matched, found = np.zeros(len(boxes), bool), np.zeros(len(truth), bool)
+    for i in np.flatnonzero((overlaps >= iou).any(axis=1)):
+        free = np.where(found, -1.0, overlaps[i])
+        best = int(np.argmax(free))
+        if free[best] >= iou:
+            matched[i] = found[best] = True
+    return matched, found
+
+
+def draw_faces(
+    image: np.ndarray, faces: Faces, colors: np.ndarray, missed: np.ndarray, scale: float = 1.0
+) -> None:
+    """Draws boxes (in `colors`, BGR per face), scores and landmarks of `faces` and the `missed` boxes on
+    `image` in place; coordinates are multiplied by `scale` (the image's size over the original's)."""
+    thickness = max(2, round(max(image.shape[:2]) / 500))
+    font = 0.4 * thickness
+    for box in np.round(missed * scale).astype(int):
+        cv2.rectangle(image, box[:2], box[2:], MISSED, thickness, cv2.LINE_AA)
+    boxes = np.round(faces.boxes * scale).astype(int)
+    for box, score, color in zip(boxes, faces.scores, colors.tolist(), strict=True):
+        cv2.rectangle(image, box[:2], box[2:], color, thickness, cv2.LINE_AA)
+        if box[2] - box[0] >= 24 * thickness:  # a score fits above the box
+            above = box[1] - 3 * thickness  # else inside, at the box's top
+            origin = (int(box[0]), int(above if above >= 10 * thickness else box[1] + 12 * thickness))
+            cv2.putText(image, f"{score:.2f}", origin, cv2.FONT_HERSHEY_SIMPLEX, font, color, thickness)
+    if faces.landmarks is not None:
+        points = np.round(faces.landmarks * scale).astype(int)
+        radius = max(1, thickness)
+        for face in points[np.isfinite(faces.landmarks).all(axis=(1, 2))]:
+            for point, color in zip(face, LANDMARK_COLORS, strict=True):
+                cv2.circle(image, point, radius, color, -1, cv2.LINE_AA)
+
+
+# --- HTML ------------------------------------------------------------------------------------------------
+
+CSS = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; background: #fafafa; }
+h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 24px 0 8px; }
+.sub { color: #666; margin-bottom: 16px; word-break: break-all; }
+table { border-collapse: collapse; background: #fff; } td, th { border: 1px solid #ddd; padding: 4px 8px; }
+th { background: #f0f0f0; text-align: left; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
+.charts { display: flex; gap: 24px; flex-wrap: wrap; } svg { background: #fff; border: 1px solid #ddd; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(240px, 1fr)); gap: 12px; }
+.tile { margin: 0; background: #fff; border: 1px solid #ddd; padding: 6px; }
+.tile img, .missing { width: 100%; height: 200px; object-fit: contain; background: #222; display: block; }
+.missing { color: #eee; display: flex; align-items: center; justify-content: center; text-align: center;
+  padding: 8px; box-sizing: border-box; }
+figcaption { font-size: 12px; margin-top: 4px; word-break: break-all; }
+.key span { display: inline-block; width: 12px; height: 12px; margin: 0 4px 0 12px; vertical-align: -1px; }
+"""
+
+
+def _html(
+    output: str,
+    table: pa.Table,
+    tiles: Sequence[Tile],
+    min_score: float,
+    evaluation: dict[str, Any] | None,
+    ground_truth: str | os.PathLike[str] | None,
+) -> str:
+    counts = pc.list_value_length(table["faces"]).drop_null().to_numpy()
+    scores = pc.struct_field(pc.list_flatten(table["faces"]), "score").to_numpy()
+    errors = table.filter(pc.equal(table["status"], "error"))
+    models = ", ".join(pc.unique(table["model"]).to_pylist())
+    totals = [
+        ("images", table.num_rows),
+        ("read", len(counts)),
+        ("errors", errors.num_rows),
+        ("faces", int(counts.sum())),
+        (f"faces scoring ≥ {min_score:g} (drawn)", int((scores >= min_score).sum())),
+        ("images with faces", int((counts > 0).sum())),
+        ("most faces in one image", int(counts.max(initial=0))),
+        ("images drawn below", len(tiles)),
+    ]
+    per_image = np.bincount(np.minimum(counts, 20), minlength=21)
+    score_bins = np.histogram(scores, bins=20, range=(0.0, 1.0))[0]
+    parts = [
+        f"<h1>facesweep report</h1><div class=sub>{_e(output)} · model {_e(models)}</div>",
+        "<h2>Totals</h2>" + _table(["", "count"], [(_e(k), _number(v)) for k, v in totals], "totals"),
+    ]
+    if evaluation is not None:
+        parts.append(_evaluation(evaluation, ground_truth))
+    parts.append(
+        "<h2>Distributions</h2><div class=charts>"
+        + _bars("faces per image", [*map(str, range(20)), "20+"], per_image)
+        + _bars("face scores", [f"{b / 20:.2f}" for b in range(20)], score_bins)
+        + "</div>"
+    )
+    if errors.num_rows:
+        rows = zip(errors["uri"].to_pylist()[:MAX_ERROR_ROWS], errors["error"].to_pylist(), strict=False)
+        more = (
+            f"<p>and {errors.num_rows - MAX_ERROR_ROWS} more</p>" if errors.num_rows > MAX_ERROR_ROWS else ""
+        )
+        parts.append(
+            f"<h2>Errors ({errors.num_rows})</h2>"
+            + _table(
+                ["image", "reason"],
+                [(_e(uri), _e(error or "")) for uri, error in rows],
+                "errors",
+                numeric=False,
+            )
+            + more
+        )
+    key = (
+        f"<span style='background:{_css(MATCHED)}'></span>detection on a face"
+        f"<span style='background:{_css(FALSE)}'></span>false detection"
+        f"<span style='background:{_css(MISSED)}'></span>missed face"
+        if evaluation is not None
+        else f"<span style='background:{_css(DETECTED)}'></span>face, with its score and five landmarks"
+    )
+    shown = f"the first {len(tiles)} of {len(counts)} images read, by uri; click one for the full image"
+    parts.append(f"<h2>Images</h2><p class=key>{shown}. {key}</p><div class=grid>")
+    parts += [_tile(tile) for tile in tiles]
+    parts.append("</div>")
+    body = "\n".join(parts)
+    return (
+        "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>facesweep report</title>"
+        f"<style>{CSS}</style></head><body>\n{body}\n</body></html>\n"
+    )
+
+
+def _tile(tile: Tile) -> str:
+    name = _e(tile.uri.rsplit("/", 1)[-1])
+    if tile.thumb is None:
+        picture = f"<div class=missing>{_e(tile.note or '')}</div>"
+        caption = name
+    else:
+        picture = f"<a href='{tile.full}'><img class=thumb src='{tile.thumb}' alt='{name}'></a>"
+        caption = f"{name}<br>{tile.faces} face{'s' * (tile.faces != 1)}"
+        if tile.matched is not None:
+            caption += f": {tile.matched} on a face, {tile.false} false; {tile.missed} missed"
+    counts = {"faces": tile.faces, "matched": tile.matched, "false": tile.false, "missed": tile.missed}
+    data = "".join(f" data-{key}={value}" for key, value in counts.items() if value is not None)
+    caption = f"<figcaption>{caption}</figcaption>"
+    return f"<figure class=tile title='{_e(tile.uri)}'{data}>{picture}{caption}</figure>"
+
+
+def _evaluation(report: dict[str, Any], ground_truth: str | os.PathLike[str] | None) -> str:
+    """The figures `facesweep eval` prints, as a table."""
+    rows = []
+    if "wider_ap" in report:
+        positives = report["wider_positives"]
+        rows += [
+            (f"WIDER {setting} (official protocol)", f"{ap:.4f}", _number(positives[setting]))
+            for setting, ap in report["wider_ap"].items()
+        ]
+    if "voc_ap" in report:
+        rows.append(("VOC (IoU 0.5, all faces)", f"{report['voc_ap']:.4f}", _number(report["faces"])))
+    low, high = OMZ_HEIGHT_RANGE
+    rows.append(
+        (
+            f"OMZ (faces {low:.0f} to {high:.0f} px high)",
+            f"{report['omz_ap']:.4f}",
+            _number(report["omz_positives"]),
+        )
+    )
+    images = report["images"]
+    note = (
+        f"{_e(ground_truth)}: {images['matched']} images matched, {images['missing']} in the ground truth "
+        f"without predictions, {images['not_in_ground_truth']} predicted but not in it; "
+        f"{report['faces']} faces, {report['detections']} detections"
+    )
+    return f"<h2>Accuracy</h2><p>{note}</p>" + _table(["AP", "value", "faces counted"], rows, "ap")
+
+
+def _table(
+    head: Sequence[str], rows: Sequence[Sequence[object]], css_class: str, numeric: bool = True
+) -> str:
+    """An HTML table of already escaped cells; with `numeric`, the columns after the first align right."""
+    header = "".join(f"<th>{h}</th>" for h in head)
+    cell = "<td class=n>{}</td>" if numeric else "<td>{}</td>"
+    body = "".join(
+        f"<tr><td>{row[0]}</td>" + "".join(cell.format(c) for c in row[1:]) + "</tr>" for row in rows
+    )
+    return f"<table class={css_class}><tr>{header}</tr>{body}</table>"
+
+
+def _bars(title: str, labels: Sequence[str], counts: np.ndarray) -> str:
+    """An inline SVG bar chart of `counts`, one bar per label."""
+    width, height, left, bottom, top = 520, 220, 8, 36, 34
+    step = (width - 2 * left) / len(counts)
+    peak = max(int(counts.max(initial=0)), 1)
+    heights = counts / peak * (height - bottom - top)
+    bars = "".join(
+        f"<rect x='{left + i * step + 1:.1f}' y='{height - bottom - h:.1f}' width='{step - 2:.1f}' "
+        f"height='{h:.1f}' fill='#4a7fd4'><title>{_e(label)}: {c}</title></rect>"
+        + (
+            f"<text x='{left + (i + 0.5) * step:.1f}' y='{height - bottom - h - 3:.1f}' font-size='10' "
+            f"text-anchor='middle'>{c}</text>"
+            if c
+            else ""
+        )
+        for i, (label, c, h) in enumerate(zip(labels, counts.tolist(), heights.tolist(), strict=True))
+    )
+    every = max(1, len(labels) // 10)
+    ticks = "".join(
+        f"<text x='{left + (i + 0.5) * step:.1f}' y='{height - bottom + 14}' font-size='10' "
+        f"text-anchor='middle'>{_e(label)}</text>"
+        for i, label in enumerate(labels)
+        if i % every == 0
+    )
+    return (
+        f"<svg class=chart width='{width}' height='{height}' viewBox='0 0 {width} {height}' role=img>"
+        f"<text x='{left}' y='18' font-size='13' font-weight='bold'>{_e(title)}</text>{bars}{ticks}</svg>"
+    )
+
+
+def _number(value: int) -> str:
+    return f"{value:,}"
+
+
+def _css(bgr: tuple[int, int, int]) -> str:
+    return f"rgb({bgr[2]},{bgr[1]},{bgr[0]})"
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text), quote=True)

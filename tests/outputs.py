@@ -1,0 +1,43 @@
+"""Small real facesweep outputs for the tests of what reads them (`facesweep show`, `facesweep export`)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from jobs.demo import WIDER_SUBSET, sample_photos
+from workers.detector import DetectorSettings
+from workers.driver import JobConfig, run_job
+from workers.models import DEFAULT_MODEL
+
+SUBSET_ANNOTATIONS = WIDER_SUBSET.parent / "annotations.txt"
+BROKEN = "skimage/broken.jpg"
+WIDER_PHOTOS = 4
+
+
+def photo_folder(root: Path) -> Path:
+    """`root` with the scikit-image sample photos, a broken JPEG and, when ../shared is there, the first
+    WIDER val-subset-145 photos as `images/<event>/<name>.jpg` (so their paths end as the ground truth's)."""
+    photos = [(key, path) for key, path in sample_photos() if key.startswith("skimage/")]
+    if WIDER_SUBSET.is_dir():
+        wider = sorted(WIDER_SUBSET.rglob("*.jpg"))[:WIDER_PHOTOS]
+        photos += [(f"images/{path.relative_to(WIDER_SUBSET)}", path) for path in wider]
+    for key, path in photos:
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, root / key)
+    (root / BROKEN).write_bytes(b"\xff\xd8\xff\xe0 not a JPEG after all")
+    return root
+
+
+def run_small_job(input_: str, output: str) -> None:
+    """The default model over `input_` into `output` on the session's Ray: one actor, 4 images a shard."""
+    config = JobConfig(
+        input=input_,
+        output=output,
+        detector=DetectorSettings(model=DEFAULT_MODEL),
+        actors=1,
+        cpus_per_actor=1,
+        shard_size=4,
+    )
+    result = run_job(config)
+    assert not result.failed_shards, result.failed_shards

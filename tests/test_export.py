@@ -1,0 +1,173 @@
+"""`facesweep export` on real outputs: COCO, CSV and flat Parquet hold exactly the Parquet output's faces."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.cli import main
+from jobs.export import DEFAULT_FILES, export
+from jobs.local_s3 import LocalS3
+from tests.outputs import BROKEN, photo_folder, run_small_job
+from workers.faces import Faces
+from workers.output import FLAT_SCHEMA, LANDMARK_NAMES, faces_per_image, read_output
+from workers.sink import ImageResult, results_table, write_parquet
+from workers.storage import storage_for
+
+
+@pytest.fixture(scope="module")
+def output(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real job's local output over the sample photos and a broken JPEG."""
+    photos = photo_folder(tmp_path_factory.mktemp("export-photos"))
+    output = tmp_path_factory.mktemp("export-output")
+    run_small_job(str(photos), str(output))
+    return output
+
+
+def rows_of(output: Path) -> list[dict]:
+    """The output's rows by uri, read independently of workers.output."""
+    return sorted(ds.dataset(output, format="parquet").to_table().to_pylist(), key=lambda row: row["uri"])
+
+
+def expected_flat_rows(rows: list[dict]) -> list[dict]:
+    """One dict per face in FLAT_SCHEMA's columns, built row by row from the Parquet output."""
+    flat = []
+    for row in rows:
+        for rank, face in enumerate(row["faces"] or []):
+            points = face["landmarks"] or [None] * 10
+            flat.append(
+                {
+                    **{key: row[key] for key in ("uri", "width", "height", "model")},
+                    "face": rank,
+                    **{key: face[key] for key in ("x1", "y1", "x2", "y2", "score")},
+                    **dict(zip(FLAT_SCHEMA.names[-10:], points, strict=True)),
+                }
+            )
+    return flat
+
+
+def test_coco_boxes_scores_and_keypoints_equal_the_parquet_faces(output: Path, tmp_path: Path) -> None:
+    done = export(str(output), "coco", str(tmp_path / "faces.json"))
+    coco = json.loads((tmp_path / "faces.json").read_text())
+    rows = rows_of(output)
+    ok = [row for row in rows if row["status"] == "ok"]
+    assert (done.images, done.errors, done.faces) == (len(rows), 1, sum(len(r["faces"]) for r in ok))
+    assert [(i["file_name"], i["width"], i["height"]) for i in coco["images"]] == [
+        (r["uri"], r["width"], r["height"]) for r in ok
+    ]
+    [error] = [row for row in rows if row["status"] == "error"]
+    assert error["uri"].endswith(BROKEN)
+    assert coco["errors"] == [{"file_name": error["uri"], "error": error["error"]}]
+    assert coco["categories"] == [
+        {"id": 1, "name": "face", "supercategory": "face", "keypoints": list(LANDMARK_NAMES), "skeleton": []}
+    ]
+    assert [a["id"] for a in coco["annotations"]] == list(range(1, done.faces + 1))
+    by_image = {image["id"]: [] for image in coco["images"]}
+    for annotation in coco["annotations"]:
+        by_image[annotation["image_id"]].append(annotation)
+    assert done.faces > 5
+    for image, row in zip(coco["images"], ok, strict=True):
+        annotations = by_image[image["id"]]
+        assert len(annotations) == len(row["faces"])
+        for annotation, face in zip(annotations, row["faces"], strict=True):
+            x, y, w, h = annotation["bbox"]
+            corners = np.float32([x, y, x + w, y + h])
+            assert corners.tolist() == [face["x1"], face["y1"], face["x2"], face["y2"]]
+            assert annotation["area"] == pytest.approx(w * h)
+            assert np.float32(annotation["score"]) == np.float32(face["score"])
+            keypoints = annotation["keypoints"]
+            assert np.float32(keypoints[0::3] + keypoints[1::3]).tolist() == (
+                face["landmarks"][0::2] + face["landmarks"][1::2]
+            )
+            assert keypoints[2::3] == [2] * 5 and annotation["num_keypoints"] == 5
+            assert (annotation["category_id"], annotation["iscrowd"]) == (1, 0)
+
+
+def test_csv_and_flat_parquet_have_one_row_per_face(output: Path, tmp_path: Path) -> None:
+    expected = expected_flat_rows(rows_of(output))
+    export(str(output), "csv", str(tmp_path / "faces.csv"))
+    export(str(output), "flat-parquet", str(tmp_path / "faces.parquet"))
+    options = pacsv.ConvertOptions(column_types=FLAT_SCHEMA)
+    from_csv = pacsv.read_csv(tmp_path / "faces.csv", convert_options=options)
+    from_parquet = pq.read_table(tmp_path / "faces.parquet")
+    assert from_parquet.schema.equals(FLAT_SCHEMA) and from_csv.schema.equals(FLAT_SCHEMA)
+    assert from_parquet.to_pylist() == expected
+    assert from_csv.to_pylist() == expected
+
+
+def test_a_model_without_landmarks_exports_null_landmarks(output: Path, tmp_path: Path) -> None:
+    """The real sink's table for the same faces without landmarks: COCO keypoints all 0, flat ones null."""
+    table = read_output(str(output))
+    results = [
+        ImageResult(
+            uri, width, height, None if faces is None else Faces(faces.boxes, faces.scores, None), error
+        )
+        for uri, width, height, error, faces in zip(
+            *(table[name].to_pylist() for name in ("uri", "width", "height", "error")),
+            faces_per_image(table),
+            strict=True,
+        )
+    ]
+    bare = tmp_path / "bare"
+    write_parquet(
+        results_table(results, "no-landmarks"), storage_for(str(bare)), str(bare / "part-0.parquet")
+    )
+    export(str(bare), "coco", str(tmp_path / "faces.json"))
+    export(str(bare), "flat-parquet", str(tmp_path / "faces.parquet"))
+    annotations = json.loads((tmp_path / "faces.json").read_text())["annotations"]
+    assert annotations and all(a["keypoints"] == [0] * 15 and a["num_keypoints"] == 0 for a in annotations)
+    flat = pq.read_table(tmp_path / "faces.parquet")
+    assert flat.num_rows == len(annotations)
+    assert all(flat[name].null_count == flat.num_rows for name in FLAT_SCHEMA.names[-10:])
+    assert flat["x1"].null_count == 0
+
+
+def test_s3_output_to_s3_and_the_default_file(
+    output: Path, s3_env: LocalS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = s3_env.client()
+    client.create_bucket(Bucket="export-test")
+    for part in output.glob("*.parquet"):
+        client.upload_file(str(part), "export-test", f"run/{part.name}")
+    assert (
+        main(["export", "s3://export-test/run", "--format", "flat-parquet", "--out", "s3://export-test/f.pq"])
+        == 0
+    )
+    body = client.get_object(Bucket="export-test", Key="f.pq")["Body"].read()
+    from_s3 = pq.read_table(pa.BufferReader(body))
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", str(output), "--format", "flat-parquet"]) == 0
+    assert from_s3.equals(pq.read_table(tmp_path / DEFAULT_FILES["flat-parquet"]))
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["/no/such/output"], "/no/such/output: no such directory"),
+        (["s3://no-such-export-bucket/run"], "bucket 'no-such-export-bucket' does not exist"),
+    ],
+)
+def test_bad_output_is_one_line(
+    args: list[str], fragment: str, s3_env: LocalS3, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["export", *args, "--format", "csv"]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("facesweep: error: ") and fragment in line, line
+
+
+def test_a_folder_without_parquet_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "photo.jpg").write_bytes(b"x")
+    assert main(["export", str(tmp_path), "--format", "coco"]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert (
+        line
+        == f"facesweep: error: {tmp_path}: no Parquet files: give the OUTPUT of a `facesweep run` "
+        + ("that has started")
+    )

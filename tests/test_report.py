@@ -1,0 +1,225 @@
+"""`facesweep show` on real outputs: the report's numbers, drawn boxes that line up, ground truth, and the
+page itself in headless Chromium."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+
+from jobs.cli import main
+from jobs.local_s3 import LocalS3
+from jobs.report import write_report
+from tests.outputs import BROKEN, SUBSET_ANNOTATIONS, photo_folder, run_small_job
+from workers.evaluate import evaluate, read_ground_truth
+from workers.images import decode_image
+from workers.output import read_output
+from workers.sink import write_parquet
+from workers.storage import storage_for
+
+TILE = re.compile(r"<figure class=tile title='([^']*)'([^>]*)>(.*?)</figure>", re.DOTALL)
+needs_shared = pytest.mark.skipif(
+    not SUBSET_ANNOTATIONS.is_file(), reason="needs ../shared (WIDER FACE subset)"
+)
+
+
+@pytest.fixture(scope="module")
+def output(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real job's local output over the sample photos, a broken JPEG and a few WIDER photos."""
+    photos = photo_folder(tmp_path_factory.mktemp("report-photos"))
+    output = tmp_path_factory.mktemp("report-output")
+    run_small_job(str(photos), str(output))
+    return output
+
+
+@pytest.fixture(scope="module")
+def report(output: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_report(str(output), tmp_path_factory.mktemp("report"))
+
+
+def tiles(report: Path) -> dict[str, tuple[dict[str, int], str]]:
+    """uri -> (the tile's data-* counts, its inner HTML), in grid order."""
+    found = {}
+    for uri, attributes, inner in TILE.findall(report.read_text()):
+        found[uri] = ({k: int(v) for k, v in re.findall(r"data-(\w+)=(\d+)", attributes)}, inner)
+    return found
+
+
+def test_totals_errors_and_one_thumbnail_per_image(output: Path, report: Path) -> None:
+    table = read_output(str(output))
+    rows = {row["uri"]: row for row in table.to_pylist()}
+    ok = sorted(uri for uri, row in rows.items() if row["status"] == "ok")
+    text = report.read_text()
+    grid = tiles(report)
+    assert list(grid) == ok
+    assert text.count("<img class=thumb") == len(ok)
+    for uri, (counts, inner) in grid.items():
+        assert counts["faces"] == len(rows[uri]["faces"])
+        thumb, full = re.search(r"href='(full/\d+\.jpg)'>.*src='(thumbs/\d+\.jpg)'", inner).group(2, 1)
+        assert cv2.imread(str(report.parent / thumb)).shape[1] == 320
+        height, width = cv2.imread(str(report.parent / full)).shape[:2]
+        assert (width, height) == (rows[uri]["width"], rows[uri]["height"])
+    [broken] = [uri for uri in rows if uri.endswith(BROKEN)]
+    assert f"<td>{broken}</td><td>{rows[broken]['error']}</td>" in text
+    faces = sum(len(rows[uri]["faces"]) for uri in ok)
+    assert f"<tr><td>images</td><td class=n>{len(rows)}</td></tr>" in text
+    assert f"<tr><td>faces</td><td class=n>{faces}</td></tr>" in text
+    assert text.count("<svg class=chart") == 2
+    assert "http" not in text and "<script" not in text  # self-contained
+
+
+def test_boxes_are_drawn_where_the_faces_are(output: Path, report: Path) -> None:
+    [(uri, (_, inner))] = [
+        (uri, tile) for uri, tile in tiles(report).items() if uri.endswith("astronaut.png")
+    ]
+    drawn = cv2.imread(str(report.parent / re.search(r"href='([^']+)'", inner).group(1))).astype(int)
+    original = decode_image(Path(uri).read_bytes()).astype(int)
+    [row] = [row for row in read_output(str(output)).to_pylist() if row["uri"] == uri]
+    x1, y1, y2 = (round(row["faces"][0][key]) for key in ("x1", "y1", "y2"))
+
+    def greenness(image: np.ndarray) -> float:  # along the box's left edge: DETECTED is green
+        edge = image[y1 + 10 : y2 - 10, x1 - 1 : x1 + 2].reshape(-1, 3)
+        return float((edge[:, 1] - edge[:, [0, 2]].max(axis=1)).mean())
+
+    assert greenness(drawn) > 60 and greenness(original) < 20
+    assert np.abs(drawn[400:, 400:] - original[400:, 400:]).mean() < 3  # nothing drawn far from the face
+
+
+def test_limit_and_min_score(output: Path, tmp_path: Path) -> None:
+    report = write_report(str(output), tmp_path, limit=3, min_score=0.9)
+    table = read_output(str(output))
+    grid = tiles(report)
+    assert len(grid) == 3
+    rows = {row["uri"]: row for row in table.to_pylist()}
+    for uri, (counts, _) in grid.items():
+        assert counts["faces"] == sum(face["score"] >= 0.9 for face in rows[uri]["faces"])
+    assert f"<tr><td>images</td><td class=n>{table.num_rows}</td></tr>" in report.read_text()
+
+
+@needs_shared
+def test_ground_truth_gives_the_aps_and_marks_misses_and_false_detections(
+    output: Path, tmp_path: Path
+) -> None:
+    report = write_report(str(output), tmp_path, ground_truth=SUBSET_ANNOTATIONS)
+    text = report.read_text()
+    figures = evaluate(str(output), SUBSET_ANNOTATIONS)
+    for setting, ap in figures["wider_ap"].items():
+        assert f"<td>WIDER {setting} (official protocol)</td><td class=n>{ap:.4f}</td>" in text
+    assert f"{figures['omz_ap']:.4f}" in text
+    truth = read_ground_truth(SUBSET_ANNOTATIONS)
+    marked = 0
+    for uri, (counts, _) in tiles(report).items():
+        relpath = uri[uri.index("images/") :] if "/images/" in uri else None
+        if relpath not in truth:
+            assert "matched" not in counts
+            continue
+        boxes = truth[relpath]
+        faces = int(((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).sum())
+        assert counts["matched"] + counts["missed"] == faces
+        assert counts["matched"] + counts["false"] == counts["faces"]
+        marked += counts["matched"] > 0
+    assert marked >= 2
+
+
+def test_an_unreadable_image_gets_a_placeholder(output: Path, tmp_path: Path) -> None:
+    """The images of two rows are gone or garbage by the time of the report: their tiles say so."""
+    table = read_output(str(output)).slice(0, 4)
+    (tmp_path / "garbage.jpg").write_bytes(b"\xff\xd8\xff\xe0 nothing")
+    uris = [str(tmp_path / "gone.jpg"), str(tmp_path / "garbage.jpg"), *table["uri"].to_pylist()[2:]]
+    table = table.set_column(0, "uri", [uris])
+    folder = tmp_path / "out"
+    write_parquet(table, storage_for(str(folder)), str(folder / "part-000000.parquet"))
+    grid = tiles(write_report(str(folder), tmp_path / "report"))
+    assert list(grid) == sorted(uris)
+    gone, garbage = grid[uris[0]][1], grid[uris[1]][1]
+    assert "<div class=missing>cannot show this image: " in gone and "gone.jpg" in gone
+    assert "<div class=missing>cannot show this image: " in garbage and "<img" not in garbage
+    assert all("<img class=thumb" in grid[uri][1] for uri in uris[2:])
+
+
+def test_s3_output_of_s3_photos(ray_local: None, s3_env: LocalS3, tmp_path: Path) -> None:
+    client = s3_env.client()
+    client.create_bucket(Bucket="report-test")
+    photos = photo_folder(tmp_path / "photos")
+    for path in sorted((photos / "skimage").glob("*.png")):
+        client.upload_file(str(path), "report-test", f"photos/{path.name}")
+    run_small_job("s3://report-test/photos", "s3://report-test/out")
+    assert main(["show", "s3://report-test/out", "--out", str(tmp_path / "report")]) == 0
+    grid = tiles(tmp_path / "report" / "report.html")
+    assert sorted(grid) == [
+        f"s3://report-test/photos/{p.name}" for p in sorted((photos / "skimage").glob("*.png"))
+    ]
+    assert all("<img class=thumb" in inner for _, inner in grid.values())
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["/no/such/output"], "/no/such/output: no such directory"),
+        (["s3://no-such-report-bucket/out"], "bucket 'no-such-report-bucket' does not exist"),
+        (["OUTPUT", "--ground-truth", "/no/such/annotations.txt"], "/no/such/annotations.txt: no such file"),
+    ],
+)
+def test_bad_input_is_one_line(
+    args: list[str],
+    fragment: str,
+    output: Path,
+    s3_env: LocalS3,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = [str(output) if arg == "OUTPUT" else arg for arg in args]
+    assert main(["show", *args, "--out", str(tmp_path)]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("facesweep: error: ") and fragment in line, line
+
+
+CHROMIUM = shutil.which("chromium")
+
+
+def chromium(page: Path, *args: str, cwd: Path) -> str:
+    """Runs headless Chromium on `page` with a fresh profile, nothing reached but the file; its stdout."""
+    result = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={cwd / 'profile'}",
+            *args,
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (`make test` installs it)")
+def test_the_report_opens_in_headless_chromium(output: Path, report: Path, tmp_path: Path) -> None:
+    images = read_output(str(output))
+    read = int(pc.sum(pc.equal(images["status"], "ok")).as_py())
+    dom = chromium(report, "--dump-dom", cwd=tmp_path)
+    assert len(re.findall(r'<img class="thumb"', dom)) == read
+    assert len(re.findall(r'<figure class="tile"', dom)) == read
+    shot = tmp_path / "shot.png"
+    chromium(report, f"--screenshot={shot}", "--window-size=1280,2000", cwd=tmp_path)
+    pixels = cv2.imread(str(shot))
+    assert pixels.shape[:2] == (2000, 1280)
+    assert pixels.std() > 30
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 5000  # photos, not just text on white

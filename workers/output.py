@@ -1,0 +1,122 @@
+"""A facesweep job's output read back: every row as one Arrow table, its faces one row per face or as arrays.
+
+`facesweep show` and `facesweep export` read outputs through here; `workers/evaluate.py` reads only the
+predictions it scores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from workers.evaluate import _filesystem
+from workers.faces import Faces
+from workers.sink import SCHEMA
+from workers.storage import is_s3_uri, storage_for
+
+BOX = ("x1", "y1", "x2", "y2")
+LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+LANDMARK_COLUMNS = tuple(f"{name}_{axis}" for name in LANDMARK_NAMES for axis in "xy")
+FLAT_SCHEMA = pa.schema(
+    [
+        ("uri", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("model", pa.string()),
+        ("face", pa.int32()),
+        *((name, pa.float32()) for name in (*BOX, "score", *LANDMARK_COLUMNS)),
+    ]
+)
+"""One row per face: its image's uri, size and model, its rank in the image (0 = best score), box corners,
+score, and the five landmarks' x and y (null when the model has none)."""
+
+
+class OutputError(ValueError):
+    """OUTPUT is not a readable facesweep output; the message says which and what to do, in one line."""
+
+
+def read_output(output: str) -> pa.Table:
+    """Every row of the facesweep output at `output` (a local directory or s3://bucket/prefix), by uri.
+
+    Reads the `.parquet` files below `output`, leaving out any under a name that starts with `_` or `.`
+    (the job's own files, partial writes). Raises OutputError when `output` is missing, holds no Parquet
+    file or one that is not facesweep's, StorageError when its bucket is missing or the store fails.
+    """
+    if not is_s3_uri(output) and not Path(output).is_dir():
+        raise OutputError(f"{output}: no such directory: give the OUTPUT folder of a `facesweep run`")
+    filesystem, root = _filesystem(output)
+    start = len(f"s3://{root}/" if is_s3_uri(output) else f"{root}/")
+    relative = (uri[start:] for uri in storage_for(output).list(output))
+    files = [
+        f"{root}/{path}"
+        for path in relative
+        if path.endswith(".parquet") and not any(part.startswith(("_", ".")) for part in path.split("/"))
+    ]
+    if not files:
+        raise OutputError(
+            f"{output}: no Parquet files: give the OUTPUT of a `facesweep run` that has started"
+        )
+    try:
+        table = ds.dataset(files, format="parquet", filesystem=filesystem, schema=SCHEMA).to_table()
+    except (pa.ArrowException, OSError) as error:
+        reason = str(error).splitlines()[0]
+        raise OutputError(f"{output}: not a readable facesweep output ({reason})") from None
+    return table.sort_by("uri")
+
+
+def flat_faces(table: pa.Table) -> pa.Table:
+    """One row per face of `table` (the output's rows; error rows have none), in FLAT_SCHEMA, vectorized."""
+    faces = table["faces"].combine_chunks()
+    parent = pc.list_parent_indices(faces)
+    values = pc.list_flatten(faces)
+    lengths = pc.list_value_length(faces).fill_null(0).to_numpy(zero_copy_only=False)
+    starts = np.cumsum(lengths) - lengths
+    columns = {name: table[name].take(parent) for name in ("uri", "width", "height", "model")}
+    columns["face"] = pa.array(np.arange(len(values)) - starts[parent.to_numpy()], pa.int32())
+    columns.update((name, pc.struct_field(values, name)) for name in (*BOX, "score"))
+    points, present = _landmark_matrix(pc.struct_field(values, "landmarks"))
+    columns.update(
+        (name, pa.array(points[:, i], pa.float32(), mask=~present)) for i, name in enumerate(LANDMARK_COLUMNS)
+    )
+    return pa.table(columns, schema=FLAT_SCHEMA)
+
+
+def _landmark_matrix(landmarks: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """`[N, 10]` float32 landmark coordinates (NaN where absent) and `[N]` whether each face has them."""
+    present = pc.equal(pc.list_value_length(landmarks), 10).fill_null(False)
+    points = np.full((len(landmarks), 10), np.nan, np.float32)
+    mask = present.to_numpy(zero_copy_only=False)
+    points[mask] = pc.list_flatten(landmarks.filter(present)).to_numpy(zero_copy_only=False).reshape(-1, 10)
+    return points, mask
+
+
+def faces_per_image(table: pa.Table) -> list[Faces | None]:
+    """Each row's faces as arrays (None for error rows); landmarks None when no face of `table` has any."""
+    if not table.num_rows:
+        return []
+    flat = flat_faces(table)
+    boxes = np.stack([_floats(flat[name]) for name in BOX], axis=1)
+    scores = _floats(flat["score"])
+    landmarks = np.stack([_floats(flat[name]) for name in LANDMARK_COLUMNS], axis=1).reshape(-1, 5, 2)
+    with_landmarks = flat.num_rows and flat[LANDMARK_COLUMNS[0]].null_count < flat.num_rows
+    lengths = pc.list_value_length(table["faces"])
+    splits = np.cumsum(lengths.fill_null(0).to_numpy(zero_copy_only=False))[:-1]
+    return [
+        None if not valid else Faces(b, s, lm if with_landmarks else None)
+        for valid, b, s, lm in zip(
+            pc.is_valid(lengths).to_pylist(),
+            np.split(boxes, splits),
+            np.split(scores, splits),
+            np.split(landmarks, splits),
+            strict=True,
+        )
+    ]
+
+
+def _floats(column: pa.ChunkedArray) -> np.ndarray:
+    """float32 values, NaN for nulls."""
+    return column.to_numpy().astype(np.float32, copy=False)
