@@ -1,9 +1,10 @@
 """Job specs: YAML files whose keys are `facesweep run`'s options, read by `facesweep run --config FILE`.
 
 The allowed keys, their types and choices come from the `run` parser itself, so the file and the flags
-cannot drift apart: a key is an option's dest (`score_threshold` for `--score-threshold`; `input` and
-`output` for the positionals), and its value goes through the option's own `type=` function and
-`choices`. The file's values become the parser's defaults, so flags given on the command line win.
+cannot drift apart: a key is a flag's long name with underscores (`score_threshold` for
+`--score-threshold`; `input` and `output` for the positionals), and its value goes through the flag's own
+`type=` function and `choices`; `true` for a switch means the switch is given. The file's values become
+the parser's defaults, so flags given on the command line win.
 """
 
 from __future__ import annotations
@@ -50,8 +51,14 @@ def run_arguments(
 
 
 def spec_actions(run: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    """`run`'s options and positionals by dest: the keys a job spec may hold."""
-    return {action.dest: action for action in run._actions if action.dest not in NOT_FROM_FILE}
+    """`run`'s options and positionals by the keys a job spec names them with."""
+    return {_key(action): action for action in run._actions if action.dest not in NOT_FROM_FILE}
+
+
+def _key(action: argparse.Action) -> str:
+    """The long flag without its dashes, inner dashes as underscores; a positional's name."""
+    flags = [flag for flag in action.option_strings if flag.startswith("--")]
+    return flags[0][2:].replace("-", "_") if flags else action.dest
 
 
 def read_spec(path: str, run: argparse.ArgumentParser) -> dict[str, Any]:
@@ -64,7 +71,7 @@ def read_spec(path: str, run: argparse.ArgumentParser) -> dict[str, Any]:
                 f"{path}: unknown key {key!r}{_did_you_mean(key, actions)} (known: {', '.join(actions)})"
             )
         if value is not None:
-            values[key] = _convert(path, key, value, actions[key])
+            values[actions[key].dest] = _convert(path, key, value, actions[key])
     return values
 
 
@@ -99,10 +106,10 @@ def _did_you_mean(key: str, actions: dict[str, argparse.Action]) -> str:
 
 def _convert(path: str, key: str, value: Any, action: argparse.Action) -> Any:
     """The value `run` would hold had its flag been given the value's string form."""
-    if action.nargs == 0:  # store_true
+    if action.nargs == 0:  # a switch (store_true, store_false): true means the flag is given
         if not isinstance(value, bool):
             raise ConfigError(f"{path}: {key} must be true or false, got {value!r}")
-        return value
+        return action.const if value else action.default
     text = _flag_text(value, takes_list=isinstance(action.metavar, str) and "," in action.metavar)
     if text is None:
         raise ConfigError(f"{path}: {key} must be {_expected(action)}, got {value!r}")

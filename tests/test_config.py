@@ -117,11 +117,17 @@ def test_shipped_specs_say_what_they_are_for(at_root: None) -> None:
 
 
 def test_every_option_from_a_file_as_from_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The options above, and every switch (`true`: the flag is given), read from a file parse to exactly
+    what the flags give."""
     monkeypatch.chdir(tmp_path)
     Path(EVERY_KEY["ground_truth"]).write_text("a.jpg 1 2 3 4\n")
-    assert EVERY_KEY.keys() == spec_actions(subcommand(build_parser(), "run")).keys(), "a new option?"
-    from_file = vars(parse("--config", str(write_spec(tmp_path, EVERY_KEY))))
-    from_flags = vars(parse(*EVERY_FLAG))
+    actions = spec_actions(subcommand(build_parser(), "run"))
+    assert EVERY_KEY.keys() <= actions.keys()
+    switches = {key: action.option_strings[-1] for key, action in actions.items() if action.nargs == 0}
+    spec = EVERY_KEY | dict.fromkeys(switches, True)
+    flags = EVERY_FLAG + [flag for flag in switches.values() if flag not in EVERY_FLAG]
+    from_file = vars(parse("--config", str(write_spec(tmp_path, spec))))
+    from_flags = vars(parse(*flags))
     assert from_file.pop("config") and from_flags.pop("config") is None
     assert from_file == from_flags
     assert from_file["mean"] == (104.0, 117.0, 123.0) and from_file["input_size"] == (800, 600)
