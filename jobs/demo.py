@@ -2,7 +2,8 @@
 
 Sample photos: the scikit-image sample images (`make setup` installs them; astronaut.png and camera.png
 show a face, the others none) and, when `../shared/data` is beside the checkout, the WIDER FACE
-val-subset-145 photos. The Parquet output is also copied to ./demo-output so it outlives the server.
+val-subset-145 photos. The Parquet output is also copied to ./demo-output so it outlives the server, and
+`facesweep show`'s report on it is written to ./demo-output/_report/report.html.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from jobs.cli import summary
 from jobs.local_s3 import start_local_s3
 from jobs.progress import progress_for
+from jobs.report import write_report
 from workers.detector import DetectorSettings
 from workers.driver import JobConfig, run_job
 from workers.models import DEFAULT_MODEL
@@ -71,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(summary(result, config.output))
         _copy_output(client, args.copy_to)
         print(f"local copy: {args.copy_to}/ (query it with DuckDB, pandas or pyarrow.dataset)")
+        print(f"report: {write_report(config.output, args.copy_to / '_report')} (open it in a browser)")
     return 1 if result.failed_shards else 0
 
 
