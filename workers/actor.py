@@ -10,15 +10,25 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
+import ray
 
 from workers.detector import Detector, DetectorSettings, Prepared, Timings
 from workers.images import ImageError, decode_reduced
+from workers.metrics import error_kinds, shard_metrics
 from workers.shards import Shard
 from workers.sink import ImageResult, results_table, write_parquet
 from workers.storage import ObjectError, join, storage_for
+
+
+@dataclass(frozen=True)
+class ActorInfo:
+    """A started actor: its model's output format and where Ray placed it."""
+
+    format: str
+    node_id: str
 
 
 @dataclass(frozen=True)
@@ -26,10 +36,12 @@ class ShardReport:
     """What one shard produced; the driver sums these."""
 
     index: int
+    actor: ActorInfo  # who processed it, and on which node
     images: int
     faces: int
     errors: int
-    stage_seconds: dict[str, float] = field(default_factory=dict)
+    error_kinds: dict[str, int]  # metrics.error_kinds
+    stage_seconds: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -50,10 +62,11 @@ class ShardWorker:
         self.output = output
         self.fetchers = fetchers
         self.in_flight = max(2 * fetchers, 8)
+        self.info = ActorInfo(self.detector.format.name, ray.get_runtime_context().get_node_id())
 
-    def ready(self) -> str:
-        """Answers once the model is compiled (the constructor has run); the format's name."""
-        return self.detector.format.name
+    def ready(self) -> ActorInfo:
+        """Answers once the model is compiled (the constructor has run)."""
+        return self.info
 
     def process(self, shard: Shard) -> ShardReport:
         timings = Timings()
@@ -71,7 +84,11 @@ class ShardWorker:
         table = results_table(results, self.detector.settings.model)
         counts = write_parquet(table, storage_for(self.output), join(self.output, shard.file_name))
         timings.add("write", time.thread_time() - started)
-        return ShardReport(shard.index, counts.images, counts.faces, counts.errors, timings.seconds)
+        kinds = error_kinds(table["error"])
+        shard_metrics().record(counts.images, counts.faces, kinds, timings.seconds)
+        return ShardReport(
+            shard.index, self.info, counts.images, counts.faces, counts.errors, kinds, timings.seconds
+        )
 
     @staticmethod
     def _result(uri: str, item: _Fetched, faces: object) -> ImageResult:

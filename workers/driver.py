@@ -12,16 +12,17 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import chain
 
 import ray
 
-from workers.actor import ShardReport, ShardWorker
+from workers.actor import ActorInfo, ShardReport, ShardWorker
 from workers.detector import DetectorSettings, inspect_model
 from workers.inputs import InputError, list_inputs
 from workers.resume import OutputState
+from workers.runtime import check_device, uses_gpu
 from workers.shards import Shard, plan_shards
 from workers.sink import ShardCounts
 
@@ -49,6 +50,16 @@ class JobConfig:
 
 
 @dataclass
+class NodeUse:
+    """One Ray node's part in a job: its address, the actors placed on it, the shards and images it did."""
+
+    ip: str = ""
+    actors: int = 0
+    shards: int = 0
+    images: int = 0
+
+
+@dataclass
 class JobProgress:
     """Running totals, passed to the progress callback after every shard."""
 
@@ -66,6 +77,8 @@ class JobProgress:
     startup_seconds: float = 0.0  # until every actor had compiled its model
     finished: float | None = None  # when the last shard came back
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    nodes: dict[str, NodeUse] = field(default_factory=dict)  # by Ray node id
 
     @property
     def seconds(self) -> float:
@@ -94,6 +107,15 @@ class JobProgress:
         self.shards += 1
         for stage, seconds in report.stage_seconds.items():
             self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
+        for kind, count in report.error_kinds.items():
+            self.error_kinds[kind] = self.error_kinds.get(kind, 0) + count
+        node = self.nodes.setdefault(report.actor.node_id, NodeUse())
+        node.shards += 1
+        node.images += report.images
+
+    def add_actors(self, infos: list[ActorInfo]) -> None:
+        for info in infos:
+            self.nodes.setdefault(info.node_id, NodeUse()).actors += 1
 
 
 def run_job(
@@ -102,6 +124,11 @@ def run_job(
     """Runs the job to the end (or finishes what an earlier run of it left) and returns its totals.
 
     Raises a one-line error for bad input, and OutputConflictError when OUTPUT holds another job."""
+    try:
+        device = check_device(config.detector.device)
+    except ValueError as error:
+        raise JobError(str(error)) from None
+    config = replace(config, detector=replace(config.detector, device=device))
     plan = inspect_model(config.detector)
     uris = _non_empty(list_inputs(config.input, config.include), config)
     state = OutputState.read(config.output)
@@ -122,11 +149,14 @@ def run_job(
     started_ray = _ensure_ray(config.ray_address)
     actors = []
     try:
-        actors = _start_actors(config)
+        actors = _start_actors(config, plan.checksum, progress)
         progress.startup_seconds = progress.seconds
         shards = state.resume(plan_shards(_count_listed(uris, progress), config.shard_size))
         _dispatch(actors, shards, progress, on_progress)
         progress.finished = time.monotonic()
+        addresses = {node["NodeID"]: node["NodeManagerAddress"] for node in ray.nodes()}
+        for node_id, use in progress.nodes.items():
+            use.ip = addresses.get(node_id, "")
     finally:
         for actor in actors:
             ray.kill(actor)
@@ -193,18 +223,33 @@ def _ensure_ray(address: str | None) -> bool:
     return True
 
 
-def _start_actors(config: JobConfig) -> list[ray.actor.ActorHandle]:
-    cpus = config.cpus_per_actor
-    count = config.actors or max(1, int(ray.cluster_resources().get("CPU", 1) // cpus))
-    settings = DetectorSettings(**{**asdict(config.detector), "threads": max(1, round(cpus))})
+def _start_actors(config: JobConfig, checksum: str, progress: JobProgress) -> list[ray.actor.ActorHandle]:
+    """Actors spread over the cluster's nodes, each with the model the driver checked (by checksum)."""
+    cpus, device = config.cpus_per_actor, config.detector.device
+    resources = ray.cluster_resources()
+    gpus = 1 if uses_gpu(device) else 0
+    if gpus and resources.get("GPU", 0) < 1:
+        raise JobError(
+            f"--device {device}: the Ray cluster has no GPU; start its GPU nodes with "
+            "`ray start --num-gpus=N`, or use --device CPU or AUTO"
+        )
+    fit = resources.get("CPU", 1) // cpus
+    if gpus:
+        fit = min(fit, resources["GPU"])
+    count = config.actors or max(1, int(fit))
+    settings = replace(config.detector, threads=max(1, round(cpus)), model_sha256=checksum)
     # A lost actor (process or node) is restarted up to MAX_RESTARTS times; its shards wait for it and
     # are retried as often as needed (each retry rewrites the same shard file, atomically).
     actor_class = ray.remote(ShardWorker).options(
-        num_cpus=cpus, max_restarts=MAX_RESTARTS, max_task_retries=-1
+        num_cpus=cpus,
+        num_gpus=gpus,
+        scheduling_strategy="SPREAD",
+        max_restarts=MAX_RESTARTS,
+        max_task_retries=-1,
     )
     actors = [actor_class.remote(settings, config.output) for _ in range(count)]
     try:
-        ray.get([actor.ready.remote() for actor in actors])
+        progress.add_actors(ray.get([actor.ready.remote() for actor in actors]))
     except ray.exceptions.RayError as error:
         for actor in actors:
             ray.kill(actor)
@@ -286,5 +331,13 @@ def _record(
             "images_per_second": round(progress.images_per_second, 3),
             "processing_images_per_second": round(progress.processing_images_per_second, 3),
             "stage_seconds": {k: round(v, 3) for k, v in progress.stage_seconds.items()},
+            "stage_ms_per_image": {
+                k: round(1000 * v / max(progress.images, 1), 3) for k, v in progress.stage_seconds.items()
+            },
+            "faces": progress.faces,
+            "errors": progress.errors,
+            "errors_by_kind": progress.error_kinds,
+            "device": config.detector.device,
+            "nodes": {node_id: asdict(use) for node_id, use in progress.nodes.items()},
         },
     }

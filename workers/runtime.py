@@ -5,6 +5,7 @@ Knows nothing about faces: it turns uint8 NHWC images into the model's raw outpu
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -16,6 +17,21 @@ from workers.formats.base import OutputInfo, Preprocess
 from workers.models import ModelError
 
 _core: ov.Core | None = None
+_DEVICE = r"(CPU|GPU(\.\d+)?)"
+DEVICES = re.compile(rf"{_DEVICE}|AUTO(:{_DEVICE}(,{_DEVICE})*)?", re.IGNORECASE)
+
+
+def check_device(device: str) -> str:
+    """`device` upper-cased when it is CPU, GPU, GPU.N, AUTO or AUTO:D,D,... (each D: CPU or GPU[.N]);
+    a one-line ValueError otherwise."""
+    if not DEVICES.fullmatch(device):
+        raise ValueError(f"unknown --device {device!r}: use CPU, GPU, GPU.N, AUTO or AUTO:GPU,CPU")
+    return device.upper()
+
+
+def uses_gpu(device: str) -> bool:
+    """Whether a (checked) device compiles on a GPU for certain, so an actor must hold one."""
+    return device.startswith("GPU")
 
 
 def core() -> ov.Core:

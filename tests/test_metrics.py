@@ -1,0 +1,133 @@
+"""The job report in OUTPUT/_job.json (errors by kind, stage times, nodes) and the Ray metrics a
+Prometheus scrape of the node's metrics agent sees."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from jobs.demo import sample_photos
+from workers.images import ImageError, decode_image
+from workers.metrics import error_kinds
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def image_error(data: bytes) -> str:
+    with pytest.raises(ImageError) as caught:
+        decode_image(data)
+    return str(caught.value)
+
+
+def test_error_kinds_of_real_error_messages() -> None:
+    png = sample_photos()[0][1].read_bytes()
+    messages = [
+        image_error(b""),
+        image_error(b"not an image at all"),
+        image_error(png[: len(png) // 2]),
+        image_error(png[:8] + b"\x00" * 64),
+        "fetch failed: s3://bucket/a.jpg: NoSuchKey",
+        "fetch failed: s3://bucket/b.jpg: AccessDenied",
+        "preprocess failed: ValueError: bad shape",
+        "something nobody expected",
+        None,
+        None,
+    ]
+    assert messages[:4] == [
+        "empty file",
+        "not an image (unrecognised format)",
+        "truncated PNG",
+        "corrupt PNG (no IHDR)",
+    ]
+    assert error_kinds(pa.array(messages, pa.string())) == {
+        "fetch": 2,
+        "not_an_image": 2,
+        "truncated": 1,
+        "corrupt": 1,
+        "preprocess": 1,
+        "other": 1,
+    }
+    assert error_kinds(pa.chunked_array([pa.array([None, None], pa.string())])) == {}
+
+
+# A fresh Ray (the session's ray_local has no metrics port) with its metrics agent on a known port and a
+# short report interval; the job runs on it, then the agent's Prometheus endpoint is read as a scraper would.
+METRICS_JOB = """
+import json, re, socket, sys, time, urllib.request
+import ray
+from workers.detector import DetectorSettings
+from workers.driver import JobConfig, run_job
+
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, _metrics_export_port=port,
+         object_store_memory=100 * 1024 * 1024, logging_level="WARNING")
+settings = DetectorSettings(model="retinaface-mnet025")
+run_job(JobConfig(sys.argv[1], sys.argv[2], settings, 1, 1.0, shard_size=4))
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    if re.search(r"^ray_facesweep_shards_total{.*} 2.0$", text, re.MULTILINE):  # both shards exported
+        break
+    time.sleep(1)
+print(json.dumps(text))
+ray.shutdown()
+"""
+
+
+def samples(text: str, name: str) -> dict[str, float]:
+    """`name`'s samples in Prometheus text: the `kind`/`stage` label (or "") -> value, summed over workers."""
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            labels, value = line[len(name) + 1 :].rsplit("} ", 1)
+            tags = dict(part.split("=", 1) for part in labels.split(",") if "=" in part)
+            key = tags.get("kind", tags.get("stage", "")).strip('"')
+            values[key] = values.get(key, 0.0) + float(value)
+    return values
+
+
+@pytest.mark.slow
+def test_job_report_and_prometheus_metrics(tmp_path: Path) -> None:
+    photos = tmp_path / "in"
+    photos.mkdir()
+    originals = [path for _, path in sample_photos()][:6]
+    for path in originals:
+        (photos / path.name).write_bytes(path.read_bytes())
+    (photos / "junk.jpg").write_bytes(b"junk")
+    (photos / "cut.jpg").write_bytes(originals[0].read_bytes()[:3000])
+    output = tmp_path / "out"
+    env = {**os.environ, "RAY_metrics_report_interval_ms": "500"}
+    job = subprocess.run(
+        [sys.executable, "-c", METRICS_JOB, str(photos), str(output)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=240,
+    )
+    assert job.returncode == 0, job.stderr[-3000:]
+    prometheus = json.loads(job.stdout.strip().splitlines()[-1])
+
+    report = json.loads((output / "_job.json").read_text())["this_run"]
+    assert (report["images"], report["errors"]) == (8, 2)
+    assert report["errors_by_kind"] == {"not_an_image": 1, "truncated": 1}
+    assert report["shards"] == 2 and report["device"] == "CPU"
+    [node] = report["nodes"].values()
+    assert node == {"ip": "127.0.0.1", "actors": 1, "shards": 2, "images": 8}
+    assert set(report["stage_ms_per_image"]) >= {"fetch", "decode", "infer", "write"}
+    assert report["stage_ms_per_image"]["infer"] > 0
+
+    assert samples(prometheus, "ray_facesweep_images_total") == {"": 8.0}
+    assert samples(prometheus, "ray_facesweep_faces_total") == {"": float(report["faces"])}
+    assert samples(prometheus, "ray_facesweep_shards_total") == {"": 2.0}
+    assert samples(prometheus, "ray_facesweep_errors_total") == {"not_an_image": 1.0, "truncated": 1.0}
+    stages = samples(prometheus, "ray_facesweep_stage_seconds_count")
+    assert stages.keys() == report["stage_seconds"].keys() and set(stages.values()) == {2.0}
