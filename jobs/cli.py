@@ -145,7 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument(
         "--cpus-per-actor", type=_positive_float, default=2.0, help="CPUs (threads) per actor (2)"
     )
-    res.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU, AUTO (CPU)")
+    res.add_argument(
+        "--device",
+        default="CPU",
+        help="OpenVINO device: CPU, GPU or GPU.N (each actor holds one of the Ray cluster's GPUs), AUTO, "
+        "AUTO:GPU,CPU (CPU)",
+    )
     res.add_argument("--batch", type=_positive_int, default=1, help="images per inference request (1)")
     res.add_argument("--precision", choices=["f32", "bf16", "f16"], help="inference precision (device's)")
     res.add_argument(
