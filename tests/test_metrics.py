@@ -124,6 +124,11 @@ def test_job_report_and_prometheus_metrics(tmp_path: Path) -> None:
     assert node == {"ip": "127.0.0.1", "actors": 1, "shards": 2, "images": 8}
     assert set(report["stage_ms_per_image"]) >= {"fetch", "decode", "infer", "write"}
     assert report["stage_ms_per_image"]["infer"] > 0
+    # the actor's process CPU covers at least what its threads spent in the stages measured as CPU time
+    # (infer is the requests' latency, run in OpenVINO's threads)
+    thread_stages = sum(v for k, v in report["stage_seconds"].items() if k != "infer")
+    assert report["actor_cpu_seconds"] >= thread_stages > 0
+    assert report["actor_cpu_ms_per_image"] == pytest.approx(1000 * report["actor_cpu_seconds"] / 8, abs=0.1)
 
     assert samples(prometheus, "ray_facesweep_images_total") == {"": 8.0}
     assert samples(prometheus, "ray_facesweep_faces_total") == {"": float(report["faces"])}

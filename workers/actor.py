@@ -1,12 +1,15 @@
 """The Ray actor's body: for each shard, fetch -> decode -> infer -> decode faces -> one Parquet file.
 
 Wiring only: storage fetches, `images` decodes, `Detector` runs the model and decodes its outputs,
-`sink` writes. Fetching and image decoding run in a bounded thread pool (boto3 and OpenCV release the
-GIL) while the model works on earlier images, so the model never waits for the network.
+`sink` writes. Fetching and image decoding run in the actor's thread pool (boto3 and OpenCV release the
+GIL) while the model works on earlier images, so the model never waits for the network. The actor runs
+CONCURRENT_SHARDS shards at once (a threaded Ray actor): the next shard is fetched and decoded while the
+last images of the previous one are inferred and its Parquet file written, so the model never drains.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -22,13 +25,18 @@ from workers.shards import Shard
 from workers.sink import ImageResult, results_table, write_parquet
 from workers.storage import ObjectError, join, storage_for
 
+CONCURRENT_SHARDS = 2
+"""Shards one actor works on at once (its Ray `max_concurrency`; the driver queues as many per actor)."""
+
 
 @dataclass(frozen=True)
 class ActorInfo:
-    """A started actor: its model's output format and where Ray placed it."""
+    """A started actor: its model's output format, where Ray placed it, and which process it is (a
+    restarted actor is a new process of the same actor)."""
 
     format: str
     node_id: str
+    process: str  # "<Ray actor id>/<pid>"
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,7 @@ class ShardReport:
     errors: int
     error_kinds: dict[str, int]  # metrics.error_kinds
     stage_seconds: dict[str, float]
+    actor_cpu_seconds: float  # CPU time of the actor's process (all its threads) since it was ready
 
 
 @dataclass(frozen=True)
@@ -54,15 +63,20 @@ class _Fetched:
 
 
 class ShardWorker:
-    """Holds one compiled detector; processes shards into OUTPUT. Ray wraps it as an actor."""
+    """Holds one compiled detector; processes shards into OUTPUT, CONCURRENT_SHARDS at a time (thread-safe:
+    each shard has its own requests and timings). Ray wraps it as a threaded actor."""
 
     def __init__(self, settings: DetectorSettings, output: str, fetchers: int = 16) -> None:
         cv2.setNumThreads(1)  # the model owns the actor's cores; many images decode in parallel instead
         self.detector = Detector(settings)
         self.output = output
-        self.fetchers = fetchers
-        self.in_flight = max(2 * fetchers, 8)
-        self.info = ActorInfo(self.detector.format.name, ray.get_runtime_context().get_node_id())
+        self.pool = ThreadPoolExecutor(fetchers, thread_name_prefix="fetch")
+        self.in_flight = max(2 * fetchers, 8)  # per shard
+        context = ray.get_runtime_context()
+        self.info = ActorInfo(
+            self.detector.format.name, context.get_node_id(), f"{context.get_actor_id()}/{os.getpid()}"
+        )
+        self._ready_cpu = time.process_time()
 
     def ready(self) -> ActorInfo:
         """Answers once the model is compiled (the constructor has run)."""
@@ -87,7 +101,14 @@ class ShardWorker:
         kinds = error_kinds(table["error"])
         shard_metrics().record(counts.images, counts.faces, kinds, timings.seconds)
         return ShardReport(
-            shard.index, self.info, counts.images, counts.faces, counts.errors, kinds, timings.seconds
+            shard.index,
+            self.info,
+            counts.images,
+            counts.faces,
+            counts.errors,
+            kinds,
+            timings.seconds,
+            time.process_time() - self._ready_cpu,
         )
 
     @staticmethod
@@ -100,11 +121,11 @@ class ShardWorker:
 
     def _fetch_all(self, uris: tuple[str, ...], timings: Timings) -> Iterator[_Fetched]:
         """Fetched and prepared images in completion order, at most `in_flight` held at once."""
-        with ThreadPoolExecutor(self.fetchers, thread_name_prefix="fetch") as pool:
-            pending: set[Future[_Fetched]] = set()
-            queue = iter(enumerate(uris))
+        pending: set[Future[_Fetched]] = set()
+        queue = iter(enumerate(uris))
+        try:
             for position, uri in queue:
-                pending.add(pool.submit(self._fetch_one, position, uri, timings))
+                pending.add(self.pool.submit(self._fetch_one, position, uri, timings))
                 if len(pending) >= self.in_flight:
                     break
             while pending:
@@ -113,7 +134,10 @@ class ShardWorker:
                     yield future.result()
                     next_item = next(queue, None)
                     if next_item is not None:
-                        pending.add(pool.submit(self._fetch_one, *next_item, timings))
+                        pending.add(self.pool.submit(self._fetch_one, *next_item, timings))
+        finally:  # a failing shard (a store that stays down) leaves no work behind in the shared pool
+            for future in pending:
+                future.cancel()
 
     def _fetch_one(self, position: int, uri: str, timings: Timings) -> _Fetched:
         clock = time.thread_time()

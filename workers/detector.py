@@ -265,7 +265,8 @@ class Detector:
     def _decode_views(
         self, outputs: list[np.ndarray], views: Sequence[View], settings: DecodeSettings
     ) -> list[Faces]:
-        """Each view's faces in original pixels, less the faces cut by a tile edge inside the image."""
+        """Each view's faces in original pixels, less the faces cut by a tile edge inside the image; new
+        arrays (`Geometry.to_original` computes them), so nothing points into `outputs`."""
         picked = [outputs[i] for i in self.plan.outputs]
         per_view = self.format.split(picked, self.plan.batch)
         return [

@@ -1,8 +1,8 @@
 """The job driver: validate early, plan shards from a lazy listing, keep a pool of Ray actors busy.
 
 Every mistake a user can make (bad model, missing bucket, empty prefix, unwritable OUTPUT) is found
-before any actor starts. Shards are handed out as actors free up, with at most two queued per actor,
-so neither the listing nor the plan is ever held whole in memory.
+before any actor starts. Shards are handed out as actors free up, two per actor at a time (which it
+works on at once), so neither the listing nor the plan is ever held whole in memory.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from itertools import chain
 
 import ray
 
-from workers.actor import ActorInfo, ShardReport, ShardWorker
+from workers.actor import CONCURRENT_SHARDS, ActorInfo, ShardReport, ShardWorker
 from workers.detector import DetectorSettings, inspect_model
 from workers.inputs import InputError, list_inputs
 from workers.resume import OutputState
@@ -26,7 +26,6 @@ from workers.runtime import check_device, uses_gpu
 from workers.shards import Shard, plan_shards
 from workers.sink import ShardCounts
 
-QUEUED_PER_ACTOR = 2
 MAX_RESTARTS = 4
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024
 
@@ -79,6 +78,7 @@ class JobProgress:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     error_kinds: dict[str, int] = field(default_factory=dict)
     nodes: dict[str, NodeUse] = field(default_factory=dict)  # by Ray node id
+    actor_cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by actor process (ActorInfo)
 
     @property
     def seconds(self) -> float:
@@ -109,6 +109,8 @@ class JobProgress:
             self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
         for kind, count in report.error_kinds.items():
             self.error_kinds[kind] = self.error_kinds.get(kind, 0) + count
+        process = report.actor.process
+        self.actor_cpu[process] = max(self.actor_cpu.get(process, 0.0), report.actor_cpu_seconds)
         node = self.nodes.setdefault(report.actor.node_id, NodeUse())
         node.shards += 1
         node.images += report.images
@@ -243,6 +245,7 @@ def _start_actors(config: JobConfig, checksum: str, progress: JobProgress) -> li
     actor_class = ray.remote(ShardWorker).options(
         num_cpus=cpus,
         num_gpus=gpus,
+        max_concurrency=CONCURRENT_SHARDS,
         scheduling_strategy="SPREAD",
         max_restarts=MAX_RESTARTS,
         max_task_retries=-1,
@@ -265,7 +268,7 @@ def _dispatch(
     progress: JobProgress,
     on_progress: Callable[[JobProgress], None],
 ) -> None:
-    """Keeps every actor fed with up to QUEUED_PER_ACTOR shards until the plan runs out; shards an
+    """Keeps every actor fed with up to CONCURRENT_SHARDS shards until the plan runs out; shards an
     earlier run committed are counted, not redone."""
     running: dict[ray.ObjectRef, tuple[ray.actor.ActorHandle, Shard]] = {}
 
@@ -284,7 +287,7 @@ def _dispatch(
         return True
 
     for actor in actors:
-        for _ in range(QUEUED_PER_ACTOR):
+        for _ in range(CONCURRENT_SHARDS):
             submit(actor)
     while running:
         [done], _ = ray.wait(list(running), num_returns=1)
@@ -311,6 +314,7 @@ def _record(
 ) -> dict:
     """OUTPUT/_job.json: identity, config and totals (no credentials are ever part of a JobConfig)."""
     complete = finished_at is not None and progress.listing_done and not progress.failed_shards
+    actor_cpu = sum(progress.actor_cpu.values())
     return {
         "identity": identity,
         "config": asdict(config),
@@ -334,6 +338,8 @@ def _record(
             "stage_ms_per_image": {
                 k: round(1000 * v / max(progress.images, 1), 3) for k, v in progress.stage_seconds.items()
             },
+            "actor_cpu_seconds": round(actor_cpu, 3),
+            "actor_cpu_ms_per_image": round(1000 * actor_cpu / max(progress.images, 1), 3),
             "faces": progress.faces,
             "errors": progress.errors,
             "errors_by_kind": progress.error_kinds,

@@ -17,6 +17,10 @@ from workers.formats.base import OutputInfo, Preprocess
 from workers.models import ModelError, cache_dir
 
 _core: ov.Core | None = None
+REQUESTS_PER_OPTIMAL = 2
+"""Requests in flight per request the device calls optimal (one per stream): while a finished request's
+outputs are decoded (in its callback), another is already queued on its stream, so no stream waits for
+Python. Measured on 2 CPUs (docs/BENCHMARKS.md, levers): 2 beats 1; more does not help."""
 _DEVICE = r"(CPU|GPU(\.\d+)?)"
 DEVICES = re.compile(rf"{_DEVICE}|AUTO(:{_DEVICE}(,{_DEVICE})*)?", re.IGNORECASE)
 
@@ -115,19 +119,22 @@ def run_in_flight(
     inputs: Iterable[tuple[np.ndarray, Any]],
     on_result: Callable[[list[np.ndarray], float, Any], None],
 ) -> None:
-    """Runs every (tensor, userdata) with the device's optimal number of requests in flight.
+    """Runs every (tensor, userdata), REQUESTS_PER_OPTIMAL times the device's optimal number of requests
+    in flight; returns once every result has been delivered.
 
-    `on_result(outputs, seconds, userdata)` is called from OpenVINO's threads with copies of the outputs
-    and the request's inference time; the
-    function returns once every result has been delivered. Consuming `inputs` lazily lets the caller
-    overlap fetching and decoding with inference (a full queue blocks the next submission).
+    `on_result(outputs, seconds, userdata)` is called from OpenVINO's threads with the request's output
+    arrays, valid only during the call (decode them there, keep nothing that points into them), and the
+    request's inference time. Inputs are shared with the request, not copied: each tensor is kept alive
+    until its result is in. Consuming `inputs` lazily lets the caller overlap fetching and decoding with
+    inference (a full queue blocks the next submission).
     """
-    queue = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    requests = REQUESTS_PER_OPTIMAL * compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+    queue = ov.AsyncInferQueue(compiled, requests)
     queue.set_callback(
-        lambda request, userdata: on_result(
-            [t.data.copy() for t in request.output_tensors], request.latency / 1000, userdata
+        lambda request, job: on_result(
+            [t.data for t in request.output_tensors], request.latency / 1000, job[1]
         )
     )
     for tensor, userdata in inputs:
-        queue.start_async({0: tensor}, userdata)
+        queue.start_async({0: tensor}, (tensor, userdata), share_inputs=True)
     queue.wait_all()
