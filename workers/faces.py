@@ -68,8 +68,7 @@ class Geometry:
         scale = np.array([self.scale_x, self.scale_y], np.float32)
         offset = np.array([self.offset_x, self.offset_y], np.float32)
         boxes = ((faces.boxes.reshape(-1, 2, 2) + offset) / scale).reshape(-1, 4)
-        np.clip(boxes[:, 0::2], 0, self.width, out=boxes[:, 0::2])
-        np.clip(boxes[:, 1::2], 0, self.height, out=boxes[:, 1::2])
+        np.maximum(np.minimum(boxes, [self.width, self.height] * 2, out=boxes), 0, out=boxes)  # clipped
         landmarks = (
             None if faces.landmarks is None else ((faces.landmarks + offset) / scale).astype(np.float32)
         )

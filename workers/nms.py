@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 BLOCK = 256
+_TINY = np.finfo(np.float32).tiny
+_LATER = np.triu(np.ones((BLOCK, BLOCK), bool), k=1)  # [i, j]: box j comes after box i in the block
 
 
 def pairwise_intersection(a: np.ndarray, b: np.ndarray, plus_one: bool) -> tuple[np.ndarray, ...]:
@@ -24,14 +26,14 @@ def pairwise_intersection(a: np.ndarray, b: np.ndarray, plus_one: bool) -> tuple
     area_b = (b[:, 2] - b[:, 0] + one) * (b[:, 3] - b[:, 1] + one)
     iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]) + one
     ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]) + one
-    return np.clip(iw, 0, None) * np.clip(ih, 0, None), area_a, area_b
+    return np.maximum(iw, 0) * np.maximum(ih, 0), area_a, area_b
 
 
 def pairwise_iou(a: np.ndarray, b: np.ndarray, plus_one: bool) -> np.ndarray:
     """IoU matrix [len(a), len(b)] of x1,y1,x2,y2 boxes (0 where the union is empty)."""
     inter, area_a, area_b = pairwise_intersection(a, b, plus_one)
     union = area_a[:, None] + area_b[None, :] - inter
-    return inter / np.maximum(union, np.finfo(np.float32).tiny)
+    return inter / np.maximum(union, _TINY)
 
 
 def nms(
@@ -49,6 +51,8 @@ def nms(
     """
     overlap = np.greater_equal if suppress_equal else np.greater
     order = np.argsort(-scores, kind="stable")
+    if len(order) <= 1:  # nothing to suppress (the common case at a high score threshold: one face)
+        return order
     ordered = boxes[order].astype(np.float32, copy=False)
     kept = np.zeros(0, np.int64)
     for start in range(0, len(order), BLOCK):
@@ -57,13 +61,12 @@ def nms(
             block = block[
                 ~overlap(pairwise_iou(ordered[kept], ordered[block], plus_one), iou_threshold).any(0)
             ]
-        overlaps = np.triu(
-            overlap(pairwise_iou(ordered[block], ordered[block], plus_one), iou_threshold), k=1
-        )
+        overlaps = overlap(pairwise_iou(ordered[block], ordered[block], plus_one), iou_threshold)
+        overlaps &= _LATER[: len(block), : len(block)]
         keep = np.ones(len(block), bool)
         while True:
             updated = ~(overlaps & keep[:, None]).any(0)
-            if np.array_equal(updated, keep):
+            if (updated == keep).all():
                 break
             keep = updated
         kept = np.concatenate([kept, block[keep]])
