@@ -21,7 +21,14 @@ from workers.formats.known import recognise
 from workers.images import network_tensor, scale_for_network
 from workers.models import ModelError, model_checksum, resolve_model
 from workers.nms import pairwise_intersection
-from workers.runtime import compile_model, output_infos, read_model, run_in_flight, static_input_size
+from workers.runtime import (
+    compile_model,
+    output_infos,
+    read_model,
+    run_in_flight,
+    static_input_size,
+    warm_up,
+)
 
 
 @dataclass(frozen=True)
@@ -198,6 +205,8 @@ class Detector:
             settings.precision,
             self.plan.batch,
         )
+        width, height = self.plan.preprocess.input_size or (64, 64)
+        warm_up(self._compiled, np.zeros((self.plan.batch, height, width, 3), np.uint8))
 
     def reduction(self, width: int, height: int) -> int:
         """How much smaller (1, 2, 4 or 8) an image of this stored size may be decoded (JPEG DCT scaling)

@@ -138,3 +138,10 @@ def run_in_flight(
     for tensor, userdata in inputs:
         queue.start_async({0: tensor}, (tensor, userdata), share_inputs=True)
     queue.wait_all()
+
+
+def warm_up(compiled: ov.CompiledModel, tensor: np.ndarray) -> None:
+    """One request through `run_in_flight`, before anything runs concurrently. The first request of a
+    process initializes the bindings' NumPy glue (function-local statics); two threads doing that at once
+    can deadlock on the GIL (seen once in about a hundred jobs: a threaded actor's two first shards)."""
+    run_in_flight(compiled, [(tensor, None)], lambda outputs, seconds, userdata: None)
