@@ -20,7 +20,7 @@ _core: ov.Core | None = None
 REQUESTS_PER_OPTIMAL = 2
 """Requests in flight per request the device calls optimal (one per stream): while a finished request's
 outputs are decoded (in its callback), another is already queued on its stream, so no stream waits for
-Python. Measured on 2 CPUs (docs/BENCHMARKS.md, levers): 2 beats 1; more does not help."""
+Python. Measured on 2 CPUs (docs/LEVERS.md): 1x is slower; 4x was no faster in repeated runs."""
 _DEVICE = r"(CPU|GPU(\.\d+)?)"
 DEVICES = re.compile(rf"{_DEVICE}|AUTO(:{_DEVICE}(,{_DEVICE})*)?", re.IGNORECASE)
 

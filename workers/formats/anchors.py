@@ -100,37 +100,43 @@ class Rule:
     ) -> Faces:
         net_w, net_h = net_size
         per_stride = len(self.kinds)
-        boxes, scores, points = [], [], []
+        bases, deltas, scores, points = [], [], [], []  # the candidates of every stride
         for level, stride in enumerate(STRIDES):
-            cls, deltas, *landmarks = (o[0] for o in outputs[level * per_stride : (level + 1) * per_stride])
+            cls, delta, *landmarks = (o[0] for o in outputs[level * per_stride : (level + 1) * per_stride])
             a = len(SCALES[stride])
-            height, width = deltas.shape[1:]
-            score = cls[a:].reshape(a, -1).T.ravel()  # index (h*W + w)*A + a
-            keep = np.flatnonzero(score >= settings.score_threshold)
+            height, width = delta.shape[1:]
+            face = cls[a:].reshape(a, -1)  # [anchor, cell]
+            anchor, cell = np.nonzero(face >= settings.score_threshold)
+            if not len(cell):
+                continue
+            keep = cell * a + anchor  # the reference's index: (h*W + w)*A + a
+            order = np.argsort(keep, kind="stable")
+            keep, cell, anchor = keep[order], cell[order], anchor[order]
+            score = face[anchor, cell]
             if self.top_k_per_stride is not None and len(keep) > self.top_k_per_stride:
-                keep = keep[np.argsort(-score[keep], kind="stable")[: self.top_k_per_stride]]
-            cell, anchor = np.divmod(keep, a)
-            base = anchors(stride, width, height)[keep]
-            w = base[:, 2] - base[:, 0] + 1
-            h = base[:, 3] - base[:, 1] + 1
-            cx = base[:, 0] + 0.5 * (w - 1)
-            cy = base[:, 1] + 0.5 * (h - 1)
-            d = deltas.reshape(a, 4, -1)[anchor, :, cell]  # [n, 4] = dx, dy, dw, dh
-            pcx, pcy = d[:, 0] * w + cx, d[:, 1] * h + cy
-            half_w, half_h = 0.5 * (np.exp(d[:, 2]) * w - 1), 0.5 * (np.exp(d[:, 3]) * h - 1)
-            box = np.stack([pcx - half_w, pcy - half_h, pcx + half_w, pcy + half_h], axis=1)
-            np.clip(box[:, 0::2], 0, net_w - 1, out=box[:, 0::2])
-            np.clip(box[:, 1::2], 0, net_h - 1, out=box[:, 1::2])
-            boxes.append(box)
-            scores.append(score[keep])
+                top = np.argsort(-score, kind="stable")[: self.top_k_per_stride]
+                keep, cell, anchor, score = keep[top], cell[top], anchor[top], score[top]
+            bases.append(anchors(stride, width, height)[keep])
+            deltas.append(delta.reshape(a, 4, -1)[anchor, :, cell])  # [n, 4] = dx, dy, dw, dh
+            scores.append(score)
             if landmarks:
-                lm = landmarks[0].reshape(a, 5, 2, -1)[anchor, :, :, cell]  # [n, 5, 2]
-                points.append(lm * np.stack([w, h], 1)[:, None] + np.stack([cx, cy], 1)[:, None])
-        faces = Faces(
-            np.concatenate(boxes).astype(np.float32),
-            np.concatenate(scores).astype(np.float32),
-            np.concatenate(points).astype(np.float32) if self.landmarks else None,
-        )
+                points.append(landmarks[0].reshape(a, 5, 2, -1)[anchor, :, :, cell])  # [n, 5, 2]
+        if not bases:
+            return Faces.empty(self.landmarks)
+        base, d = np.concatenate(bases), np.concatenate(deltas)
+        w = base[:, 2] - base[:, 0] + 1
+        h = base[:, 3] - base[:, 1] + 1
+        cx = base[:, 0] + 0.5 * (w - 1)
+        cy = base[:, 1] + 0.5 * (h - 1)
+        pcx, pcy = d[:, 0] * w + cx, d[:, 1] * h + cy
+        half_w, half_h = 0.5 * (np.exp(d[:, 2]) * w - 1), 0.5 * (np.exp(d[:, 3]) * h - 1)
+        box = np.stack([pcx - half_w, pcy - half_h, pcx + half_w, pcy + half_h], axis=1)
+        np.maximum(np.minimum(box, [net_w - 1, net_h - 1] * 2, out=box), 0, out=box)
+        landmarks = None
+        if self.landmarks:
+            size, center = np.stack([w, h], 1)[:, None], np.stack([cx, cy], 1)[:, None]
+            landmarks = (np.concatenate(points) * size + center).astype(np.float32)
+        faces = Faces(box.astype(np.float32), np.concatenate(scores).astype(np.float32), landmarks)
         return NMS_RULE.apply(faces, settings.nms_threshold)
 
 
