@@ -22,12 +22,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
@@ -44,8 +42,10 @@ from harness import (
     benchmark_app,
     data_sets,
     facesweep_run,
+    generated_by,
     naive,
     require_shared,
+    table,
 )
 
 from jobs.local_s3 import start_local_s3
@@ -139,76 +139,83 @@ def memory_runs(store: Store, shared: Path) -> list[tuple[int, JobRun]]:
 
 
 def ratio_table(runs: list[Run]) -> list[str]:
-    lines = [
-        "| model | data | cores | model_img_s | limit_img_s | e2e_img_s | naive_img_s | e2e / limit "
-        "| e2e / naive | e2e images (s) | start-up s | faces |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    header = ["model", "data", "cores", "model_img_s", "limit_img_s", "e2e_img_s", "naive_img_s"]
+    header += ["e2e / limit", "e2e / naive", "e2e images (s)", "start-up s", "faces"]
+    rows = []
     for r in runs:
         this = r.job.record["this_run"]
-        lines.append(
-            f"| {r.model.name} | {r.data.name} | {r.cores} | {r.model_img_s:.1f} | {r.limit_img_s:.1f} "
-            f"| {r.e2e_img_s:.1f} | {r.naive_img_s:.1f} | {r.e2e_img_s / r.limit_img_s:.2f} "
-            f"| {r.e2e_img_s / r.naive_img_s:.2f} | {this['images']} "
-            f"({this['seconds'] - this['startup_seconds']:.0f}) "
-            f"| {this['startup_seconds']:.1f} | {this['faces']} |"
+        steady = this["seconds"] - this["startup_seconds"]
+        rows.append(
+            [
+                r.model.name,
+                r.data.name,
+                r.cores,
+                f"{r.model_img_s:.1f}",
+                f"{r.limit_img_s:.1f}",
+                f"{r.e2e_img_s:.1f}",
+                f"{r.naive_img_s:.1f}",
+                f"{r.e2e_img_s / r.limit_img_s:.2f}",
+                f"{r.e2e_img_s / r.naive_img_s:.2f}",
+                f"{this['images']} ({steady:.0f})",
+                f"{this['startup_seconds']:.1f}",
+                this["faces"],
+            ]
         )
-    return lines
+    return table(header, rows)
 
 
 def stage_table(runs: list[Run]) -> list[str]:
-    lines = [
-        "| model | data | "
-        + " | ".join(THREAD_STAGES)
-        + " | inference and the rest | actor total | infer latency "
-        "| decode+NMS share |",
-        "|---|---|" + "---|" * (len(THREAD_STAGES) + 4),
-    ]
+    header = ["model", "data", *THREAD_STAGES, "inference and the rest", "actor total", "infer latency"]
+    rows = []
     for r in runs:
         stages = r.job.stage_ms()
         actor = r.job.record["this_run"]["actor_cpu_ms_per_image"]
         rest = actor - sum(stages.get(s, 0.0) for s in THREAD_STAGES)
-        cells = " | ".join(f"{stages.get(s, 0.0):.2f}" for s in THREAD_STAGES)
         share = stages.get("decode_nms", 0.0) / r.core_ms
-        lines.append(
-            f"| {r.model.name} | {r.data.name} | {cells} | {rest:.2f} | {actor:.2f} | "
-            f"{stages.get('infer', 0):.1f} "
-            f"| {share:.2%} |"
+        rows.append(
+            [
+                r.model.name,
+                r.data.name,
+                *(f"{stages.get(s, 0.0):.2f}" for s in THREAD_STAGES),
+                f"{rest:.2f}",
+                f"{actor:.2f}",
+                f"{stages.get('infer', 0.0):.1f}",
+                f"{share:.2%}",
+            ]
         )
-    return lines
+    return table([*header, "decode+NMS share"], rows)
 
 
 def machine_table(runs: list[Run]) -> list[str]:
-    lines = [
-        "| model | data | cores | core-ms per image | model alone | full-size JPEG decode | "
-        + " | ".join(ROLES)
-        + " | window images (s) | ceiling img/s | e2e / ceiling |",
-        "|---|---|---|---|---|---|" + "---|" * (len(ROLES) + 3),
-    ]
+    header = ["model", "data", "cores", "core-ms per image", "model alone", "full-size JPEG decode", *ROLES]
+    header += ["window images (s)", "ceiling img/s", "e2e / ceiling"]
+    rows = []
     for r in runs:
         model_ms, decode_ms = 1000 * r.cores / r.model_img_s, 1000 * r.data.decode_s
         ceiling = 1000 * r.cores / (model_ms + decode_ms + r.job.core_ms["s3"])
-        cells = " | ".join(f"{r.job.core_ms[role]:.2f}" for role in ROLES)
-        lines.append(
-            f"| {r.model.name} | {r.data.name} | {r.cores} | {r.core_ms:.2f} | {model_ms:.2f} | "
-            f"{decode_ms:.2f} "
-            f"| {cells} | {r.job.window_images} ({r.job.window_seconds:.0f}) | {ceiling:.1f} "
-            f"| {r.e2e_img_s / ceiling:.2f} |"
+        rows.append(
+            [r.model.name, r.data.name, r.cores, f"{r.core_ms:.2f}", f"{model_ms:.2f}", f"{decode_ms:.2f}"]
+            + [f"{r.job.core_ms[role]:.2f}" for role in ROLES]
+            + [f"{r.job.window_images} ({r.job.window_seconds:.0f})", f"{ceiling:.1f}"]
+            + [f"{r.e2e_img_s / ceiling:.2f}"]
         )
-    return lines
+    return table(header, rows)
 
 
 def trend_lines(one: Run, two: Run) -> list[str]:
-    lines = [
-        "| cores | model_img_s | limit_img_s | e2e_img_s | naive_img_s | e2e / limit | e2e / naive |",
-        "|---|---|---|---|---|---|---|",
+    header = ["cores", "model_img_s", "limit_img_s", "e2e_img_s", "naive_img_s", "e2e / limit", "e2e / naive"]
+    rows = [
+        [
+            r.cores,
+            f"{r.model_img_s:.1f}",
+            f"{r.limit_img_s:.1f}",
+            f"{r.e2e_img_s:.1f}",
+            f"{r.naive_img_s:.1f}",
+            f"{r.e2e_img_s / r.limit_img_s:.2f}",
+            f"{r.e2e_img_s / r.naive_img_s:.2f}",
+        ]
+        for r in (one, two)
     ]
-    for r in (one, two):
-        lines.append(
-            f"| {r.cores} | {r.model_img_s:.1f} | {r.limit_img_s:.1f} | {r.e2e_img_s:.1f} | "
-            f"{r.naive_img_s:.1f} "
-            f"| {r.e2e_img_s / r.limit_img_s:.2f} | {r.e2e_img_s / r.naive_img_s:.2f} |"
-        )
     # the naive loop runs one image at a time: only its inference uses more cores (Amdahl's law)
     t1, t2 = 1 / one.naive_img_s, 1 / two.naive_img_s
     parallel = max(2 * (t1 - t2), 0.0)
@@ -217,42 +224,41 @@ def trend_lines(one: Run, two: Run) -> list[str]:
     actors_16 = 16 // two.cores
     e2e_16 = actors_16 * two.e2e_img_s
     limit_16 = 1 / (1 / (actors_16 * two.model_img_s) + two.data.decode_s / 16)
-    lines += [
+    return [
+        *table(header, rows),
         "",
         f"The prediction for 16 cores. facesweep: {actors_16} actors of {two.cores} CPUs, which share "
-        "nothing but "
-        f"the store, each at the measured 2-core rate: {actors_16} x {two.e2e_img_s:.1f} = **{e2e_16:.0f} "
-        "images/s** "
-        f"(limit {limit_16:.0f}, with benchmark_app's 2-core rate per 2 cores). The naive loop: fitting "
-        f"t(n) = serial + parallel/n to its 1- and 2-core times ({1000 * t1:.2f} and {1000 * t2:.2f} ms per "
-        f"image) gives serial {1000 * serial:.2f} ms and parallel {1000 * parallel:.2f} ms, so at 16 cores "
-        f"**{naive_16:.0f} images/s**: e2e / naive would be **{e2e_16 / naive_16:.1f}** (against "
-        f"{two.e2e_img_s / two.naive_img_s:.2f} measured at 2 cores and "
-        f"{one.e2e_img_s / one.naive_img_s:.2f} "
-        "at 1). A prediction from two measured points, not a measurement: this machine has 2 cores, and at "
-        "16 "
-        "the store would have to serve 16 cores' worth of GETs (here SeaweedFS shares the 2 cores).",
+        f"nothing but the store, each at the measured 2-core rate: {actors_16} x {two.e2e_img_s:.1f} = "
+        f"**{e2e_16:.0f} images/s** (limit {limit_16:.0f}, with benchmark_app's 2-core rate per 2 cores). "
+        "The naive loop: fitting t(n) = serial + parallel/n to its 1- and 2-core times "
+        f"({1000 * t1:.2f} and {1000 * t2:.2f} ms per image) gives serial {1000 * serial:.2f} ms and "
+        f"parallel {1000 * parallel:.2f} ms, so at 16 cores **{naive_16:.0f} images/s**: e2e / naive "
+        f"would be **{e2e_16 / naive_16:.1f}** (against {two.e2e_img_s / two.naive_img_s:.2f} measured at "
+        f"2 cores and {one.e2e_img_s / one.naive_img_s:.2f} at 1). A prediction from two measured points, "
+        "not a measurement: this machine has 2 cores, and at 16 the store would have to serve 16 cores' "
+        "worth of GETs (here SeaweedFS shares the 2 cores).",
     ]
-    return lines
 
 
 def memory_table(memory: list[tuple[int, JobRun]]) -> list[str]:
-    lines = ["| images | driver peak MB | actor peak MB | images/s |", "|---|---|---|---|"]
-    for count, job in memory:
-        actors = ", ".join(f"{mb:.0f}" for mb in job.actor_mb) or "not seen"
-        lines.append(f"| {count:,} | {job.driver_mb:.0f} | {actors} | {job.img_s:.1f} |")
-    return lines
+    rows = [
+        [
+            f"{count:,}",
+            f"{job.driver_mb:.0f}",
+            ", ".join(f"{mb:.0f}" for mb in job.actor_mb) or "not seen",
+            f"{job.img_s:.1f}",
+        ]
+        for count, job in memory
+    ]
+    return table(["images", "driver peak MB", "actor peak MB", "images/s"], rows)
 
 
 def report(runs: list[Run], one: Run, memory: list, started: float, sets: list[DataSet]) -> str:
     cores = runs[0].cores
-    minutes = (time.monotonic() - started) / 60
     lines = [
         "# Throughput",
         "",
-        f"Generated by `make bench` (`benchmarks/throughput.py`) on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
-        f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; the whole run "
-        f"took {minutes:.1f} minutes. Every figure below comes from this one run.",
+        generated_by("bench", "throughput.py", started) + " Every figure below comes from this one run.",
         "",
         "Data sets, in a local SeaweedFS on this machine:",
         *[
