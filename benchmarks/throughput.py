@@ -59,6 +59,15 @@ MODEL_S = 8  # benchmark_app duration
 MEMORY_COUNTS = (1_000, 10_000)
 MEMORY_SIZE = (256, 170)  # thumbnails for the memory runs, so that 10,000 images take under a minute
 MEMORY_INPUT = "160x160"
+RATE_HEADER = (
+    "cores",
+    "model_img_s",
+    "limit_img_s",
+    "e2e_img_s",
+    "naive_img_s",
+    "e2e / limit",
+    "e2e / naive",
+)
 THREAD_STAGES = ("fetch", "decode", "preprocess", "decode_nms", "write")  # thread CPU time in the job
 
 
@@ -86,6 +95,18 @@ class Run:
     def core_ms(self) -> float:
         """The machine's core-milliseconds per image at the end-to-end rate."""
         return 1000 * self.cores / self.e2e_img_s
+
+    def rate_cells(self) -> list[object]:
+        """The cells under RATE_HEADER."""
+        return [
+            self.cores,
+            *(
+                f"{rate:.1f}"
+                for rate in (self.model_img_s, self.limit_img_s, self.e2e_img_s, self.naive_img_s)
+            ),
+            f"{self.e2e_img_s / self.limit_img_s:.2f}",
+            f"{self.e2e_img_s / self.naive_img_s:.2f}",
+        ]
 
     def ratio_line(self) -> str:
         return (
@@ -139,8 +160,7 @@ def memory_runs(store: Store, shared: Path) -> list[tuple[int, JobRun]]:
 
 
 def ratio_table(runs: list[Run]) -> list[str]:
-    header = ["model", "data", "cores", "model_img_s", "limit_img_s", "e2e_img_s", "naive_img_s"]
-    header += ["e2e / limit", "e2e / naive", "e2e images (s)", "start-up s", "faces"]
+    header = ["model", "data", *RATE_HEADER, "e2e images (s)", "start-up s", "faces"]
     rows = []
     for r in runs:
         this = r.job.record["this_run"]
@@ -149,13 +169,7 @@ def ratio_table(runs: list[Run]) -> list[str]:
             [
                 r.model.name,
                 r.data.name,
-                r.cores,
-                f"{r.model_img_s:.1f}",
-                f"{r.limit_img_s:.1f}",
-                f"{r.e2e_img_s:.1f}",
-                f"{r.naive_img_s:.1f}",
-                f"{r.e2e_img_s / r.limit_img_s:.2f}",
-                f"{r.e2e_img_s / r.naive_img_s:.2f}",
+                *r.rate_cells(),
                 f"{this['images']} ({steady:.0f})",
                 f"{this['startup_seconds']:.1f}",
                 this["faces"],
@@ -203,19 +217,7 @@ def machine_table(runs: list[Run]) -> list[str]:
 
 
 def trend_lines(one: Run, two: Run) -> list[str]:
-    header = ["cores", "model_img_s", "limit_img_s", "e2e_img_s", "naive_img_s", "e2e / limit", "e2e / naive"]
-    rows = [
-        [
-            r.cores,
-            f"{r.model_img_s:.1f}",
-            f"{r.limit_img_s:.1f}",
-            f"{r.e2e_img_s:.1f}",
-            f"{r.naive_img_s:.1f}",
-            f"{r.e2e_img_s / r.limit_img_s:.2f}",
-            f"{r.e2e_img_s / r.naive_img_s:.2f}",
-        ]
-        for r in (one, two)
-    ]
+    rows = [r.rate_cells() for r in (one, two)]
     # the naive loop runs one image at a time: only its inference uses more cores (Amdahl's law)
     t1, t2 = 1 / one.naive_img_s, 1 / two.naive_img_s
     parallel = max(2 * (t1 - t2), 0.0)
@@ -225,7 +227,7 @@ def trend_lines(one: Run, two: Run) -> list[str]:
     e2e_16 = actors_16 * two.e2e_img_s
     limit_16 = 1 / (1 / (actors_16 * two.model_img_s) + two.data.decode_s / 16)
     return [
-        *table(header, rows),
+        *table(RATE_HEADER, rows),
         "",
         f"The prediction for 16 cores. facesweep: {actors_16} actors of {two.cores} CPUs, which share "
         f"nothing but the store, each at the measured 2-core rate: {actors_16} x {two.e2e_img_s:.1f} = "
