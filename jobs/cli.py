@@ -13,12 +13,12 @@ from jobs.export import DEFAULT_FILES, export
 from jobs.progress import progress_for
 from jobs.report import write_report
 from workers.detector import DetectorSettings
-from workers.driver import JobConfig, JobError, JobProgress, run_job
+from workers.driver import ROWS_PER_FILE, DryRun, JobConfig, JobError, JobProgress, dry_run, run_job
 from workers.evaluate import evaluate, format_report
 from workers.formats import FORMATS, UnknownFormatError
 from workers.inputs import InputError
+from workers.ledger import OutputConflictError
 from workers.models import BUILTIN_MODELS, DEFAULT_MODEL, ModelError
-from workers.resume import OutputConflictError
 from workers.storage import StorageError
 
 USER_ERRORS = (ModelError, UnknownFormatError, InputError, StorageError, JobError, OutputConflictError)
@@ -161,11 +161,33 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--batch", type=_positive_int, default=1, help="images per inference request (1)")
     res.add_argument("--precision", choices=["f32", "bf16", "f16"], help="inference precision (device's)")
     res.add_argument(
-        "--shard-size", type=_positive_int, default=64, help="images per shard / Parquet file (64)"
+        "--shard-size", type=_positive_int, default=64, help="images per shard: per actor call (64)"
+    )
+    res.add_argument(
+        "--rows-per-file",
+        type=_positive_int,
+        default=ROWS_PER_FILE,
+        help=f"images per output Parquet file; committed shards are compacted into them ({ROWS_PER_FILE})",
     )
     run.add_argument("--include", metavar="GLOB", help="take keys matching GLOB (default: image extensions)")
     run.add_argument("--ray-address", help="an existing Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     run.add_argument("--overwrite", action="store_true", help="redo the job from scratch in OUTPUT")
+    run.add_argument(
+        "--reprocess-changed",
+        action="store_true",
+        help="redo images whose object changed (ETag or size) since an earlier run did them",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list, compare with OUTPUT and plan, then say what a run would do (no Ray, nothing written)",
+    )
+    run.add_argument(
+        "--rate",
+        type=_positive_float,
+        metavar="IMG_S",
+        help="with --dry-run: images/s to estimate the time from (default: the last run's)",
+    )
     scoring = run.add_argument_group("evaluation after the job (as `facesweep eval OUTPUT GROUND_TRUTH`)")
     scoring.add_argument("--ground-truth", metavar="FILE", help="annotations to score OUTPUT against")
     scoring.add_argument("--eval-json", metavar="FILE", help="also write the figures to FILE as JSON")
@@ -238,32 +260,66 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         shard_size=args.shard_size,
         include=args.include,
         ray_address=args.ray_address,
+        rows_per_file=args.rows_per_file,
+        reprocess_changed=args.reprocess_changed,
     )
 
 
 def summary(progress: JobProgress, output: str) -> str:
-    resumed = progress.resumed
+    resumed, plan = progress.resumed, progress.plan
+    earlier = f"{resumed.images} images, {resumed.faces} faces, {resumed.errors} errors"
     if progress.already_complete:
-        return (
-            f"nothing to do: {output} already holds this job, complete ({resumed.images} images, "
-            f"{resumed.faces} faces, {resumed.errors} errors); --overwrite redoes it"
-        )
-    lines = [
-        f"images: {progress.images}   faces: {progress.faces}   errors: {progress.errors}",
-        f"time: {progress.seconds:.1f} s, of which start-up {progress.startup_seconds:.1f} s (Ray, models)",
-        f"throughput: {progress.processing_images_per_second:.1f} images/s after start-up, "
-        f"{progress.images_per_second:.1f} images/s overall",
-        f"output: {output}",
-    ]
-    if progress.resumed_shards:
-        lines.insert(
-            1,
-            f"resumed: {progress.resumed_shards} shards ({resumed.images} images, {resumed.faces} faces, "
-            f"{resumed.errors} errors) were already done by an earlier run",
-        )
+        lines = [f"nothing to do: {output} already holds every image of this job ({earlier})"]
+    else:
+        lines = [
+            f"images: {progress.images}   faces: {progress.faces}   errors: {progress.errors}",
+            f"time: {progress.seconds:.1f} s, of which start-up {progress.startup_seconds:.1f} s "
+            "(Ray, models)",
+            f"throughput: {progress.processing_images_per_second:.1f} images/s after start-up, "
+            f"{progress.images_per_second:.1f} images/s overall",
+            f"output: {output} ({progress.files} Parquet files written)",
+        ]
+        if resumed.images:
+            lines.insert(1, f"resumed: {plan.done} images already done by earlier runs ({earlier} in OUTPUT)")
+            lines.insert(2, f"new: {plan.new} images")
+    lines += _changes(plan.changed, plan.vanished, progress.redone_changed, plan.changed_examples)
     if progress.failed_shards:
-        lines.append(f"failed shards ({len(progress.failed_shards)}), re-run to retry them:")
+        lines.append(f"failed ({len(progress.failed_shards)}), re-run to retry them:")
         lines += [f"  {failure}" for failure in progress.failed_shards]
+    return "\n".join(lines)
+
+
+def _changes(changed: int, vanished: int, redone: int, examples: list[str]) -> list[str]:
+    lines = []
+    if redone:
+        lines.append(f"changed: {redone} images changed since they were done; their old rows were dropped")
+    if changed:
+        lines.append(
+            f"changed: {changed} images changed since they were done (e.g. {examples[0]}); "
+            "--reprocess-changed redoes them"
+        )
+    if vanished:
+        lines.append(f"vanished: {vanished} images done earlier are no longer in INPUT (their rows stay)")
+    return lines
+
+
+def dry_run_summary(plan: DryRun) -> str:
+    counts = plan.counts
+    lines = [
+        f"listed: {counts.listed} images; already done: {counts.done}; new: {counts.new}",
+        f"plan: {counts.shards} shards of up to {plan.shard_size} images, {plan.files} output files "
+        f"(up to {plan.rows_per_file} images each)",
+        "requests expected: " + ", ".join(f"{k} {v}" for k, v in plan.expected_requests.items() if v),
+        f"requests made to decide: {', '.join(f'{k} {v}' for k, v in plan.requests.items() if v)} "
+        f"in {plan.seconds:.1f} s",
+    ]
+    if plan.rate:
+        lines.append(
+            f"estimate: {counts.new / plan.rate:.0f} s at {plan.rate:.1f} images/s ({plan.rate_source})"
+        )
+    else:
+        lines.append("estimate: no rate known (no earlier run): give --rate IMG_S")
+    lines += _changes(counts.changed, counts.vanished, 0, counts.changed_examples)
     return "\n".join(lines)
 
 
@@ -322,6 +378,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"facesweep: error: {error}", file=sys.stderr)
         return 2
     config = config_from_args(args)
+    if args.dry_run:
+        try:
+            print(dry_run_summary(dry_run(config, args.rate)))
+        except USER_ERRORS as error:
+            print(f"facesweep: error: {error}", file=sys.stderr)
+            return 1
+        return 0
     progress_view = progress_for(sys.stderr)
     try:
         result = run_job(config, progress_view, overwrite=args.overwrite)

@@ -11,7 +11,8 @@ from workers.driver import JobProgress
 
 
 class TerminalProgress:
-    """A tqdm bar: images done of total (known once the listing is complete), images/s, faces, errors."""
+    """A tqdm bar: images done of the new ones (known once the listing is compared with OUTPUT), images/s,
+    faces, errors."""
 
     def __init__(self, stream: TextIO = sys.stderr) -> None:
         self._stream = stream
@@ -20,8 +21,8 @@ class TerminalProgress:
     def __call__(self, progress: JobProgress) -> None:
         if self._bar is None:
             self._bar = tqdm(total=None, unit="img", file=self._stream, dynamic_ncols=True)
-        if progress.listing_done and self._bar.total is None:
-            self._bar.total = progress.listed
+        if progress.plan.finished and self._bar.total is None:
+            self._bar.total = progress.plan.new
         self._bar.update(progress.images - self._bar.n)
         self._bar.set_postfix(faces=progress.faces, errors=progress.errors, refresh=True)
 
@@ -37,7 +38,8 @@ class LogProgress:
         self._stream = stream
 
     def __call__(self, progress: JobProgress) -> None:
-        total = str(progress.listed) if progress.listing_done else f"{progress.listed}+"
+        plan = progress.plan
+        total = str(plan.new) if plan.finished else f"{plan.new}+"
         print(
             f"shard {progress.shards}: {progress.images}/{total} images, {progress.faces} faces, "
             f"{progress.errors} errors, {progress.processing_images_per_second:.1f} img/s",

@@ -18,7 +18,7 @@ from tests.test_pipeline import ASTRONAUT_FACE, read_rows
 from workers.detector import DetectorSettings
 from workers.driver import JobConfig, run_job
 from workers.images import MAX_PIXELS, ImageError, decode_image, image_format, image_size
-from workers.inputs import InputError, list_inputs
+from workers.inputs import InputError, list_uris
 from workers.nms import pairwise_iou
 from workers.storage import ObjectError, storage_for
 
@@ -349,7 +349,7 @@ def test_listing_skips_non_images_by_extension(tmp_path: Path) -> None:
     (tmp_path / "a b").mkdir()
     for name in ("x.JPG", "a b/ü.png", "notes.txt", "a b/README", "photo.heic", "clip.mp4"):
         (tmp_path / name).write_bytes(b"")
-    listed = {Path(uri).relative_to(tmp_path).as_posix() for uri in list_inputs(str(tmp_path))}
+    listed = {Path(uri).relative_to(tmp_path).as_posix() for uri in list_uris(str(tmp_path))}
     assert listed == {"x.JPG", "a b/ü.png", "photo.heic"}
 
 
@@ -357,10 +357,10 @@ def test_manifest_with_a_byte_order_mark_crlf_and_non_ascii_names(tmp_path: Path
     names = ["ü 日本 фото.jpg", "with space.png", "sub dir/x.jpg"]
     manifest = tmp_path / "images.txt"
     manifest.write_bytes("\ufeff# photos\r\n".encode() + "\r\n".join(names).encode() + b"\r\n")
-    assert list(list_inputs(str(manifest))) == [str(tmp_path / name) for name in names]
+    assert list(list_uris(str(manifest))) == sorted(str(tmp_path / name) for name in names)  # uri order
     manifest.write_bytes("café.jpg\n".encode("latin-1"))
     with pytest.raises(InputError, match="is not UTF-8 text"):
-        list(list_inputs(str(manifest)))
+        list(list_uris(str(manifest)))
 
 
 def test_a_missing_s3_object_is_this_objects_error(s3_env: LocalS3) -> None:

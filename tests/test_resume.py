@@ -1,111 +1,198 @@
-"""Exactly once and resume: the plan, committed shards, the job record, refusals and --overwrite."""
+"""Exactly once, resume and incremental runs: the ledger (OUTPUT's data files), compaction into few part
+files, what a killed compaction leaves, new / changed / vanished images, refusals and --overwrite."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 
 from jobs.demo import sample_photos
 from workers.detector import DetectorSettings
 from workers.driver import JobConfig, run_job
+from workers.ledger import OutputConflictError
 from workers.models import model_checksum, resolve_model
-from workers.resume import OutputConflictError
+from workers.sink import SHARDS_KEY, shard_path, write_parquet
+from workers.storage import storage_for
+
+PHOTOS = 10
 
 
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("resume-photos")
-    for key, path in sample_photos()[:10]:
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for key, path in sample_photos()[:PHOTOS]:
         (folder / key.replace("/", "_")).write_bytes(path.read_bytes())
     return folder
 
 
-def job(photos: Path, output: Path, **detector: object) -> JobConfig:
+def job(photos: Path, output: Path, **options: object) -> JobConfig:
+    detector = {k: options.pop(k) for k in ("score_threshold", "nms_threshold") if k in options}
     settings = DetectorSettings(model="retinaface-mnet025", **detector)
-    return JobConfig(str(photos), str(output), settings, actors=1, cpus_per_actor=1, shard_size=3)
+    return JobConfig(str(photos), str(output), settings, actors=1, cpus_per_actor=1, shard_size=3, **options)
 
 
-def uris(output: Path) -> list[str]:
-    return ds.dataset(output, format="parquet").to_table(columns=["uri"])["uri"].to_pylist()
+def rows(output: Path) -> pa.Table:
+    """What a reader of OUTPUT sees (pyarrow skips `_`-prefixed paths, as DuckDB and Spark do)."""
+    return ds.dataset(output, format="parquet").to_table(columns=["uri", "etag", "faces"])
 
 
-def test_plan_is_deterministic_and_written_before_shards(
-    ray_local: None, photos: Path, tmp_path: Path
+def assert_exactly_once(output: Path, photos: Path) -> None:
+    assert sorted(rows(output)["uri"].to_pylist()) == sorted(str(p) for p in photos.iterdir())
+
+
+def shard_files(output: Path) -> list[Path]:
+    return sorted((output / "_shards").glob("*.parquet")) if (output / "_shards").exists() else []
+
+
+def test_committed_shards_are_compacted_into_few_sorted_part_files(
+    photos: Path, tmp_path: Path, ray_local: None
 ) -> None:
-    first, second = tmp_path / "a", tmp_path / "b"
-    run_job(job(photos, first))
-    run_job(job(photos, second))
-    plans = sorted(p.name for p in (first / "_plan").iterdir())
-    assert plans == [f"part-{i:06d}.json" for i in range(-(-len(list(photos.iterdir())) // 3))]
-    for name in plans:
-        assert (first / "_plan" / name).read_text() == (second / "_plan" / name).read_text()
-    names = {p.name for p in first.iterdir()}
-    assert all(n.startswith("_") or (n.startswith("part-") and n.endswith(".parquet")) for n in names)
+    output = tmp_path / "out"
+    result = run_job(job(photos, output, rows_per_file=4))
+    parts = sorted(output.glob("part-*.parquet"))
+    assert [p.name for p in parts] == ["part-000000.parquet", "part-000001.parquet"] and result.files == 2
+    assert not shard_files(output)
+    sizes = [pq.ParquetFile(p).metadata.num_rows for p in parts]
+    assert sizes == [6, 4]  # two 3-image shards reach 4 rows; the job's tail is the last file
+    shards = [json.loads(pq.ParquetFile(p).schema_arrow.metadata[SHARDS_KEY]) for p in parts]
+    assert sorted(s for group in shards for s in group) == [0, 1, 2, 3]
+    for part in parts:
+        uris = pq.read_table(part, columns=["uri"])["uri"].to_pylist()
+        assert uris == sorted(uris)
+    assert_exactly_once(output, photos)
+    assert sorted(p.name for p in output.iterdir()) == ["_job.json", "_shards", *(p.name for p in parts)]
+    record = json.loads((output / "_job.json").read_text())
+    assert record["complete"] and record["images"] == PHOTOS and record["this_run"]["new_images"] == PHOTOS
+    requests = record["this_run"]["requests"]
+    # every image and shard file read once; shard files, part files and the record started with written
+    assert requests["GET"] >= PHOTOS + 4 and requests["PUT"] == 4 + 2 + 1
 
 
-def test_rerun_after_a_crash_does_only_the_missing_shards(
-    ray_local: None, photos: Path, tmp_path: Path
+def test_rerun_after_a_crash_does_only_what_is_missing(photos: Path, tmp_path: Path, ray_local: None) -> None:
+    output = tmp_path / "out"
+    run_job(job(photos, output, rows_per_file=4))
+    record = json.loads((output / "_job.json").read_text())
+    lost = pq.read_table(output / "part-000001.parquet", columns=["uri"])["uri"].to_pylist()
+    (output / "part-000001.parquet").unlink()  # as if the run had died before this compaction
+    (output / "_job.json").write_text(json.dumps({**record, "complete": False, "finished_at": None}))
+    again = run_job(job(photos, output, rows_per_file=4))
+    assert again.images == len(lost) == 4 and again.plan.done == 6 and again.resumed.images == 6
+    assert_exactly_once(output, photos)
+    after = json.loads((output / "_job.json").read_text())
+    assert after["complete"] and after["images"] == PHOTOS and after["faces"] == record["faces"]
+    assert after["started_at"] == record["started_at"]
+
+
+def test_shards_committed_before_their_compaction_are_kept_and_compacted(
+    photos: Path, tmp_path: Path, ray_local: None
 ) -> None:
     output = tmp_path / "out"
     run_job(job(photos, output))
-    record = json.loads((output / "_job.json").read_text())
-    assert record["complete"] and record["images"] == len(list(photos.iterdir()))
-    # What a driver killed after the first shards leaves: an incomplete record and missing shard files.
-    (output / "part-000001.parquet").unlink()
-    (output / "part-000003.parquet").unlink()
-    (output / "_job.json").write_text(json.dumps({**record, "complete": False, "finished_at": None}))
+    part = output / "part-000000.parquet"
+    table = pq.read_table(part).replace_schema_metadata(None)
+    # What a driver killed before its compaction leaves: committed shard files and no part file.
+    storage = storage_for(str(output))
+    write_parquet(table.slice(0, 3), storage, str(output / shard_path(0)))
+    write_parquet(table.slice(3, 3), storage, str(output / shard_path(1)))
+    part.unlink()
     again = run_job(job(photos, output))
-    assert again.images == 3 + 1 and again.resumed_shards == 2
-    assert sorted(uris(output)) == sorted(str(p) for p in photos.iterdir())  # each image exactly once
-    record_after = json.loads((output / "_job.json").read_text())
-    assert record_after["complete"] and record_after["images"] == record["images"]
-    assert record_after["faces"] == record["faces"] and record_after["started_at"] == record["started_at"]
+    assert again.images == PHOTOS - 6 and again.resumed.images == 6 and again.files == 1
+    assert not shard_files(output)
+    assert_exactly_once(output, photos)
 
 
-def test_finished_job_does_nothing(ray_local: None, photos: Path, tmp_path: Path) -> None:
+def test_a_shard_left_behind_by_a_finished_compaction_is_removed(
+    photos: Path, tmp_path: Path, ray_local: None
+) -> None:
+    output = tmp_path / "out"
+    run_job(job(photos, output))
+    table = pq.read_table(output / "part-000000.parquet").replace_schema_metadata(None)
+    # Killed between the part file's PUT and the deletion of its shards: a copy of shard 2 remains.
+    write_parquet(table.slice(6, 3), storage_for(str(output)), str(output / shard_path(2)))
+    again = run_job(job(photos, output))
+    assert again.already_complete and again.images == 0 and again.resumed.images == PHOTOS
+    assert not shard_files(output)
+    assert_exactly_once(output, photos)
+
+
+def test_incremental_run_does_only_the_new_images(photos: Path, tmp_path: Path, ray_local: None) -> None:
     output = tmp_path / "out"
     run_job(job(photos, output))
     before = {p.name: p.stat().st_mtime_ns for p in output.glob("part-*.parquet")}
+    nothing = run_job(job(photos, output))
+    assert nothing.already_complete and nothing.images == 0 and nothing.resumed.images == PHOTOS
+    first = sorted(photos.iterdir())[0]
+    for name in ("0-late-upload.png", "zz-late-upload.png"):
+        (photos / name).write_bytes(first.read_bytes())
     again = run_job(job(photos, output))
-    assert (
-        again.already_complete and again.images == 0 and again.resumed.images == len(list(photos.iterdir()))
-    )
-    assert before == {p.name: p.stat().st_mtime_ns for p in output.glob("part-*.parquet")}
+    assert again.images == 2 and again.plan.new == 2 and again.plan.done == PHOTOS and again.files == 1
+    assert before == {p.name: p.stat().st_mtime_ns for p in output.glob("part-*.parquet") if p.name in before}
+    assert_exactly_once(output, photos)
+    record = json.loads((output / "_job.json").read_text())
+    assert record["complete"] and record["images"] == PHOTOS + 2 and record["this_run"]["new_images"] == 2
 
 
-def test_other_config_is_refused_and_overwrite_redoes(ray_local: None, photos: Path, tmp_path: Path) -> None:
+def test_changed_and_vanished_images_are_counted_and_changed_ones_redone(
+    photos: Path, tmp_path: Path, ray_local: None
+) -> None:
     output = tmp_path / "out"
     run_job(job(photos, output))
-    with pytest.raises(OutputConflictError, match="different nms_threshold, score_threshold"):
+    changed, vanished = sorted(photos.iterdir())[:2]
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    vanished.unlink()
+    seen = run_job(job(photos, output))
+    assert seen.images == 0 and seen.plan.changed == 1 and seen.plan.vanished == 1
+    assert seen.plan.changed_examples == [str(changed)] and seen.plan.vanished_examples == [str(vanished)]
+    redone = run_job(job(photos, output, reprocess_changed=True))
+    assert redone.images == 1 and redone.redone_changed == 1 and redone.plan.changed == 0
+    table = rows(output)
+    uris = table["uri"].to_pylist()
+    assert sorted(uris) == sorted([*(str(p) for p in photos.iterdir()), str(vanished)])  # each once
+    assert table["etag"][uris.index(str(changed))].as_py() == str(changed.stat().st_mtime_ns)
+    assert json.loads((output / "_job.json").read_text())["images"] == PHOTOS
+
+
+def test_other_config_is_refused_naming_both_values_and_overwrite_redoes(
+    photos: Path, tmp_path: Path, ray_local: None
+) -> None:
+    output = tmp_path / "out"
+    run_job(job(photos, output))
+    with pytest.raises(OutputConflictError, match=r"different nms_threshold, score_threshold .*0\.5 -> 0\.3"):
         run_job(job(photos, output, score_threshold=0.3, nms_threshold=0.3))
     (output / "user-notes.txt").write_text("not ours")
     redone = run_job(job(photos, output, score_threshold=0.3), overwrite=True)
-    assert redone.images == len(list(photos.iterdir())) and redone.resumed_shards == 0
+    assert redone.images == PHOTOS and redone.resumed.images == 0
     assert (output / "user-notes.txt").exists()
-    record = json.loads((output / "_job.json").read_text())
-    assert record["identity"]["score_threshold"] == 0.3
+    assert json.loads((output / "_job.json").read_text())["identity"]["score_threshold"] == 0.3
 
 
-def test_changed_input_is_refused(ray_local: None, photos: Path, tmp_path: Path) -> None:
+def test_dry_run_plans_without_ray_or_writing(photos: Path, tmp_path: Path) -> None:
     output = tmp_path / "out"
-    run_job(job(photos, output))
-    (output / "_job.json").write_text(
-        json.dumps({**json.loads((output / "_job.json").read_text()), "complete": False})
-    )
-    fewer = tmp_path / "fewer"
-    fewer.mkdir()
-    for photo in sorted(photos.iterdir())[1:]:
-        (fewer / photo.name).write_bytes(photo.read_bytes())
-    record = json.loads((output / "_job.json").read_text())
-    record["identity"]["input"] = str(fewer)
-    (output / "_job.json").write_text(json.dumps(record))
-    with pytest.raises(OutputConflictError, match="INPUT changed"):
-        run_job(job(fewer, output))
+    command = [
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "run",
+        str(photos),
+        str(output),
+        "--dry-run",
+        "--shard-size=3",
+    ]
+    done = subprocess.run([*command, "--rate", "5"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"listed: {PHOTOS} images; already done: 0; new: {PHOTOS}" in done.stdout
+    assert "plan: 4 shards of up to 3 images, 1 output files" in done.stdout
+    assert f"GET {PHOTOS + 4}" in done.stdout and "estimate: 2 s at 5.0 images/s" in done.stdout
+    assert not output.exists()
 
 
 def test_model_checksum_pin(photos: Path, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import ray
@@ -23,7 +23,7 @@ from workers.images import ImageError, decode_reduced
 from workers.metrics import error_kinds, shard_metrics
 from workers.shards import Shard
 from workers.sink import ImageResult, results_table, write_parquet
-from workers.storage import ObjectError, join, storage_for
+from workers.storage import ObjectError, join, request_counts, storage_for
 
 CONCURRENT_SHARDS = 2
 """Shards one actor works on at once (its Ray `max_concurrency`; the driver queues as many per actor)."""
@@ -51,6 +51,7 @@ class ShardReport:
     error_kinds: dict[str, int]  # metrics.error_kinds
     stage_seconds: dict[str, float]
     actor_cpu_seconds: float  # CPU time of the actor's process (all its threads) since it was ready
+    requests: dict[str, int]  # storage requests of the actor's process so far, by kind
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,10 @@ class ShardWorker:
                     yield item.position, item.prepared
 
         faces = self.detector.detect(ready(), timings)
-        results = [self._result(uri, fetched[i], faces.get(i)) for i, uri in enumerate(shard.uris)]
+        results = [
+            replace(self._result(uri, fetched[i], faces.get(i)), etag=shard.etags[i], size=shard.sizes[i])
+            for i, uri in enumerate(shard.uris)
+        ]
         started = time.thread_time()
         table = results_table(results, self.detector.settings.model)
         counts = write_parquet(table, storage_for(self.output), join(self.output, shard.file_name))
@@ -109,6 +113,7 @@ class ShardWorker:
             kinds,
             timings.seconds,
             time.process_time() - self._ready_cpu,
+            request_counts(),
         )
 
     @staticmethod

@@ -1,33 +1,43 @@
-"""The job driver: validate early, plan shards from a lazy listing, keep a pool of Ray actors busy.
+"""The job driver: validate early, compare the listing with the ledger, keep a pool of Ray actors busy,
+and compact committed shards into few large files.
 
 Every mistake a user can make (bad model, missing bucket, empty prefix, unwritable OUTPUT) is found
-before any actor starts. Shards are handed out as actors free up, two per actor at a time (which it
-works on at once), so neither the listing nor the plan is ever held whole in memory.
+before any actor starts. The driver never waits on storage per shard: the listing and the ledger are
+streamed and compared in sorted order while shards are handed out (two per actor, which it works on at
+once), actors commit their own shard files, and Ray tasks merge each ROWS_PER_FILE committed images into
+one part file, so its loop only submits and collects Ray calls.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import chain
 
+import pyarrow as pa
 import ray
 
 from workers.actor import CONCURRENT_SHARDS, ActorInfo, ShardReport, ShardWorker
 from workers.detector import DetectorSettings, inspect_model
-from workers.inputs import InputError, list_inputs
-from workers.resume import OutputState
+from workers.inputs import InputError, list_images
+from workers.ledger import Ledger
 from workers.runtime import check_device, uses_gpu
-from workers.shards import Shard, plan_shards
-from workers.sink import ShardCounts
+from workers.shards import PlanCounts, Shard, compare, compare_with_changes, plan_shards
+from workers.sink import NO_COUNTS, CompactionReport, ShardCounts, compact
+from workers.sorted_runs import rebatch
+from workers.storage import request_counts
 
 MAX_RESTARTS = 4
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024
+ROWS_PER_FILE = 100_000
+COMPACTION_RETRIES = 3
 
 
 class JobError(RuntimeError):
@@ -46,6 +56,8 @@ class JobConfig:
     shard_size: int = 64
     include: str | None = None
     ray_address: str | None = None  # None: a local Ray instance (or the one RAY_ADDRESS names)
+    rows_per_file: int = ROWS_PER_FILE  # images per part file (the job's tail: fewer)
+    reprocess_changed: bool = False  # redo images whose object changed since they were done
 
 
 @dataclass
@@ -67,18 +79,28 @@ class JobProgress:
     errors: int = 0
     shards: int = 0
     failed_shards: list[str] = field(default_factory=list)
-    listed: int = 0
-    listing_done: bool = False
+    plan: PlanCounts = field(default_factory=PlanCounts)
     started: float = field(default_factory=time.monotonic)
-    resumed: ShardCounts = field(default_factory=lambda: ShardCounts(0, 0, 0))  # by earlier runs
-    resumed_shards: int = 0
-    already_complete: bool = False
+    resumed: ShardCounts = NO_COUNTS  # what earlier runs left in OUTPUT
+    redone_changed: int = 0  # changed images whose old rows were dropped, to be done again
+    files: int = 0  # part files this run wrote
+    already_complete: bool = False  # nothing new, nothing pending: the job did nothing
     startup_seconds: float = 0.0  # until every actor had compiled its model
     finished: float | None = None  # when the last shard came back
     stage_seconds: dict[str, float] = field(default_factory=dict)
     error_kinds: dict[str, int] = field(default_factory=dict)
     nodes: dict[str, NodeUse] = field(default_factory=dict)  # by Ray node id
     actor_cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by actor process (ActorInfo)
+    actor_requests: dict[str, dict[str, int]] = field(default_factory=dict)  # by actor process
+    other_requests: Counter = field(default_factory=Counter)  # the driver's and the compactions'
+
+    @property
+    def requests(self) -> dict[str, int]:
+        """Storage requests of this run by kind, driver, actors and compactions together."""
+        total = Counter(self.other_requests)
+        for counts in self.actor_requests.values():
+            total.update(counts)
+        return dict(sorted(total.items()))
 
     @property
     def seconds(self) -> float:
@@ -95,11 +117,6 @@ class JobProgress:
         busy = self.seconds - self.startup_seconds
         return self.images / busy if busy > 0 else 0.0
 
-    def add_resumed(self, counts: ShardCounts) -> None:
-        r = self.resumed
-        self.resumed = ShardCounts(r.images + counts.images, r.faces + counts.faces, r.errors + counts.errors)
-        self.resumed_shards += 1
-
     def add(self, report: ShardReport) -> None:
         self.images += report.images
         self.faces += report.faces
@@ -111,6 +128,8 @@ class JobProgress:
             self.error_kinds[kind] = self.error_kinds.get(kind, 0) + count
         process = report.actor.process
         self.actor_cpu[process] = max(self.actor_cpu.get(process, 0.0), report.actor_cpu_seconds)
+        previous = self.actor_requests.get(process, {})
+        self.actor_requests[process] = {k: max(v, previous.get(k, 0)) for k, v in report.requests.items()}
         node = self.nodes.setdefault(report.actor.node_id, NodeUse())
         node.shards += 1
         node.images += report.images
@@ -121,40 +140,35 @@ class JobProgress:
 
 
 def run_job(
-    config: JobConfig, on_progress: Callable[[JobProgress], None] = lambda _: None, overwrite: bool = False
+    config: JobConfig,
+    on_progress: Callable[[JobProgress], None] = lambda _: None,
+    overwrite: bool = False,
+    worker: type = ShardWorker,
 ) -> JobProgress:
-    """Runs the job to the end (or finishes what an earlier run of it left) and returns its totals.
+    """Runs the job to the end: the images of INPUT not yet in OUTPUT (all of them the first time), and
+    the compaction of what an earlier run committed; returns its totals. `worker` is the actor class.
 
     Raises a one-line error for bad input, and OutputConflictError when OUTPUT holds another job."""
-    try:
-        device = check_device(config.detector.device)
-    except ValueError as error:
-        raise JobError(str(error)) from None
-    config = replace(config, detector=replace(config.detector, device=device))
-    plan = inspect_model(config.detector)
-    uris = _non_empty(list_inputs(config.input, config.include), config)
-    state = OutputState.read(config.output)
-    if overwrite:
-        state.clear()
-    identity = _identity(config, plan.checksum)
-    state.check_identity(identity)
-    progress = JobProgress()
-    if state.complete:
-        progress.already_complete = True
-        record = state.record or {}
-        progress.resumed = ShardCounts(record["images"], record["faces"], record["errors"])
-        progress.resumed_shards = record["shards"]
+    requests_before = request_counts()
+    job = _prepare(config, overwrite)
+    progress = job.progress
+    shards = iter(job.shards)
+    first = next(shards, None)
+    if first is None and not job.ledger.shards:
+        progress.already_complete = not progress.redone_changed
         progress.finished = time.monotonic()
+        _count_requests(progress, requests_before)
+        job.ledger.write_record(_record(job, finished_at=_now()))
         return progress
-    started_at = (state.record or {}).get("started_at") or _now()
-    state.write_record(_record(config, identity, progress, started_at))
+    job.ledger.write_record(_record(job))
     started_ray = _ensure_ray(config.ray_address)
     actors = []
     try:
-        actors = _start_actors(config, plan.checksum, progress)
+        if first is not None:
+            actors = _start_actors(config, job.checksum, progress, worker)
         progress.startup_seconds = progress.seconds
-        shards = state.resume(plan_shards(_count_listed(uris, progress), config.shard_size))
-        _dispatch(actors, shards, progress, on_progress)
+        compactor = _Compactor(job.ledger, config.rows_per_file)
+        _dispatch(actors, chain([first] if first else [], shards), compactor, progress, on_progress)
         progress.finished = time.monotonic()
         addresses = {node["NodeID"]: node["NodeManagerAddress"] for node in ray.nodes()}
         for node_id, use in progress.nodes.items():
@@ -164,8 +178,111 @@ def run_job(
             ray.kill(actor)
         if started_ray:
             ray.shutdown()
-    state.write_record(_record(config, identity, progress, started_at, finished_at=_now()))
+    _count_requests(progress, requests_before)
+    job.ledger.write_record(_record(job, finished_at=_now()))
     return progress
+
+
+@dataclass
+class _Job:
+    """A job ready to run: its config, OUTPUT's ledger, and the lazy plan of its new shards."""
+
+    config: JobConfig
+    checksum: str
+    identity: dict
+    ledger: Ledger
+    progress: JobProgress
+    shards: Iterator[Shard]
+    started_at: str
+
+
+def _prepare(config: JobConfig, overwrite: bool, read_only: bool = False) -> _Job:
+    """Checks the device, the model, INPUT and OUTPUT, reads the ledger and plans lazily (nothing runs)."""
+    try:
+        device = check_device(config.detector.device)
+    except ValueError as error:
+        raise JobError(str(error)) from None
+    config = replace(config, detector=replace(config.detector, device=device))
+    checksum = inspect_model(config.detector).checksum
+    listing = _non_empty(list_images(config.input, config.include), config)
+    ledger = Ledger.read(config.output, read_only)
+    if overwrite:
+        ledger.clear()
+    identity = _identity(config, checksum)
+    ledger.check_identity(identity)
+    progress = JobProgress()
+    if config.reprocess_changed:
+        progress.redone_changed = _drop_changed(ledger, config)
+    progress.resumed = ledger.totals
+    shards = plan_shards(
+        compare(listing, ledger.done(), progress.plan), config.shard_size, ledger.next_shard, progress.plan
+    )
+    started_at = (ledger.record or {}).get("started_at") or _now()
+    return _Job(config, checksum, identity, ledger, progress, shards, started_at)
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """What a run would do now, found by the run's own listing, ledger and planning, without Ray."""
+
+    counts: PlanCounts
+    shard_size: int
+    rows_per_file: int
+    files: int  # part files the run would write
+    expected_requests: dict[str, int]
+    requests: dict[str, int]  # made to decide (listing and ledger)
+    seconds: float  # to decide
+    rate: float | None  # images/s the estimate uses
+    rate_source: str
+
+
+def dry_run(config: JobConfig, rate: float | None = None) -> DryRun:
+    """Lists, compares with OUTPUT and plans to the end; writes nothing (a missing OUTPUT stays missing)."""
+    started, before = time.monotonic(), request_counts()
+    job = _prepare(replace(config, reprocess_changed=False), overwrite=False, read_only=True)
+    for _ in job.shards:
+        pass
+    counts = job.progress.plan
+    pending = sum(f.footer.counts.images for f in job.ledger.shards)
+    files = math.ceil((counts.new + pending) / config.rows_per_file)
+    shards = counts.shards + len(job.ledger.shards)
+    expected = {
+        "LIST": 0,
+        "GET": counts.new + shards,  # each image, each shard file when it is compacted
+        "PUT": counts.shards + files + 2,  # shard files, part files, the job record twice
+        "HEAD": 0,
+        "DELETE": math.ceil(shards / 1000),  # a DeleteObjects call takes 1,000 keys
+    }
+    after = request_counts()
+    last_rate = ((job.ledger.record or {}).get("this_run") or {}).get("processing_images_per_second")
+    source = "--rate" if rate else "the last run's rate"
+    return DryRun(
+        counts,
+        config.shard_size,
+        config.rows_per_file,
+        files,
+        expected,
+        {k: after[k] - before[k] for k in after},
+        time.monotonic() - started,
+        rate or last_rate or None,
+        source,
+    )
+
+
+def _drop_changed(ledger: Ledger, config: JobConfig) -> int:
+    """--reprocess-changed: a first pass finds the changed images and drops their rows from OUTPUT, so
+    the plan then sees them as new (a kill between the two leaves them simply not done)."""
+    by_file: dict[int, list[str]] = {}
+    listing = rebatch(list_images(config.input, config.include))
+    for _, changed in compare_with_changes(listing, ledger.done(), PlanCounts()):
+        for uri, file in zip(changed["uri"].to_pylist(), changed["file"].to_pylist(), strict=True):
+            by_file.setdefault(file, []).append(uri)
+    return ledger.drop_rows(by_file).images
+
+
+def _count_requests(progress: JobProgress, before: dict[str, int]) -> None:
+    after = request_counts()
+    progress.other_requests.update({k: after[k] - before[k] for k in after})
 
 
 def _identity(config: JobConfig, checksum: str) -> dict:
@@ -173,29 +290,18 @@ def _identity(config: JobConfig, checksum: str) -> dict:
     detector = {
         k: v for k, v in asdict(config.detector).items() if k not in ("model", "threads", "model_sha256")
     }
-    identity = {
-        "input": config.input,
-        "include": config.include,
-        "shard_size": config.shard_size,
-        "model_sha256": checksum,
-        **detector,
-    }
+    identity = {"input": config.input, "include": config.include, "model_sha256": checksum, **detector}
     return json.loads(json.dumps(identity))  # as _job.json stores it (tuples become lists)
 
 
-def _non_empty(uris: Iterator[str], config: JobConfig) -> Iterator[str]:
-    first = next(uris, None)
-    if first is None:
+def _non_empty(tables: Iterator[pa.Table], config: JobConfig) -> Iterator[pa.Table]:
+    """The listing in windows of sorted_runs.rebatch's size; an error now if it has no image at all."""
+    windows = rebatch(tables)
+    first = next(windows, None)
+    if first is None or not first.num_rows:
         rule = f"--include {config.include!r}" if config.include else "image extensions"
         raise InputError(f"no images found in {config.input} (matched by {rule}): check INPUT or --include")
-    return chain([first], uris)
-
-
-def _count_listed(uris: Iterator[str], progress: JobProgress) -> Iterator[str]:
-    for uri in uris:
-        progress.listed += 1
-        yield uri
-    progress.listing_done = True
+    return chain([first], windows)
 
 
 def _ensure_ray(address: str | None) -> bool:
@@ -225,7 +331,9 @@ def _ensure_ray(address: str | None) -> bool:
     return True
 
 
-def _start_actors(config: JobConfig, checksum: str, progress: JobProgress) -> list[ray.actor.ActorHandle]:
+def _start_actors(
+    config: JobConfig, checksum: str, progress: JobProgress, worker: type
+) -> list[ray.actor.ActorHandle]:
     """Actors spread over the cluster's nodes, each with the model the driver checked (by checksum)."""
     cpus, device = config.cpus_per_actor, config.detector.device
     resources = ray.cluster_resources()
@@ -242,7 +350,7 @@ def _start_actors(config: JobConfig, checksum: str, progress: JobProgress) -> li
     settings = replace(config.detector, threads=max(1, round(cpus)), model_sha256=checksum)
     # A lost actor (process or node) is restarted up to MAX_RESTARTS times; its shards wait for it and
     # are retried as often as needed (each retry rewrites the same shard file, atomically).
-    actor_class = ray.remote(ShardWorker).options(
+    actor_class = ray.remote(worker).options(
         num_cpus=cpus,
         num_gpus=gpus,
         max_concurrency=CONCURRENT_SHARDS,
@@ -262,42 +370,77 @@ def _start_actors(config: JobConfig, checksum: str, progress: JobProgress) -> li
     return actors
 
 
+class _Compactor:
+    """Collects committed shards and hands each `rows` images of them to a compaction task."""
+
+    def __init__(self, ledger: Ledger, rows: int) -> None:
+        self.output, self.rows = ledger.output, rows
+        self.next_part = ledger.next_part
+        self.pending = [(f.number, f.footer.counts.images) for f in ledger.shards]  # from earlier runs
+        self.task = ray.remote(compact).options(num_cpus=0, max_retries=COMPACTION_RETRIES)
+
+    def add(self, index: int, images: int) -> None:
+        self.pending.append((index, images))
+
+    def ready(self, final: bool) -> list[tuple[ray.ObjectRef, str]]:
+        """Compaction tasks for each full part's worth of pending shards (and, if `final`, the rest)."""
+        started = []
+        while self.pending and (final or sum(n for _, n in self.pending) >= self.rows):
+            take, images = 0, 0
+            while take < len(self.pending) and (images < self.rows):
+                images += self.pending[take][1]
+                take += 1
+            shards = sorted(index for index, _ in self.pending[:take])
+            del self.pending[:take]
+            name = f"part {self.next_part} ({len(shards)} shards)"
+            started.append((self.task.remote(self.output, shards, self.next_part), name))
+            self.next_part += 1
+        return started
+
+
 def _dispatch(
     actors: list[ray.actor.ActorHandle],
-    shards: Iterator[tuple[Shard, ShardCounts | None]],
+    shards: Iterator[Shard],
+    compactor: _Compactor,
     progress: JobProgress,
     on_progress: Callable[[JobProgress], None],
 ) -> None:
-    """Keeps every actor fed with up to CONCURRENT_SHARDS shards until the plan runs out; shards an
-    earlier run committed are counted, not redone."""
+    """Keeps every actor fed with up to CONCURRENT_SHARDS shards until the plan runs out, and compacts
+    committed shards as they add up; returns when every shard and compaction has ended."""
     running: dict[ray.ObjectRef, tuple[ray.actor.ActorHandle, Shard]] = {}
+    compactions: dict[ray.ObjectRef, str] = {}
 
-    def next_to_do() -> Shard | None:
-        for shard, committed in shards:
-            if committed is None:
-                return shard
-            progress.add_resumed(committed)
-        return None
-
-    def submit(actor: ray.actor.ActorHandle) -> bool:
-        shard = next_to_do()
-        if shard is None:
-            return False
-        running[actor.process.remote(shard)] = (actor, shard)
-        return True
+    def submit(actor: ray.actor.ActorHandle) -> None:
+        shard = next(shards, None)
+        if shard is not None:
+            running[actor.process.remote(shard)] = (actor, shard)
 
     for actor in actors:
         for _ in range(CONCURRENT_SHARDS):
             submit(actor)
-    while running:
-        [done], _ = ray.wait(list(running), num_returns=1)
-        actor, shard = running.pop(done)
-        try:
-            progress.add(ray.get(done))
-        except ray.exceptions.RayError as error:
-            progress.failed_shards.append(f"{shard.file_name}: {_first_line(error)}")
-        submit(actor)
-        on_progress(progress)
+    compactions.update(compactor.ready(final=not running))
+    while running or compactions:
+        done, _ = ray.wait([*running, *compactions], num_returns=1)
+        for ref in done:
+            if ref in compactions:
+                name = compactions.pop(ref)
+                try:
+                    report: CompactionReport = ray.get(ref)
+                    progress.files += 1
+                    progress.other_requests.update(report.requests)
+                except ray.exceptions.RayError as error:
+                    progress.failed_shards.append(f"{name}: {_first_line(error)}")
+                continue
+            actor, shard = running.pop(ref)
+            try:
+                report = ray.get(ref)
+                progress.add(report)
+                compactor.add(shard.index, report.images)
+            except ray.exceptions.RayError as error:
+                progress.failed_shards.append(f"shard {shard.index}: {_first_line(error)}")
+            submit(actor)
+            on_progress(progress)
+        compactions.update(compactor.ready(final=not running))
 
 
 def _first_line(error: Exception) -> str:
@@ -309,27 +452,35 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _record(
-    config: JobConfig, identity: dict, progress: JobProgress, started_at: str, finished_at: str | None = None
-) -> dict:
+def _record(job: _Job, finished_at: str | None = None) -> dict:
     """OUTPUT/_job.json: identity, config and totals (no credentials are ever part of a JobConfig)."""
-    complete = finished_at is not None and progress.listing_done and not progress.failed_shards
+    config, progress, plan = job.config, job.progress, job.progress.plan
+    complete = finished_at is not None and plan.finished and not progress.failed_shards
     actor_cpu = sum(progress.actor_cpu.values())
+    total = progress.resumed + ShardCounts(progress.images, progress.faces, progress.errors)
     return {
-        "identity": identity,
+        "identity": job.identity,
         "config": asdict(config),
-        "started_at": started_at,
+        "started_at": job.started_at,
         "finished_at": finished_at,
         "complete": complete,
-        "images": progress.images + progress.resumed.images,
-        "faces": progress.faces + progress.resumed.faces,
-        "errors": progress.errors + progress.resumed.errors,
-        "shards": progress.shards + progress.resumed_shards,
-        "failed_shards": progress.failed_shards,
+        "images": total.images,
+        "faces": total.faces,
+        "errors": total.errors,
         "this_run": {
+            "listed": plan.listed,
+            "new_images": plan.new,
+            "already_done": plan.done,
+            "changed": plan.changed,
+            "changed_redone": progress.redone_changed,
+            "vanished": plan.vanished,
+            "changed_examples": plan.changed_examples,
+            "vanished_examples": plan.vanished_examples,
             "images": progress.images,
             "shards": progress.shards,
-            "resumed_shards": progress.resumed_shards,
+            "part_files_written": progress.files,
+            "failed": progress.failed_shards,
+            "requests": progress.requests,
             "seconds": round(progress.seconds, 3),
             "startup_seconds": round(progress.startup_seconds, 3),
             "images_per_second": round(progress.images_per_second, 3),

@@ -1,30 +1,140 @@
-"""Shard planning: consecutive runs of input URIs, numbered in input order (same input, same plan)."""
+"""Shard planning: the listing compared with the ledger in one sorted pass, its new images cut into shards.
+
+Both streams are sorted by uri, so each window of the listing is matched against the ledger rows up to its
+last uri with Arrow compute (`is_in`, a join): images that are new, done (unchanged), changed (ETag or
+size differ) or vanished (done, no longer listed) are counted without either side held whole.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from itertools import islice
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from workers.sink import shard_path
+
+EXAMPLES = 5
+DONE_SCHEMA = pa.schema(
+    [("uri", pa.string()), ("etag", pa.string()), ("size", pa.int64()), ("file", pa.int32())]
+)
+"""The ledger's stream (ledger.Ledger.done): a committed image, its version and which data file holds it."""
 
 
 @dataclass(frozen=True)
 class Shard:
-    """A unit of work: one actor call, one Parquet file named after the shard."""
+    """A unit of work: one actor call, one shard file; the images' listed versions ride along."""
 
     index: int
     uris: tuple[str, ...]
+    etags: tuple[str | None, ...]
+    sizes: tuple[int | None, ...]
 
     @property
     def file_name(self) -> str:
-        return f"part-{self.index:06d}.parquet"
+        """Relative to OUTPUT."""
+        return shard_path(self.index)
 
 
-def plan_shards(uris: Iterable[str], size: int) -> Iterator[Shard]:
-    """Groups `uris` into shards of `size` (the last may be smaller), lazily."""
+@dataclass
+class PlanCounts:
+    """What the comparison found so far; `finished` once the listing has been read to its end."""
+
+    listed: int = 0
+    new: int = 0
+    done: int = 0
+    changed: int = 0
+    vanished: int = 0
+    shards: int = 0
+    finished: bool = False
+    changed_examples: list[str] = field(default_factory=list)
+    vanished_examples: list[str] = field(default_factory=list)
+
+
+def compare(listing: Iterable[pa.Table], done: Iterable[pa.Table], counts: PlanCounts) -> Iterator[pa.Table]:
+    """The listing's new images (LISTING_SCHEMA tables); `counts` tallies everything else."""
+    for new, _ in compare_with_changes(listing, done, counts):
+        if new.num_rows:
+            yield new
+
+
+def compare_with_changes(
+    listing: Iterable[pa.Table], done: Iterable[pa.Table], counts: PlanCounts
+) -> Iterator[tuple[pa.Table, pa.Table]]:
+    """Per listing window: its new images, and the ledger rows (uri, file) of its changed ones."""
+    ledger = iter(done)
+    held = DONE_SCHEMA.empty_table()
+    exhausted = False
+    for window in listing:
+        if not window.num_rows:
+            continue
+        last = window["uri"][-1].as_py()
+        while not exhausted and (held.num_rows == 0 or held["uri"][-1].as_py() <= last):
+            more = next(ledger, None)
+            if more is None:
+                exhausted = True
+            else:
+                held = pa.concat_tables([held, more], promote_options="default") if held.num_rows else more
+        cut = int(pc.sum(pc.less_equal(held["uri"], last)).as_py() or 0)
+        mine, held = held.slice(0, cut), held.slice(cut)
+        counts.listed += window.num_rows
+        known = pc.is_in(window["uri"], mine["uri"])
+        new = window.filter(pc.invert(known))
+        counts.new += new.num_rows
+        gone = mine.filter(pc.invert(pc.is_in(mine["uri"], window["uri"])))
+        _tally_vanished(counts, gone)
+        both = window.filter(known).join(mine, "uri", right_suffix="_done")
+        differs = pc.or_(_differ(both["etag"], both["etag_done"]), _differ(both["size"], both["size_done"]))
+        changed = both.filter(differs).select(["uri", "file"])
+        counts.done += both.num_rows - changed.num_rows
+        counts.changed += changed.num_rows
+        room = EXAMPLES - len(counts.changed_examples)
+        counts.changed_examples += changed["uri"].slice(0, max(room, 0)).to_pylist()
+        yield new, changed
+    while (more := next(ledger, None)) is not None:
+        held = pa.concat_tables([held, more], promote_options="default") if held.num_rows else more
+        _tally_vanished(counts, held)
+        held = held.slice(held.num_rows)
+    _tally_vanished(counts, held)
+    counts.finished = True
+
+
+def _tally_vanished(counts: PlanCounts, rows: pa.Table) -> None:
+    counts.vanished += rows.num_rows
+    room = EXAMPLES - len(counts.vanished_examples)
+    counts.vanished_examples += rows["uri"].slice(0, max(room, 0)).to_pylist()
+
+
+def _differ(listed: pa.ChunkedArray, stored: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Both known and not equal (a manifest without versions changes nothing)."""
+    return pc.fill_null(pc.not_equal(listed, stored), False)
+
+
+def plan_shards(new: Iterable[pa.Table], size: int, first: int, counts: PlanCounts) -> Iterator[Shard]:
+    """Groups the new images into shards of `size` (the last may be smaller), numbered from `first`."""
     if size < 1:
         raise ValueError(f"shard size must be at least 1, got {size}")
-    stream = iter(uris)
-    index = 0
-    while chunk := tuple(islice(stream, size)):
-        yield Shard(index, chunk)
-        index += 1
+    index = first
+    pending: list[pa.Table] = []
+    rows = 0
+    for table in new:
+        pending.append(table)
+        rows += table.num_rows
+        while rows >= size:
+            batch = pa.concat_tables(pending)
+            yield _shard(index, batch.slice(0, size))
+            index, counts.shards = index + 1, counts.shards + 1
+            pending, rows = [batch.slice(size)], rows - size
+    if rows:
+        yield _shard(index, pa.concat_tables(pending))
+        counts.shards += 1
+
+
+def _shard(index: int, rows: pa.Table) -> Shard:
+    return Shard(
+        index,
+        tuple(rows["uri"].to_pylist()),
+        tuple(rows["etag"].to_pylist()),
+        tuple(rows["size"].to_pylist()),
+    )

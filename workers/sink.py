@@ -1,9 +1,17 @@
-"""The output contract: one Arrow row per image, written as one Parquet file per shard, atomically."""
+"""The output contract and its files: one Arrow row per image; each shard's rows written by its actor to a
+hidden `_shards/` file, and the committed shards compacted into few large `part-NNNNNN.parquet` files.
+
+Every file is written atomically (one PUT, or a renamed temporary file) with its rows sorted by uri and its
+counts in the footer; a part file's footer also names the shards it holds, so a shard file left behind by a
+compaction that was cut short is known to be a copy and removed. Readers take `part-*.parquet` only
+(pyarrow, DuckDB and Spark skip `_`-prefixed paths), so no reader ever sees an image twice.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -12,7 +20,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from workers.faces import Faces
-from workers.storage import Storage
+from workers.storage import ObjectError, RangedFile, Storage, join, request_counts, storage_for
+
+SHARD_FOLDER = "_shards"
+PART_PREFIX = "part-"
+PART_ROW_GROUP = 16384
+"""Rows per row group of a part file: a re-run streams a part's uri column this many rows at a time."""
+READERS = 32
+"""Shard files a compaction reads at once."""
 
 FACE_TYPE = pa.struct(
     [
@@ -27,6 +42,8 @@ FACE_TYPE = pa.struct(
 SCHEMA = pa.schema(
     [
         ("uri", pa.string()),
+        ("etag", pa.string()),
+        ("size", pa.int64()),
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("status", pa.string()),
@@ -46,6 +63,8 @@ class ImageResult:
     height: int | None = None
     faces: Faces | None = None
     error: str | None = None
+    etag: str | None = None  # the version of the object listed (S3 ETag, a file's mtime), and its size
+    size: int | None = None
 
 
 def results_table(results: Sequence[ImageResult], model: str) -> pa.Table:
@@ -67,6 +86,8 @@ def results_table(results: Sequence[ImageResult], model: str) -> pa.Table:
     return pa.table(
         {
             "uri": pa.array([r.uri for r in results], pa.string()),
+            "etag": pa.array([r.etag for r in results], pa.string()),
+            "size": pa.array([r.size for r in results], pa.int64()),
             "width": pa.array([r.width for r in results], pa.int32()),
             "height": pa.array([r.height for r in results], pa.int32()),
             "status": pa.array(["ok" if good else "error" for good in ok], pa.string()),
@@ -90,31 +111,95 @@ def _landmarks(found: Sequence[Faces], count: int) -> pa.Array:
 
 @dataclass(frozen=True)
 class ShardCounts:
-    """A committed shard's totals, kept in its Parquet footer so a resumed job can sum them cheaply."""
+    """A file's totals, kept in its Parquet footer so a re-run can sum them from footers alone."""
 
     images: int
     faces: int
     errors: int
 
+    def __add__(self, other: ShardCounts) -> ShardCounts:
+        return ShardCounts(self.images + other.images, self.faces + other.faces, self.errors + other.errors)
 
+
+NO_COUNTS = ShardCounts(0, 0, 0)
 COUNTS_KEY = b"facesweep.counts"
+SHARDS_KEY = b"facesweep.shards"
 
 
-def write_parquet(table: pa.Table, storage: Storage, uri: str) -> ShardCounts:
-    """Writes `table` to `uri` as one Parquet file, atomically (readers never see a partial file)."""
+def shard_path(index: int) -> str:
+    """A shard's file, relative to OUTPUT."""
+    return f"{SHARD_FOLDER}/shard-{index:09d}.parquet"
+
+
+def part_path(number: int) -> str:
+    return f"{PART_PREFIX}{number:06d}.parquet"
+
+
+def write_parquet(
+    table: pa.Table, storage: Storage, uri: str, shards: Sequence[int] = (), row_group: int | None = None
+) -> ShardCounts:
+    """Writes `table` to `uri` as one Parquet file, atomically (readers never see a partial file); a part
+    file names the `shards` it holds."""
     counts = ShardCounts(
         images=table.num_rows,
         faces=int(pc.sum(pc.list_value_length(table["faces"])).as_py() or 0),
         errors=int(pc.sum(pc.equal(table["status"], "error")).as_py() or 0),
     )
-    table = table.replace_schema_metadata({COUNTS_KEY: json.dumps(asdict(counts)).encode()})
+    metadata = {COUNTS_KEY: json.dumps(asdict(counts)).encode()}
+    if shards:
+        metadata[SHARDS_KEY] = json.dumps(list(shards)).encode()
+    table = table.replace_schema_metadata(metadata)
     buffer = pa.BufferOutputStream()
-    pq.write_table(table, buffer, compression="zstd")
+    pq.write_table(table, buffer, compression="zstd", row_group_size=row_group)
     storage.put(uri, buffer.getvalue().to_pybytes())
     return counts
 
 
-def read_counts(parquet: bytes) -> ShardCounts:
-    """The counts a shard file carries in its footer."""
-    metadata = pq.read_metadata(pa.BufferReader(parquet)).metadata or {}
-    return ShardCounts(**json.loads(metadata[COUNTS_KEY]))
+@dataclass(frozen=True)
+class Footer:
+    """What a file's footer says: its counts and, for a part file, the shards it holds."""
+
+    counts: ShardCounts
+    shards: tuple[int, ...]
+
+
+def read_footer(file: pq.ParquetFile) -> Footer:
+    metadata = file.schema_arrow.metadata or {}
+    shards = tuple(json.loads(metadata[SHARDS_KEY])) if SHARDS_KEY in metadata else ()
+    return Footer(ShardCounts(**json.loads(metadata[COUNTS_KEY])), shards)
+
+
+@dataclass(frozen=True)
+class CompactionReport:
+    """A part file written from committed shard files (which are then deleted)."""
+
+    number: int
+    counts: ShardCounts
+    requests: dict[str, int]  # made by this compaction
+
+
+def compact(output: str, shards: Sequence[int], number: int) -> CompactionReport:
+    """Merges the shard files `shards` of OUTPUT into part file `number`, sorted by uri, then deletes them.
+
+    Safe to repeat: when an earlier attempt already wrote the part file and deleted some shard files, it
+    finishes the deletion."""
+    before = request_counts()
+    storage = storage_for(output)
+    target = join(output, part_path(number))
+    sources = [join(output, shard_path(i)) for i in shards]
+    with ThreadPoolExecutor(READERS, thread_name_prefix="compact") as pool:
+        try:
+            tables = list(pool.map(lambda uri: pq.read_table(pa.BufferReader(storage.get(uri))), sources))
+        except ObjectError:
+            tables = None
+    if tables is None:
+        footer = read_footer(pq.ParquetFile(RangedFile(target)))
+        if sorted(footer.shards) != sorted(shards):
+            raise RuntimeError(f"{target}: a shard file to compact into it is missing")
+        counts = footer.counts
+    else:
+        table = pa.concat_tables(tables).replace_schema_metadata(None).sort_by("uri")
+        counts = write_parquet(table, storage, target, shards, PART_ROW_GROUP)
+    storage.delete(sources)
+    after = request_counts()
+    return CompactionReport(number, counts, {k: after[k] - before[k] for k in after})

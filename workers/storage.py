@@ -2,14 +2,18 @@
 
 S3 endpoint and credentials come the standard boto3 way (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, profiles...).
 Writes are atomic: an S3 PUT of the whole body, or a hidden temporary file renamed into place locally.
+Every request is counted by kind (LIST, GET, PUT, HEAD, DELETE) in this process: `request_counts()`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import threading
+from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Protocol
@@ -32,12 +36,51 @@ class ObjectError(StorageError):
     """A problem with one object (missing, access denied): that image gets an error row."""
 
 
+REQUEST_KINDS = ("LIST", "GET", "PUT", "HEAD", "DELETE")
+_requests: Counter[str] = Counter()
+_requests_lock = threading.Lock()
+
+
+def _count(kind: str, n: int = 1) -> None:
+    with _requests_lock:
+        _requests[kind] += n
+
+
+def request_counts() -> dict[str, int]:
+    """Requests this process has made so far, by kind (local files count as the same operations)."""
+    with _requests_lock:
+        return {kind: _requests[kind] for kind in REQUEST_KINDS}
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """A listed object: its URI, its version tag (S3 ETag; locally the modification time) and size."""
+
+    uri: str
+    etag: str | None
+    size: int | None
+
+
 class Storage(Protocol):
     def list(self, prefix: str) -> Iterator[str]:
         """Full URIs of every object under `prefix` (a folder), in lexicographic order, lazily."""
         ...
 
+    def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
+        """`list`, with each object's version tag and size."""
+        ...
+
+    def list_level(self, prefix: str) -> tuple[list[ObjectInfo], list[str]]:
+        """The objects directly in the folder `prefix` and its sub-folders (URIs ending in `/`)."""
+        ...
+
     def get(self, uri: str) -> bytes: ...
+
+    def get_range(self, uri: str, start: int, length: int) -> bytes:
+        """`length` bytes of the object from offset `start` (fewer at its end)."""
+        ...
+
+    def size(self, uri: str) -> int: ...
 
     def put(self, uri: str, data: bytes) -> None: ...
 
@@ -104,25 +147,68 @@ class S3Storage:
             return self._client_obj
 
     def list(self, prefix: str) -> Iterator[str]:
+        return (info.uri for info in self.list_objects(prefix))
+
+    def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
+        for page in self._pages(prefix):
+            yield from page[0]
+
+    def list_level(self, prefix: str) -> tuple[list[ObjectInfo], list[str]]:
+        objects: list[ObjectInfo] = []
+        folders: list[str] = []
+        for page_objects, page_folders in self._pages(prefix, delimiter="/"):
+            objects += page_objects
+            folders += page_folders
+        return objects, folders
+
+    def _pages(self, prefix: str, delimiter: str = "") -> Iterator[tuple[list[ObjectInfo], list[str]]]:
         bucket, key = split_s3_uri(prefix)
         folder = key if not key or key.endswith("/") else key + "/"
-        pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=folder)
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=folder, Delimiter=delimiter
+        )
         try:
             for page in pages:
-                for obj in page.get("Contents", ()):
-                    yield f"{S3_SCHEME}{bucket}/{obj['Key']}"
+                _count("LIST")
+                objects = [
+                    ObjectInfo(f"{S3_SCHEME}{bucket}/{obj['Key']}", obj.get("ETag"), obj.get("Size"))
+                    for obj in page.get("Contents", ())
+                ]
+                folders = [f"{S3_SCHEME}{bucket}/{p['Prefix']}" for p in page.get("CommonPrefixes", ())]
+                yield objects, folders
         except (ClientError, BotoCoreError) as error:
             raise _error(prefix, error) from None
 
     def get(self, uri: str) -> bytes:
         bucket, key = split_s3_uri(uri)
+        _count("GET")
         try:
             return self._client.get_object(Bucket=bucket, Key=key)["Body"].read()
         except (ClientError, BotoCoreError) as error:
             raise _error(uri, error) from None
 
+    def get_range(self, uri: str, start: int, length: int) -> bytes:
+        bucket, key = split_s3_uri(uri)
+        _count("GET")
+        try:
+            body = self._client.get_object(
+                Bucket=bucket, Key=key, Range=f"bytes={start}-{start + length - 1}"
+            )
+            return body["Body"].read()
+        except (ClientError, BotoCoreError) as error:
+            raise _error(uri, error) from None
+
+    def size(self, uri: str) -> int:
+        bucket, key = split_s3_uri(uri)
+        _count("HEAD")
+        try:
+            return self._client.head_object(Bucket=bucket, Key=key)["ContentLength"]
+        except (ClientError, BotoCoreError) as error:
+            raise _error(uri, error) from None
+
     def put(self, uri: str, data: bytes) -> None:
         bucket, key = split_s3_uri(uri)
+        _count("PUT")
         try:
             self._client.put_object(Bucket=bucket, Key=key, Body=data)
         except (ClientError, BotoCoreError) as error:
@@ -130,6 +216,7 @@ class S3Storage:
 
     def exists(self, uri: str) -> bool:
         bucket, key = split_s3_uri(uri)
+        _count("HEAD")
         try:
             self._client.head_object(Bucket=bucket, Key=key)
             return True
@@ -142,6 +229,7 @@ class S3Storage:
 
     def make_folder(self, uri: str) -> None:
         bucket, _ = split_s3_uri(uri)
+        _count("HEAD")
         try:  # some servers create a bucket on the first PUT; AWS does not, so check explicitly
             self._client.head_bucket(Bucket=bucket)
         except ClientError as error:
@@ -161,6 +249,7 @@ class S3Storage:
         for bucket, keys in by_bucket.items():
             for start in range(0, len(keys), 1000):  # the most one DeleteObjects call takes
                 batch = [{"Key": key} for key in keys[start : start + 1000]]
+                _count("DELETE")
                 try:
                     self._client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
                 except (ClientError, BotoCoreError) as error:
@@ -195,15 +284,39 @@ class LocalStorage:
     """The local filesystem; URIs are paths."""
 
     def list(self, prefix: str) -> Iterator[str]:
-        root = Path(prefix)
-        if not root.is_dir():
-            raise StorageError(f"{prefix} is not a directory")
-        for folder, dirs, files in os.walk(root, onerror=_raise):
-            dirs.sort()
-            for name in sorted(files):
-                yield str(Path(folder, name).absolute())
+        return (info.uri for info in self.list_objects(prefix))
+
+    def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Depth first, each folder's entries sorted with sub-folders as `name/`: exactly the order of
+        the full paths as strings (as S3 lists keys)."""
+        objects, folders = self.list_level(prefix)
+        entries = sorted([(o.uri, o) for o in objects] + [(f, None) for f in folders])
+        for path, info in entries:
+            if info is None:
+                yield from self.list_objects(path)
+            else:
+                yield info
+
+    def list_level(self, prefix: str) -> tuple[list[ObjectInfo], list[str]]:
+        root = Path(prefix).absolute()
+        _count("LIST")
+        objects, folders = [], []
+        try:
+            with os.scandir(root) as entries:
+                for entry in entries:
+                    if entry.is_dir():
+                        folders.append(f"{entry.path}/")
+                    elif entry.is_file():
+                        stat = entry.stat()
+                        objects.append(ObjectInfo(entry.path, str(stat.st_mtime_ns), stat.st_size))
+        except OSError as error:
+            if not root.is_dir():
+                raise StorageError(f"{prefix} is not a directory") from None
+            raise StorageError(f"cannot list {error.filename}: {error.strerror}") from None
+        return objects, folders
 
     def get(self, uri: str) -> bytes:
+        _count("GET")
         try:
             return Path(uri).read_bytes()
         except (FileNotFoundError, IsADirectoryError, PermissionError) as error:
@@ -211,7 +324,24 @@ class LocalStorage:
         except OSError as error:
             raise StorageError(f"{uri}: {error.strerror or error}") from None
 
+    def get_range(self, uri: str, start: int, length: int) -> bytes:
+        _count("GET")
+        try:
+            with open(uri, "rb") as file:
+                file.seek(start)
+                return file.read(length)
+        except OSError as error:
+            raise StorageError(f"{uri}: {error.strerror or error}") from None
+
+    def size(self, uri: str) -> int:
+        _count("HEAD")
+        try:
+            return Path(uri).stat().st_size
+        except OSError as error:
+            raise StorageError(f"{uri}: {error.strerror or error}") from None
+
     def put(self, uri: str, data: bytes) -> None:
+        _count("PUT")
         path = Path(uri)
         partial = path.with_name(f"_{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
         try:
@@ -224,10 +354,12 @@ class LocalStorage:
             raise StorageError(f"cannot write {uri}: {error.strerror or error}") from None
 
     def exists(self, uri: str) -> bool:
+        _count("HEAD")
         return Path(uri).exists()
 
     def delete(self, uris: Iterable[str]) -> None:
         for uri in uris:
+            _count("DELETE")
             try:
                 Path(uri).unlink(missing_ok=True)
             except OSError as error:
@@ -240,5 +372,50 @@ class LocalStorage:
             raise StorageError(f"cannot write {uri}: {error.strerror or error}") from None
 
 
-def _raise(error: OSError) -> None:
-    raise StorageError(f"cannot list {error.filename}: {error.strerror}") from None
+class RangedFile(io.RawIOBase):
+    """A read-only, seekable file over an object, read with ranged GETs: Parquet readers fetch the footer
+    and only the column chunks they need. The object's last TAIL bytes come with the first read."""
+
+    TAIL = 64 * 1024
+
+    def __init__(self, uri: str, size: int | None = None) -> None:
+        self.uri = uri
+        self._storage = storage_for(uri)
+        self._size = self._storage.size(uri) if size is None else size
+        self._position = 0
+        self._tail_start = max(0, self._size - self.TAIL)
+        self._tail: bytes | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def read(self, size: int = -1) -> bytes:
+        end = self._size if size is None or size < 0 else min(self._size, self._position + size)
+        if end <= self._position:
+            return b""
+        if self._position >= self._tail_start:
+            if self._tail is None:
+                self._tail = self._storage.get_range(
+                    self.uri, self._tail_start, self._size - self._tail_start
+                )
+            data = self._tail[self._position - self._tail_start : end - self._tail_start]
+        else:
+            data = self._storage.get_range(self.uri, self._position, end - self._position)
+        self._position += len(data)
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)

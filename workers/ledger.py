@@ -1,0 +1,199 @@
+"""The job's ledger: what OUTPUT already holds, read in a few requests, so a re-run does exactly what is
+missing, and new images are found without holding the set of done ones.
+
+- `OUTPUT/_job.json`: the job record: its identity (what decides which faces come out: input, include
+  rule, the model's checksum and every decoding setting), its config, totals and request counts.
+- `OUTPUT/part-NNNNNN.parquet`: compacted results; `OUTPUT/_shards/shard-NNNNNNNNN.parquet`: committed
+  shards not yet compacted (sink.py). The data files are the ledger: an image is done exactly when its
+  row is in one of them. Their footers hold their counts (and a part's shards), their rows are sorted by
+  uri, so reading the ledger is one LIST, a footer GET per file, and the uri columns streamed a row
+  group at a time and merged into one sorted stream (`done`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from workers.sink import (
+    NO_COUNTS,
+    PART_PREFIX,
+    SHARD_FOLDER,
+    Footer,
+    ShardCounts,
+    read_footer,
+    write_parquet,
+)
+from workers.sorted_runs import Prefetched, merge_sorted
+from workers.storage import ObjectInfo, RangedFile, Storage, is_s3_uri, join, storage_for
+
+JOB_FILE = "_job.json"
+OLD_PLAN_FOLDER = "_plan"  # written by facesweep before the ledger; --overwrite removes it too
+LEDGER_COLUMNS = ["uri", "etag", "size"]
+FOOTER_READERS = 32
+
+
+class OutputConflictError(ValueError):
+    """OUTPUT holds another job's results; the message says how they differ and what to do."""
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A committed data file: a part (`number`: its part number) or a shard (`number`: its shard index)."""
+
+    uri: str
+    part: bool
+    number: int
+    size: int
+    footer: Footer
+    metadata: pq.FileMetaData  # read once; streaming its rows needs no second footer GET
+
+
+@dataclass
+class Ledger:
+    """OUTPUT as a job finds it: its record (if any) and its committed data files."""
+
+    output: str
+    storage: Storage
+    record: dict | None
+    files: list[DataFile]
+
+    @classmethod
+    def read(cls, output: str, read_only: bool = False) -> Ledger:
+        """Reads OUTPUT's record and footers, and removes shard files a compaction had already merged
+        (unless `read_only`: then a missing local OUTPUT is an empty one, not created)."""
+        storage = storage_for(output)
+        if read_only and not is_s3_uri(output) and not Path(output).exists():
+            return cls(output, storage, None, [])
+        storage.make_folder(output)
+        root = output.rstrip("/") + "/"
+        listed = [o for o in storage.list_objects(output) if _kind(o.uri[len(root) :]) is not None]
+        record_uri = join(output, JOB_FILE)
+        record = json.loads(storage.get(record_uri)) if any(o.uri == record_uri for o in listed) else None
+        data = [o for o in listed if _kind(o.uri[len(root) :]) in ("part", "shard")]
+        with ThreadPoolExecutor(FOOTER_READERS, thread_name_prefix="footer") as pool:
+            files = list(pool.map(lambda o: _data_file(o, o.uri[len(root) :]), data))
+        merged = {shard for f in files if f.part for shard in f.footer.shards}
+        stale = {f.uri for f in files if not f.part and f.number in merged}
+        if not read_only:
+            storage.delete(stale)
+        return cls(output, storage, record, [f for f in files if f.uri not in stale])
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.record and self.record.get("complete"))
+
+    @property
+    def totals(self) -> ShardCounts:
+        return sum((f.footer.counts for f in self.files), NO_COUNTS)
+
+    @property
+    def shards(self) -> list[DataFile]:
+        """Committed shard files not yet in a part file."""
+        return [f for f in self.files if not f.part]
+
+    @property
+    def next_shard(self) -> int:
+        """The first shard index no earlier run used."""
+        used = [f.number for f in self.shards] + [s for f in self.files if f.part for s in f.footer.shards]
+        return max(used, default=-1) + 1
+
+    @property
+    def next_part(self) -> int:
+        return max((f.number for f in self.files if f.part), default=-1) + 1
+
+    def done(self) -> Iterator[pa.Table]:
+        """Every committed image as (uri, etag, size, file: index into `files`), sorted by uri."""
+        pool = ThreadPoolExecutor(FOOTER_READERS, thread_name_prefix="ledger")
+        try:
+            streams = [Prefetched(_rows(f, i), pool) for i, f in enumerate(self.files)]
+            yield from merge_sorted(streams)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def check_identity(self, identity: dict) -> None:
+        """Refuses to mix this job's results with another's in one OUTPUT, naming the old and new values."""
+        if self.record is None:
+            if self.files:
+                raise OutputConflictError(
+                    f"OUTPUT {self.output} already holds {len(self.files)} result files but no "
+                    f"{JOB_FILE}: use --overwrite to replace them, or another OUTPUT"
+                )
+            return
+        previous = self.record.get("identity", {})
+        differences = sorted(
+            k for k in identity.keys() | previous.keys() if identity.get(k) != previous.get(k)
+        )
+        if differences:
+            changes = "; ".join(f"{k}: {previous.get(k)!r} -> {identity.get(k)!r}" for k in differences)
+            raise OutputConflictError(
+                f"OUTPUT {self.output} holds a job with a different {', '.join(differences)} ({changes}): "
+                "use --overwrite to redo it, or another OUTPUT"
+            )
+
+    def clear(self) -> None:
+        """--overwrite: removes this tool's files (results, record), nothing else in OUTPUT."""
+        root = self.output.rstrip("/") + "/"
+        ours = [uri for uri in self.storage.list(self.output) if _kind(uri[len(root) :]) is not None]
+        self.storage.delete(ours)
+        self.record, self.files = None, []
+
+    def drop_rows(self, by_file: dict[int, list[str]]) -> ShardCounts:
+        """Rewrites each file without the rows of the given uris (changed images to redo); their counts."""
+        dropped = NO_COUNTS
+        for index, uris in by_file.items():
+            file = self.files[index]
+            table = pq.read_table(pa.BufferReader(self.storage.get(file.uri)))
+            keep = pc.invert(pc.is_in(table["uri"], pa.array(uris, pa.string())))
+            counts = write_parquet(table.filter(keep), self.storage, file.uri, file.footer.shards)
+            dropped += ShardCounts(
+                file.footer.counts.images - counts.images,
+                file.footer.counts.faces - counts.faces,
+                file.footer.counts.errors - counts.errors,
+            )
+            size = self.storage.size(file.uri)
+            metadata = pq.ParquetFile(RangedFile(file.uri, size)).metadata
+            self.files[index] = replace(
+                file, size=size, footer=Footer(counts, file.footer.shards), metadata=metadata
+            )
+        return dropped
+
+    def write_record(self, record: dict) -> None:
+        self.record = record
+        self.storage.put(join(self.output, JOB_FILE), json.dumps(record, indent=2).encode())
+
+
+def _kind(relative: str) -> str | None:
+    """Which of facesweep's files `relative` (a path below OUTPUT) is: part, shard, record, or old plan."""
+    if relative.startswith(PART_PREFIX) and relative.endswith(".parquet") and "/" not in relative:
+        return "part"
+    if relative.startswith(f"{SHARD_FOLDER}/shard-") and relative.endswith(".parquet"):
+        return "shard"
+    if relative == JOB_FILE:
+        return "record"
+    if relative.startswith(f"{OLD_PLAN_FOLDER}/"):
+        return "plan"
+    return None
+
+
+def _data_file(info: ObjectInfo, relative: str) -> DataFile:
+    number = int(relative.rsplit("-", 1)[-1].removesuffix(".parquet"))
+    size = info.size if info.size is not None else storage_for(info.uri).size(info.uri)
+    file = pq.ParquetFile(RangedFile(info.uri, size))
+    return DataFile(info.uri, _kind(relative) == "part", number, size, read_footer(file), file.metadata)
+
+
+def _rows(file: DataFile, index: int) -> Iterator[pa.Table]:
+    """A data file's ledger columns, a row group at a time, tagged with its index."""
+    reader = pq.ParquetFile(RangedFile(file.uri, file.size), metadata=file.metadata, pre_buffer=True)
+    for group in range(reader.num_row_groups):
+        table = reader.read_row_group(group, columns=LEDGER_COLUMNS)
+        yield table.append_column("file", pa.array(np.full(table.num_rows, index, np.int32)))
