@@ -39,9 +39,7 @@ def test_credentials_never_written_and_keys_cannot_escape_output(local_s3: Local
     written = sorted(o["Key"] for o in client.list_objects_v2(Bucket="secure")["Contents"])
     # Everything written is ours and below OUTPUT, named by shard number, whatever the input names were.
     inputs = [f"in/{name}" for name in names] + ["manifest.txt"]
-    assert written == sorted(
-        [*inputs, "out/_job.json", "out/_plan/part-000000.json", "out/part-000000.parquet"]
-    )
+    assert written == sorted([*inputs, "out/_job.json", "out/part-000000.parquet"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["deep", "escape.png"]
     secrets = [local_s3.credentials.access_key, local_s3.credentials.secret_key]
     blobs = [result.stdout.encode(), result.stderr.encode()]

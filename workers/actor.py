@@ -16,14 +16,15 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 
 import cv2
+import pyarrow.parquet as pq
 import ray
 
 from workers.detector import Detector, DetectorSettings, Prepared, Timings
 from workers.images import ImageError, decode_reduced
 from workers.metrics import error_kinds, shard_metrics
 from workers.shards import Shard
-from workers.sink import ImageResult, results_table, write_parquet
-from workers.storage import ObjectError, join, request_counts, storage_for
+from workers.sink import ImageResult, read_footer, results_table, write_parquet
+from workers.storage import ObjectError, RangedFile, join, request_counts, storage_for
 
 CONCURRENT_SHARDS = 2
 """Shards one actor works on at once (its Ray `max_concurrency`; the driver queues as many per actor)."""
@@ -63,9 +64,41 @@ class _Fetched:
     error: str | None = None
 
 
-class ShardWorker:
-    """Holds one compiled detector; processes shards into OUTPUT, CONCURRENT_SHARDS at a time (thread-safe:
-    each shard has its own requests and timings). Ray wraps it as a threaded actor."""
+class ShardCalls:
+    """An actor's calls: each carries a few shards (fewer Ray calls per image for the driver), done one
+    after another. A call Ray retries after the actor died is retried whole, so a restarted actor first
+    checks each shard's file and reports a committed one from its footer instead of redoing it."""
+
+    output: str
+    info: ActorInfo
+    restarted: bool
+
+    def process(self, shards: list[Shard]) -> list[ShardReport]:
+        return [self._committed(shard) or self.process_one(shard) for shard in shards]
+
+    def process_one(self, shard: Shard) -> ShardReport:
+        raise NotImplementedError
+
+    def _committed(self, shard: Shard) -> ShardReport | None:
+        uri = join(self.output, shard.file_name)
+        if not self.restarted or not storage_for(uri).exists(uri):
+            return None
+        counts = read_footer(pq.ParquetFile(RangedFile(uri))).counts
+        return ShardReport(
+            shard.index, self.info, counts.images, counts.faces, counts.errors, {}, {}, 0.0, request_counts()
+        )
+
+
+def actor_info() -> tuple[ActorInfo, bool]:
+    """This actor's identity (its model's format filled in by the caller) and whether Ray restarted it."""
+    context = ray.get_runtime_context()
+    info = ActorInfo("", context.get_node_id(), f"{context.get_actor_id()}/{os.getpid()}")
+    return info, bool(context.was_current_actor_reconstructed)
+
+
+class ShardWorker(ShardCalls):
+    """Holds one compiled detector; processes shards into OUTPUT, CONCURRENT_SHARDS calls at a time
+    (thread-safe: each shard has its own requests and timings). Ray wraps it as a threaded actor."""
 
     def __init__(self, settings: DetectorSettings, output: str, fetchers: int = 16) -> None:
         cv2.setNumThreads(1)  # the model owns the actor's cores; many images decode in parallel instead
@@ -73,17 +106,15 @@ class ShardWorker:
         self.output = output
         self.pool = ThreadPoolExecutor(fetchers, thread_name_prefix="fetch")
         self.in_flight = max(2 * fetchers, 8)  # per shard
-        context = ray.get_runtime_context()
-        self.info = ActorInfo(
-            self.detector.format.name, context.get_node_id(), f"{context.get_actor_id()}/{os.getpid()}"
-        )
+        info, self.restarted = actor_info()
+        self.info = replace(info, format=self.detector.format.name)
         self._ready_cpu = time.process_time()
 
     def ready(self) -> ActorInfo:
         """Answers once the model is compiled (the constructor has run)."""
         return self.info
 
-    def process(self, shard: Shard) -> ShardReport:
+    def process_one(self, shard: Shard) -> ShardReport:
         timings = Timings()
         fetched: dict[int, _Fetched] = {}
 

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from itertools import chain
+from itertools import chain, islice
 
 import pyarrow as pa
 import ray
@@ -37,7 +37,13 @@ from workers.storage import request_counts
 MAX_RESTARTS = 4
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024
 ROWS_PER_FILE = 100_000
+SHARDS_PER_CALL = 16
+"""Shards per actor call once every actor is busy (measured: a Ray call costs the driver ~0.8 ms of CPU)."""
+RAMP_CALLS = 2
+"""Calls of one shard each actor slot gets first."""
 COMPACTION_RETRIES = 3
+COMPACTIONS_AT_ONCE = 2
+"""Compaction tasks in flight; more wait their turn (each reads rows_per_file / shard_size files)."""
 
 
 class JobError(RuntimeError):
@@ -151,7 +157,7 @@ def run_job(
     Raises a one-line error for bad input, and OutputConflictError when OUTPUT holds another job."""
     requests_before = request_counts()
     job = _prepare(config, overwrite)
-    progress = job.progress
+    config, progress = job.config, job.progress
     shards = iter(job.shards)
     first = next(shards, None)
     if first is None and not job.ledger.shards:
@@ -168,7 +174,8 @@ def run_job(
             actors = _start_actors(config, job.checksum, progress, worker)
         progress.startup_seconds = progress.seconds
         compactor = _Compactor(job.ledger, config.rows_per_file)
-        _dispatch(actors, chain([first] if first else [], shards), compactor, progress, on_progress)
+        pending = chain([first] if first else [], shards)
+        _dispatch(actors, pending, compactor, progress, on_progress, _concurrency(worker))
         progress.finished = time.monotonic()
         addresses = {node["NodeID"]: node["NodeManagerAddress"] for node in ray.nodes()}
         for node_id, use in progress.nodes.items():
@@ -304,6 +311,11 @@ def _non_empty(tables: Iterator[pa.Table], config: JobConfig) -> Iterator[pa.Tab
     return chain([first], windows)
 
 
+def _concurrency(worker: type) -> int:
+    """Shards an actor of class `worker` works on at once (its Ray max_concurrency)."""
+    return getattr(worker, "CONCURRENCY", CONCURRENT_SHARDS)
+
+
 def _ensure_ray(address: str | None) -> bool:
     """Connects to `address` (or RAY_ADDRESS), else starts a local, loopback-only instance.
 
@@ -353,7 +365,7 @@ def _start_actors(
     actor_class = ray.remote(worker).options(
         num_cpus=cpus,
         num_gpus=gpus,
-        max_concurrency=CONCURRENT_SHARDS,
+        max_concurrency=_concurrency(worker),
         scheduling_strategy="SPREAD",
         max_restarts=MAX_RESTARTS,
         max_task_retries=-1,
@@ -377,21 +389,29 @@ class _Compactor:
         self.output, self.rows = ledger.output, rows
         self.next_part = ledger.next_part
         self.pending = [(f.number, f.footer.counts.images) for f in ledger.shards]  # from earlier runs
+        self.pending_images = sum(images for _, images in self.pending)
         self.task = ray.remote(compact).options(num_cpus=0, max_retries=COMPACTION_RETRIES)
 
     def add(self, index: int, images: int) -> None:
         self.pending.append((index, images))
+        self.pending_images += images
 
-    def ready(self, final: bool) -> list[tuple[ray.ObjectRef, str]]:
-        """Compaction tasks for each full part's worth of pending shards (and, if `final`, the rest)."""
+    def ready(self, final: bool, running: int) -> list[tuple[ray.ObjectRef, str]]:
+        """Compaction tasks for each full part's worth of pending shards (and, if `final`, the rest), up
+        to COMPACTIONS_AT_ONCE with the `running` ones."""
         started = []
-        while self.pending and (final or sum(n for _, n in self.pending) >= self.rows):
+        while (
+            self.pending
+            and running + len(started) < COMPACTIONS_AT_ONCE
+            and (final or self.pending_images >= self.rows)
+        ):
             take, images = 0, 0
             while take < len(self.pending) and (images < self.rows):
                 images += self.pending[take][1]
                 take += 1
             shards = sorted(index for index, _ in self.pending[:take])
             del self.pending[:take]
+            self.pending_images -= images
             name = f"part {self.next_part} ({len(shards)} shards)"
             started.append((self.task.remote(self.output, shards, self.next_part), name))
             self.next_part += 1
@@ -404,21 +424,29 @@ def _dispatch(
     compactor: _Compactor,
     progress: JobProgress,
     on_progress: Callable[[JobProgress], None],
+    concurrency: int,
 ) -> None:
-    """Keeps every actor fed with up to CONCURRENT_SHARDS shards until the plan runs out, and compacts
-    committed shards as they add up; returns when every shard and compaction has ended."""
-    running: dict[ray.ObjectRef, tuple[ray.actor.ActorHandle, Shard]] = {}
+    """Keeps every actor fed with up to `concurrency` calls until the plan runs out, and compacts
+    committed shards as they add up; returns when every shard and compaction has ended.
+
+    A call carries one shard until every actor has had a few, then SHARDS_PER_CALL: a big job costs the
+    driver one Ray call per SHARDS_PER_CALL shards, a small one still spreads over every actor."""
+    running: dict[ray.ObjectRef, tuple[ray.actor.ActorHandle, list[Shard]]] = {}
     compactions: dict[ray.ObjectRef, str] = {}
+    single = RAMP_CALLS * len(actors) * concurrency
+    dispatched = 0
 
     def submit(actor: ray.actor.ActorHandle) -> None:
-        shard = next(shards, None)
-        if shard is not None:
-            running[actor.process.remote(shard)] = (actor, shard)
+        nonlocal dispatched
+        batch = list(islice(shards, 1 if dispatched < single else SHARDS_PER_CALL))
+        if batch:
+            running[actor.process.remote(batch)] = (actor, batch)
+            dispatched += len(batch)
 
     for actor in actors:
-        for _ in range(CONCURRENT_SHARDS):
+        for _ in range(concurrency):
             submit(actor)
-    compactions.update(compactor.ready(final=not running))
+    compactions.update(compactor.ready(not running, len(compactions)))
     while running or compactions:
         done, _ = ray.wait([*running, *compactions], num_returns=1)
         for ref in done:
@@ -431,16 +459,17 @@ def _dispatch(
                 except ray.exceptions.RayError as error:
                     progress.failed_shards.append(f"{name}: {_first_line(error)}")
                 continue
-            actor, shard = running.pop(ref)
+            actor, batch = running.pop(ref)
             try:
-                report = ray.get(ref)
-                progress.add(report)
-                compactor.add(shard.index, report.images)
+                for shard_report in ray.get(ref):
+                    progress.add(shard_report)
+                    compactor.add(shard_report.index, shard_report.images)
             except ray.exceptions.RayError as error:
-                progress.failed_shards.append(f"shard {shard.index}: {_first_line(error)}")
+                reason = _first_line(error)
+                progress.failed_shards += [f"shard {shard.index}: {reason}" for shard in batch]
             submit(actor)
             on_progress(progress)
-        compactions.update(compactor.ready(final=not running))
+        compactions.update(compactor.ready(not running, len(compactions)))
 
 
 def _first_line(error: Exception) -> str:

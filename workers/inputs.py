@@ -264,6 +264,6 @@ def _inventory_rows(table: pa.Table, include: str | None) -> pa.Table:
     if "is_delete_marker" in table.column_names:
         marker = pc.equal(table["is_delete_marker"].cast(pa.string()), "true")
         keep = pc.and_(keep, pc.invert(pc.fill_null(marker, False)))
-    uris = pc.binary_join_element_wise("s3://", table["bucket"], table["key"], "")
+    uris = pc.binary_join_element_wise("s3://", table["bucket"], "/", table["key"], "")
     columns = table.rename_columns(["etag" if n == "e_tag" else n for n in table.column_names])
     return _listing(uris, columns, keep)

@@ -116,25 +116,19 @@ def plan_shards(new: Iterable[pa.Table], size: int, first: int, counts: PlanCoun
     if size < 1:
         raise ValueError(f"shard size must be at least 1, got {size}")
     index = first
-    pending: list[pa.Table] = []
-    rows = 0
+    uris: list[str] = []
+    etags: list[str | None] = []
+    sizes: list[int | None] = []
     for table in new:
-        pending.append(table)
-        rows += table.num_rows
-        while rows >= size:
-            batch = pa.concat_tables(pending)
-            yield _shard(index, batch.slice(0, size))
-            index, counts.shards = index + 1, counts.shards + 1
-            pending, rows = [batch.slice(size)], rows - size
-    if rows:
-        yield _shard(index, pa.concat_tables(pending))
+        uris += table["uri"].to_pylist()
+        etags += table["etag"].to_pylist()
+        sizes += table["size"].to_pylist()
+        start = 0
+        while len(uris) - start >= size:
+            end = start + size
+            yield Shard(index, tuple(uris[start:end]), tuple(etags[start:end]), tuple(sizes[start:end]))
+            index, counts.shards, start = index + 1, counts.shards + 1, end
+        del uris[:start], etags[:start], sizes[:start]
+    if uris:
+        yield Shard(index, tuple(uris), tuple(etags), tuple(sizes))
         counts.shards += 1
-
-
-def _shard(index: int, rows: pa.Table) -> Shard:
-    return Shard(
-        index,
-        tuple(rows["uri"].to_pylist()),
-        tuple(rows["etag"].to_pylist()),
-        tuple(rows["size"].to_pylist()),
-    )

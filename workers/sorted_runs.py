@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 KEY = "uri"
-RUN_ROWS = 1_000_000
+RUN_ROWS = 200_000
 """Rows sorted in memory at once; a longer unsorted input is spilled to disk in sorted runs of this size."""
 
 
@@ -96,11 +96,14 @@ def sort_unsorted(tables: Iterable[pa.Table], schema: pa.Schema) -> Iterator[pa.
     rows = 0
     with tempfile.TemporaryDirectory(prefix="facesweep-sort-") as spill:
         for table in tables:
-            pending.append(table)
-            rows += table.num_rows
-            if rows >= RUN_ROWS:
-                runs.append(_spill(pa.concat_tables(pending).sort_by(KEY), Path(spill, f"run-{len(runs)}")))
-                pending, rows = [], 0
+            while table.num_rows:
+                piece, table = table.slice(0, RUN_ROWS - rows), table.slice(RUN_ROWS - rows)
+                pending.append(piece)
+                rows += piece.num_rows
+                if rows >= RUN_ROWS:
+                    run = pa.concat_tables(pending).sort_by(KEY)
+                    runs.append(_spill(run, Path(spill, f"run-{len(runs)}")))
+                    pending, rows = [], 0
         last = pa.concat_tables(pending).sort_by(KEY) if pending else schema.empty_table()
         if not runs:
             yield from unique_sorted(_chunks(last))
