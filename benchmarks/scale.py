@@ -363,8 +363,9 @@ def report(
         f"part files of {args.rows_per_file:,} images: listing, ledger, comparison, planning, dispatch to "
         "Ray actors, shard files through the sink and compaction tasks are the product's code. Only the "
         "actor class is replaced: `SimulatedWorker` fetches nothing and runs no model; it writes each "
-        "shard's file (one made-up face per image) through the product's sink, so per-image work is negligible and the "
-        "driver, the ledger and the store are what is measured. 4 simulated actors, 32 shards each at once.",
+        "shard's file (one made-up face per image) through the product's sink, so per-image work is "
+        "negligible and the driver, the ledger and the store are what is measured. 4 simulated actors, 32 "
+        "calls each at once.",
         "",
         "## The driver",
         "",
