@@ -77,7 +77,7 @@ class SimulatedWorker(ShardCalls):
         uri = join(self.output, shard.file_name)
         counts = write_parquet(results_table(results, "simulated"), storage_for(uri), uri)
         return ShardReport(
-            shard.index, self.info, counts.images, counts.faces, 0, {}, {}, 0.0, request_counts()
+            shard.index, self.info, counts.images, counts.faces, 0, {}, {}, 0.0, request_counts(), {}
         )
 
 

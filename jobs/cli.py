@@ -14,6 +14,7 @@ from jobs.progress import progress_for
 from jobs.report import write_report
 from workers.detector import DetectorSettings
 from workers.driver import ROWS_PER_FILE, DryRun, JobConfig, JobError, JobProgress, dry_run, run_job
+from workers.errors import ErrorKind
 from workers.evaluate import evaluate, format_report
 from workers.formats import FORMATS, UnknownFormatError
 from workers.inputs import InputError
@@ -21,6 +22,7 @@ from workers.ledger import OutputConflictError
 from workers.models import BUILTIN_MODELS, DEFAULT_MODEL, ModelError
 from workers.storage import StorageError
 
+DEFAULT_MAX_ERROR_RATE = 0.1
 USER_ERRORS = (ModelError, UnknownFormatError, InputError, StorageError, JobError, OutputConflictError)
 
 
@@ -188,6 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="IMG_S",
         help="with --dry-run: images/s to estimate the time from (default: the last run's)",
     )
+    run.add_argument(
+        "--max-error-rate",
+        type=_fraction,
+        default=DEFAULT_MAX_ERROR_RATE,
+        metavar="R",
+        help="exit 1 when more than this fraction of the run's images are error rows "
+        f"({DEFAULT_MAX_ERROR_RATE}); an error of facesweep's own always exits 1",
+    )
     scoring = run.add_argument_group("evaluation after the job (as `facesweep eval OUTPUT GROUND_TRUTH`)")
     scoring.add_argument("--ground-truth", metavar="FILE", help="annotations to score OUTPUT against")
     scoring.add_argument("--eval-json", metavar="FILE", help="also write the figures to FILE as JSON")
@@ -283,10 +293,38 @@ def summary(progress: JobProgress, output: str) -> str:
             lines.insert(1, f"resumed: {plan.done} images already done by earlier runs ({earlier} in OUTPUT)")
             lines.insert(2, f"new: {plan.new} images")
     lines += _changes(plan.changed, plan.vanished, progress.redone_changed, plan.changed_examples)
+    if progress.errors:
+        kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(progress.error_kinds.items()))
+        lines.append(f"errors by kind: {kinds}; the rows: {error_query(output)}")
     if progress.failed_shards:
         lines.append(f"failed ({len(progress.failed_shards)}), re-run to retry them:")
         lines += [f"  {failure}" for failure in progress.failed_shards]
     return "\n".join(lines)
+
+
+def error_query(output: str) -> str:
+    """A DuckDB query that lists a job's error rows."""
+    files = f"{output.rstrip('/')}/*.parquet"
+    return f"duckdb -c \"SELECT uri, error_kind, error FROM '{files}' WHERE status = 'error'\""
+
+
+def exit_status(progress: JobProgress, max_error_rate: float) -> str | None:
+    """Why a finished run must exit 1 (an error of ours, too many bad images, failed shards), or None."""
+    internal = progress.error_kinds.get(ErrorKind.INTERNAL, 0)
+    if internal:
+        return (
+            f"{internal} images failed inside facesweep (a bug, not the images: error_kind 'internal'); "
+            "the first traceback of each stage is above and in _job.json: please report it"
+        )
+    if progress.images and progress.errors / progress.images > max_error_rate:
+        rate = progress.errors / progress.images
+        return (
+            f"{progress.errors} of {progress.images} images are error rows ({rate:.1%}, more than "
+            f"--max-error-rate {max_error_rate:g})"
+        )
+    if progress.failed_shards:
+        return f"{len(progress.failed_shards)} shards or compactions failed: re-run to retry them"
+    return None
 
 
 def _changes(changed: int, vanished: int, redone: int, examples: list[str]) -> list[str]:
@@ -393,8 +431,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"facesweep: error: {error}", file=sys.stderr)
         return 1
     progress_view.close()
+    for stage, text in result.tracebacks.items():
+        print(f"facesweep: internal error in {stage} (the first of its kind):\n{text}", file=sys.stderr)
     print(summary(result, config.output))
-    if result.failed_shards:
+    if reason := exit_status(result, args.max_error_rate):
+        print(f"facesweep: error: {reason}", file=sys.stderr)
         return 1
     return score(config.output, args.ground_truth, args.eval_json) if args.ground_truth else 0
 

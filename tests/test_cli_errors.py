@@ -99,3 +99,20 @@ def test_model_with_unknown_outputs_fails_before_any_image_is_read(tmp_path: Pat
 def test_forced_format_that_does_not_fit(photo: Path, tmp_path: Path) -> None:
     result = facesweep(str(photo), str(tmp_path / "out"), "--format", "centerface")
     assert_one_line_error(result, "retinaface-mnet025", "not of format 'centerface'")
+
+
+def test_too_many_error_rows_exit_1_and_the_summary_says_how_to_find_them(
+    photo: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "astronaut.png").write_bytes((photo / "astronaut.png").read_bytes())
+    (folder / "empty.jpg").write_bytes(b"")  # one image of two is an error row: 50%
+    options = ("--actors", "1", "--cpus-per-actor", "1")
+    failed = facesweep(str(folder), str(tmp_path / "strict"), *options)
+    assert failed.returncode == 1, failed.stderr
+    assert "more than --max-error-rate 0.1" in failed.stderr.strip().splitlines()[-1]
+    assert "errors by kind: not_an_image 1; the rows: duckdb -c" in failed.stdout
+    assert f"FROM '{tmp_path / 'strict'}/*.parquet' WHERE status = 'error'" in failed.stdout
+    tolerated = facesweep(str(folder), str(tmp_path / "lenient"), *options, "--max-error-rate", "0.5")
+    assert tolerated.returncode == 0, tolerated.stderr

@@ -9,49 +9,48 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
 from jobs.demo import sample_photos
+from workers.errors import ErrorKind, internal_failure, take_tracebacks
 from workers.images import ImageError, decode_image
 from workers.metrics import error_kinds
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def image_error(data: bytes) -> str:
+def image_error(data: bytes) -> ImageError:
     with pytest.raises(ImageError) as caught:
         decode_image(data)
-    return str(caught.value)
+    return caught.value
 
 
-def test_error_kinds_of_real_error_messages() -> None:
+def test_error_kinds_are_typed_values_carried_with_the_result() -> None:
     png = sample_photos()[0][1].read_bytes()
-    messages = [
-        image_error(b""),
-        image_error(b"not an image at all"),
-        image_error(png[: len(png) // 2]),
-        image_error(png[:8] + b"\x00" * 64),
-        "fetch failed: s3://bucket/a.jpg: NoSuchKey",
-        "fetch failed: s3://bucket/b.jpg: AccessDenied",
-        "preprocess failed: ValueError: bad shape",
-        "something nobody expected",
-        None,
-        None,
+    errors = [image_error(b""), image_error(b"not an image at all"), image_error(png[: len(png) // 2])]
+    errors.append(image_error(png[:8] + b"\x00" * 64))
+    assert [(str(e), e.kind) for e in errors] == [
+        ("empty file", ErrorKind.NOT_AN_IMAGE),
+        ("not an image (unrecognised format)", ErrorKind.NOT_AN_IMAGE),
+        ("truncated PNG", ErrorKind.TRUNCATED),
+        ("corrupt PNG (no IHDR)", ErrorKind.CORRUPT),
     ]
-    assert messages[:4] == [
-        "empty file",
-        "not an image (unrecognised format)",
-        "truncated PNG",
-        "corrupt PNG (no IHDR)",
-    ]
-    assert error_kinds(pa.array(messages, pa.string())) == {
-        "fetch": 2,
+    try:
+        np.zeros(3).reshape(2, 2)
+    except ValueError as error:
+        bug = internal_failure("face decoding", error)
+    assert bug.kind == ErrorKind.INTERNAL and bug.message.startswith("face decoding failed: ValueError")
+    traceback = take_tracebacks()["face decoding"]
+    assert "Traceback" in traceback and "reshape" in traceback and take_tracebacks() == {}
+    kinds = [e.kind for e in errors] + [ErrorKind.FETCH, bug.kind, None]
+    assert error_kinds(pa.array(kinds, pa.string())) == {
         "not_an_image": 2,
         "truncated": 1,
         "corrupt": 1,
-        "preprocess": 1,
-        "other": 1,
+        "fetch": 1,
+        "internal": 1,
     }
     assert error_kinds(pa.chunked_array([pa.array([None, None], pa.string())])) == {}
 

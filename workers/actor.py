@@ -20,7 +20,9 @@ import pyarrow.parquet as pq
 import ray
 
 from workers.detector import Detector, DetectorSettings, Prepared, Timings
-from workers.images import ImageError, decode_reduced
+from workers.errors import ErrorKind, ImageError, ImageFailure, internal_failure, take_tracebacks
+from workers.faces import Faces
+from workers.images import decode_reduced
 from workers.metrics import error_kinds, shard_metrics
 from workers.shards import Shard
 from workers.sink import ImageResult, read_footer, results_table, write_parquet
@@ -53,6 +55,7 @@ class ShardReport:
     stage_seconds: dict[str, float]
     actor_cpu_seconds: float  # CPU time of the actor's process (all its threads) since it was ready
     requests: dict[str, int]  # storage requests of the actor's process so far, by kind
+    tracebacks: dict[str, str]  # the first of each stage's internal errors since the last report
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class _Fetched:
     width: int | None = None
     height: int | None = None
     prepared: Prepared | None = None
-    error: str | None = None
+    failure: ImageFailure | None = None
 
 
 class ShardCalls:
@@ -85,7 +88,16 @@ class ShardCalls:
             return None
         counts = read_footer(pq.ParquetFile(RangedFile(uri))).counts
         return ShardReport(
-            shard.index, self.info, counts.images, counts.faces, counts.errors, {}, {}, 0.0, request_counts()
+            shard.index,
+            self.info,
+            counts.images,
+            counts.faces,
+            counts.errors,
+            {},
+            {},
+            0.0,
+            request_counts(),
+            {},
         )
 
 
@@ -133,7 +145,7 @@ class ShardWorker(ShardCalls):
         table = results_table(results, self.detector.settings.model)
         counts = write_parquet(table, storage_for(self.output), join(self.output, shard.file_name))
         timings.add("write", time.thread_time() - started)
-        kinds = error_kinds(table["error"])
+        kinds = error_kinds(table["error_kind"])
         shard_metrics().record(counts.images, counts.faces, kinds, timings.seconds)
         return ShardReport(
             shard.index,
@@ -145,14 +157,14 @@ class ShardWorker(ShardCalls):
             timings.seconds,
             time.process_time() - self._ready_cpu,
             request_counts(),
+            take_tracebacks(),
         )
 
     @staticmethod
-    def _result(uri: str, item: _Fetched, faces: object) -> ImageResult:
-        if item.error is not None:
-            return ImageResult(uri, item.width, item.height, error=item.error)
-        if isinstance(faces, str):  # the decoder failed on this image
-            return ImageResult(uri, item.width, item.height, error=faces)
+    def _result(uri: str, item: _Fetched, faces: Faces | ImageFailure | None) -> ImageResult:
+        failure = item.failure or (faces if isinstance(faces, ImageFailure) else None)
+        if failure is not None:
+            return ImageResult(uri, item.width, item.height, error=failure.message, error_kind=failure.kind)
         return ImageResult(uri, item.width, item.height, faces=faces)
 
     def _fetch_all(self, uris: tuple[str, ...], timings: Timings) -> Iterator[_Fetched]:
@@ -180,21 +192,21 @@ class ShardWorker(ShardCalls):
         try:
             data = storage_for(uri).get(uri)
         except ObjectError as error:  # this object is missing or forbidden; a failing store fails the shard
-            return _Fetched(position, error=f"fetch failed: {error}")
+            return _Fetched(position, failure=ImageFailure(ErrorKind.FETCH, f"fetch failed: {error}"))
         clock = _lap(timings, "fetch", clock)
         # Whatever this image's bytes do to the decoder or the preprocessing, it is this image's error
         # row: an exception escaping here would fail the whole shard, and its neighbours with it.
         try:
             image, (width, height) = decode_reduced(data, self.detector.reduction)
         except ImageError as error:
-            return _Fetched(position, error=str(error))
+            return _Fetched(position, failure=error.failure)
         except Exception as error:
-            return _Fetched(position, error=f"decode failed: {_describe(error)}")
+            return _Fetched(position, failure=internal_failure("image decoding", error))
         clock = _lap(timings, "decode", clock)
         try:
             prepared = self.detector.prepare(image, (width, height))
         except Exception as error:
-            return _Fetched(position, width, height, error=f"preprocess failed: {_describe(error)}")
+            return _Fetched(position, width, height, failure=internal_failure("preprocessing", error))
         _lap(timings, "preprocess", clock)
         return _Fetched(position, width, height, prepared)
 
@@ -203,9 +215,3 @@ def _lap(timings: Timings, stage: str, since: float) -> float:
     now = time.thread_time()
     timings.add(stage, now - since)
     return now
-
-
-def _describe(error: Exception) -> str:
-    """An unexpected exception on one line: its type and the last line of its message, cut at 200 chars."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[-1][:200]}" if lines else type(error).__name__

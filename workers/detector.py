@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 import openvino as ov
 
+from workers.errors import ImageFailure, internal_failure
 from workers.faces import Faces, Geometry
 from workers.formats import detect_format
 from workers.formats.base import DecodeSettings, Format, Preprocess
@@ -301,15 +302,17 @@ class Detector:
             kept = kept[~_inside_larger(faces.boxes[kept], faces.scores[kept], limits[kept])]
         return faces.take(kept)
 
-    def _finish(self, found: Sequence[Faces | str | None], views: Sequence[View]) -> Faces | str:
+    def _finish(
+        self, found: Sequence[Faces | ImageFailure | None], views: Sequence[View]
+    ) -> Faces | ImageFailure:
         """An image's result once all its views are decoded: the first error, else the merged faces."""
         faces = [part for part in found if isinstance(part, Faces)]
         if len(faces) < len(found):
-            return next(str(part) for part in found if not isinstance(part, Faces))
+            return next(part for part in found if not isinstance(part, Faces))
         try:
             return self.merge(faces, views)
         except Exception as error:  # like a decoder bug, a merge bug fails its image only
-            return f"merge failed: {type(error).__name__}: {error}"
+            return internal_failure("merge", error)
 
     def _batch_tensor(self, views: Sequence[View]) -> np.ndarray:
         """The views stacked into one batch, padded with copies of the last to the compiled batch size."""
@@ -318,11 +321,13 @@ class Detector:
         tensors = [view.tensor for view in views]
         return np.concatenate(tensors + [tensors[-1]] * (self.plan.batch - len(views)))
 
-    def detect(self, items: Iterable[tuple[object, Prepared]], timings: Timings) -> dict[object, Faces | str]:
+    def detect(
+        self, items: Iterable[tuple[object, Prepared]], timings: Timings
+    ) -> dict[object, Faces | ImageFailure]:
         """Faces (or an error string) per key, running the model with several requests in flight; an
         image's views may share batches with other images' views, and merge once the last is decoded."""
-        results: dict[object, Faces | str] = {}
-        parts: dict[object, list[Faces | str | None]] = {}
+        results: dict[object, Faces | ImageFailure] = {}
+        parts: dict[object, list[Faces | ImageFailure | None]] = {}
         remaining: dict[object, int] = {}
         views_of: dict[object, tuple[View, ...]] = {}
         lock = threading.Lock()
@@ -340,11 +345,11 @@ class Detector:
         ) -> None:
             started = time.thread_time()
             try:
-                decoded: list[Faces | str] = list(
+                decoded: list[Faces | ImageFailure] = list(
                     self._decode_views(outputs, [view for _, _, view in batch], self.plan.decode)
                 )
             except Exception as error:  # a decoder bug must not take the shard down with it
-                decoded = [f"decode failed: {type(error).__name__}: {error}"] * len(batch)
+                decoded = [internal_failure("face decoding", error)] * len(batch)
             done = []
             with lock:
                 for (key, index, _), faces in zip(batch, decoded, strict=True):

@@ -95,6 +95,7 @@ class JobProgress:
     finished: float | None = None  # when the last shard came back
     stage_seconds: dict[str, float] = field(default_factory=dict)
     error_kinds: dict[str, int] = field(default_factory=dict)
+    tracebacks: dict[str, str] = field(default_factory=dict)  # the first internal error of each stage
     nodes: dict[str, NodeUse] = field(default_factory=dict)  # by Ray node id
     actor_cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by actor process (ActorInfo)
     actor_requests: dict[str, dict[str, int]] = field(default_factory=dict)  # by actor process
@@ -132,6 +133,8 @@ class JobProgress:
             self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
         for kind, count in report.error_kinds.items():
             self.error_kinds[kind] = self.error_kinds.get(kind, 0) + count
+        for stage, text in report.tracebacks.items():
+            self.tracebacks.setdefault(stage, text)
         process = report.actor.process
         self.actor_cpu[process] = max(self.actor_cpu.get(process, 0.0), report.actor_cpu_seconds)
         previous = self.actor_requests.get(process, {})
@@ -523,6 +526,7 @@ def _record(job: _Job, finished_at: str | None = None) -> dict:
             "faces": progress.faces,
             "errors": progress.errors,
             "errors_by_kind": progress.error_kinds,
+            "internal_error_tracebacks": progress.tracebacks,
             "device": config.detector.device,
             "nodes": {node_id: asdict(use) for node_id, use in progress.nodes.items()},
         },

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
+from workers.errors import ErrorKind, ImageError
 from workers.faces import Geometry
 from workers.formats.base import Preprocess
 
@@ -20,10 +21,6 @@ decode it: such a photo gets an error row saying so instead of vanishing from th
 MAX_PIXELS = 100_000_000
 """Images with more pixels are refused from their header, before any decoding: decoded, one would take
 more than 300 MB (BGR), and an actor decodes many images at once."""
-
-
-class ImageError(ValueError):
-    """An input that is not a usable image; the message is the row's `error`."""
 
 
 def decode_image(data: bytes) -> np.ndarray:
@@ -46,7 +43,7 @@ def decode_reduced(
     at 1/2, 1/4 or 1/8 of the size in its DCT (several times faster than a full decode and a resize);
     the image returned is that small, the size returned is still the full image's."""
     if not data:
-        raise ImageError("empty file")
+        raise ImageError("empty file", ErrorKind.NOT_AN_IMAGE)
     kind = image_format(data)
     size = None
     if kind in _SIZE_READERS:
@@ -56,9 +53,9 @@ def decode_reduced(
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED_FLAGS.get(reduction, cv2.IMREAD_COLOR))
     except cv2.error as error:  # OpenCV's own limits, allocation failures
-        raise ImageError(f"cannot decode {kind or 'image'}: {error.err}") from None
+        raise ImageError(f"cannot decode {kind or 'image'}: {error.err}", ErrorKind.UNDECODABLE) from None
     if image is None:
-        raise ImageError(_undecodable(kind))
+        raise ImageError(*_undecodable(kind))
     _check_size(kind or "image", image.shape[1], image.shape[0])
     if reduction == 1 or size is None:
         return image, (image.shape[1], image.shape[0])
@@ -96,20 +93,22 @@ def image_size(data: bytes) -> tuple[int, int] | None:
 
 def _check_size(kind: str, width: int, height: int) -> None:
     if width <= 0 or height <= 0:
-        raise ImageError(f"corrupt {kind} (size {width}x{height} px)")
+        raise ImageError(f"corrupt {kind} (size {width}x{height} px)", ErrorKind.CORRUPT)
     if width * height > MAX_PIXELS:
-        raise ImageError(f"image too large: {width}x{height} px (limit {MAX_PIXELS / 1e6:g} MP)")
+        raise ImageError(
+            f"image too large: {width}x{height} px (limit {MAX_PIXELS / 1e6:g} MP)", ErrorKind.TOO_LARGE
+        )
 
 
-def _undecodable(kind: str | None) -> str:
+def _undecodable(kind: str | None) -> tuple[str, ErrorKind]:
     """The error for bytes OpenCV would not decode."""
     if kind is None:
-        return "not an image (unrecognised format)"
+        return "not an image (unrecognised format)", ErrorKind.NOT_AN_IMAGE
     if kind == "HEIF":
-        return "unsupported format: HEIF/HEIC (no decoder in this OpenCV)"
+        return "unsupported format: HEIF/HEIC (no decoder in this OpenCV)", ErrorKind.NOT_AN_IMAGE
     if kind in ("JPEG", "PNG"):
-        return f"corrupt {kind}"
-    return f"corrupt or unsupported {kind}"
+        return f"corrupt {kind}", ErrorKind.CORRUPT
+    return f"corrupt or unsupported {kind}", ErrorKind.NOT_AN_IMAGE
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int]:
@@ -128,9 +127,9 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
     size, frame, pos, end = None, 0, 2, len(data)
     while True:
         if pos + 2 > end:
-            raise ImageError("truncated JPEG")
+            raise ImageError("truncated JPEG", ErrorKind.TRUNCATED)
         if data[pos] != 0xFF:
-            raise ImageError("corrupt JPEG (bad marker)")
+            raise ImageError("corrupt JPEG (bad marker)", ErrorKind.CORRUPT)
         marker = data[pos + 1]
         if marker == 0xFF:  # fill byte
             pos += 1
@@ -139,12 +138,12 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
             pos += 2
             continue
         if marker == 0xD9:
-            raise ImageError("corrupt JPEG (no image data)")
+            raise ImageError("corrupt JPEG (no image data)", ErrorKind.CORRUPT)
         length = int.from_bytes(data[pos + 2 : pos + 4], "big")
         if pos + 4 > end or pos + 2 + length > end:
-            raise ImageError("truncated JPEG")
+            raise ImageError("truncated JPEG", ErrorKind.TRUNCATED)
         if length < 2:
-            raise ImageError("corrupt JPEG (bad segment length)")
+            raise ImageError("corrupt JPEG (bad segment length)", ErrorKind.CORRUPT)
         if marker in _JPEG_FRAMES and length >= 7:
             frame = marker
             size = (
@@ -153,16 +152,18 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
             )
         if marker == 0xDA:
             if size is None:
-                raise ImageError("corrupt JPEG (no frame header)")
+                raise ImageError("corrupt JPEG (no frame header)", ErrorKind.CORRUPT)
             scan = pos + 2 + length
             if (
                 not data[-64:].rstrip(b"\x00 \t\r\n").endswith(b"\xff\xd9")
                 and data.find(b"\xff\xd9", scan) < 0
             ):
-                raise ImageError("truncated JPEG")
+                raise ImageError("truncated JPEG", ErrorKind.TRUNCATED)
             pixels = size[0] * size[1]
             if frame in (0xC0, 0xC1) and end * 256 < pixels <= MAX_PIXELS:  # larger: refused as too large
-                raise ImageError(f"corrupt JPEG (too little data for {size[0]}x{size[1]} px)")
+                raise ImageError(
+                    f"corrupt JPEG (too little data for {size[0]}x{size[1]} px)", ErrorKind.CORRUPT
+                )
             return size
         pos += 2 + length
 
@@ -174,38 +175,38 @@ def _png_size(data: bytes) -> tuple[int, int]:
     before reading it, so one flipped length byte made a 10 KB PNG cost 2.4 GB and 4 s. A PNG cut short
     ends without IEND (OpenCV refuses those too)."""
     if len(data) < 24:
-        raise ImageError("truncated PNG")
+        raise ImageError("truncated PNG", ErrorKind.TRUNCATED)
     if data[12:16] != b"IHDR":
-        raise ImageError("corrupt PNG (no IHDR)")
+        raise ImageError("corrupt PNG (no IHDR)", ErrorKind.CORRUPT)
     pos, end = 8, len(data)
     while data[pos + 4 : pos + 8] != b"IEND":
         pos += 12 + int.from_bytes(data[pos : pos + 4], "big")
         if pos + 12 > end:
-            raise ImageError("truncated PNG")
+            raise ImageError("truncated PNG", ErrorKind.TRUNCATED)
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
 def _gif_size(data: bytes) -> tuple[int, int]:
     if len(data) < 10:
-        raise ImageError("truncated GIF")
+        raise ImageError("truncated GIF", ErrorKind.TRUNCATED)
     return int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little")
 
 
 def _bmp_size(data: bytes) -> tuple[int, int]:
     if len(data) < 26:
-        raise ImageError("truncated BMP")
+        raise ImageError("truncated BMP", ErrorKind.TRUNCATED)
     info = int.from_bytes(data[14:18], "little")
     if info == 12:  # OS/2 BITMAPCOREHEADER
         return int.from_bytes(data[18:20], "little"), int.from_bytes(data[20:22], "little")
     if info not in (40, 52, 56, 64, 108, 124):
-        raise ImageError("corrupt BMP (unknown header)")
+        raise ImageError("corrupt BMP (unknown header)", ErrorKind.CORRUPT)
     width = int.from_bytes(data[18:22], "little", signed=True)
     return width, abs(int.from_bytes(data[22:26], "little", signed=True))  # negative: top-down rows
 
 
 def _webp_size(data: bytes) -> tuple[int, int]:
     if len(data) < 30:
-        raise ImageError("truncated WebP")
+        raise ImageError("truncated WebP", ErrorKind.TRUNCATED)
     chunk = data[12:16]
     if chunk == b"VP8X":  # extended: canvas size, 24-bit minus one
         return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
@@ -214,7 +215,7 @@ def _webp_size(data: bytes) -> tuple[int, int]:
         return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
     if chunk == b"VP8 ":  # lossy: after the frame tag and the 9D 01 2A start code
         return int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(data[28:30], "little") & 0x3FFF
-    raise ImageError("corrupt WebP (unknown chunk)")
+    raise ImageError("corrupt WebP (unknown chunk)", ErrorKind.CORRUPT)
 
 
 def _tiff_size(data: bytes) -> tuple[int, int]:
@@ -223,7 +224,7 @@ def _tiff_size(data: bytes) -> tuple[int, int]:
 
     def number(offset: int, size: int) -> int:
         if offset + size > len(data):
-            raise ImageError("truncated TIFF")
+            raise ImageError("truncated TIFF", ErrorKind.TRUNCATED)
         return int.from_bytes(data[offset : offset + size], order)
 
     big = number(2, 2) == 43
@@ -235,7 +236,7 @@ def _tiff_size(data: bytes) -> tuple[int, int]:
         if tag in (256, 257) and kind in _TIFF_INTEGERS:
             found[tag] = number(entry + (12 if big else 8), _TIFF_INTEGERS[kind])
     if len(found) < 2:
-        raise ImageError("corrupt TIFF (no image size)")
+        raise ImageError("corrupt TIFF (no image size)", ErrorKind.CORRUPT)
     return found[256], found[257]
 
 
@@ -243,7 +244,7 @@ def _jp2_size(data: bytes) -> tuple[int, int]:
     """The SIZ segment of a raw codestream, or the ihdr box inside a JP2 file's jp2h box."""
     if data.startswith(b"\xff\x4f\xff\x51"):
         if len(data) < 24:
-            raise ImageError("truncated JPEG 2000")
+            raise ImageError("truncated JPEG 2000", ErrorKind.TRUNCATED)
         x, y, x0, y0 = (int.from_bytes(data[i : i + 4], "big") for i in (8, 12, 16, 20))
         return x - x0, y - y0
     pos = 0
@@ -262,7 +263,7 @@ def _jp2_size(data: bytes) -> tuple[int, int]:
         if length < header:
             break
         pos += length
-    raise ImageError("corrupt JPEG 2000 (no image header)")
+    raise ImageError("corrupt JPEG 2000 (no image header)", ErrorKind.CORRUPT)
 
 
 _MAGIC = (

@@ -12,33 +12,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from ray.util.metrics import Counter, Histogram
 
-ERROR_KINDS: tuple[tuple[str, str], ...] = (
-    ("fetch", r"^fetch failed"),
-    ("not_an_image", r"^(empty file|not an image|unsupported format|corrupt or unsupported)"),
-    ("truncated", r"^truncated"),
-    ("corrupt", r"^corrupt"),
-    ("too_large", r"^image too large"),
-    ("decode", r"^(cannot decode|decode failed)"),
-    ("preprocess", r"^preprocess failed"),
-    ("merge", r"^merge failed"),
-)
-"""(kind, regex on the error row's message), first match wins; anything else is `other`."""
 STAGE_BOUNDARIES = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0]
 """Seconds one shard spent in a stage (summed over its images): 64 images x 1-500 ms."""
 
 
-def error_kinds(errors: pa.Array | pa.ChunkedArray) -> dict[str, int]:
-    """Error rows per kind of a shard's `error` column (nulls are ok rows), one regex pass per kind."""
-    left = pc.drop_null(errors)
-    counts: dict[str, int] = {}
-    for kind, pattern in ERROR_KINDS:
-        hit = pc.match_substring_regex(left, pattern)
-        if found := int(pc.sum(hit).as_py() or 0):
-            counts[kind] = found
-            left = left.filter(pc.invert(hit))
-    if len(left):
-        counts["other"] = len(left)
-    return counts
+def error_kinds(kinds: pa.Array | pa.ChunkedArray) -> dict[str, int]:
+    """Error rows per kind of a shard's `error_kind` column (nulls are ok rows)."""
+    counts = pc.value_counts(pc.drop_null(kinds))
+    return dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True))
 
 
 class ShardMetrics:

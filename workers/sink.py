@@ -48,6 +48,7 @@ SCHEMA = pa.schema(
         ("height", pa.int32()),
         ("status", pa.string()),
         ("error", pa.string()),
+        ("error_kind", pa.string()),
         ("model", pa.string()),
         ("faces", pa.list_(FACE_TYPE)),
     ]
@@ -63,6 +64,7 @@ class ImageResult:
     height: int | None = None
     faces: Faces | None = None
     error: str | None = None
+    error_kind: str | None = None  # errors.ErrorKind
     etag: str | None = None  # the version of the object listed (S3 ETag, a file's mtime), and its size
     size: int | None = None
 
@@ -92,6 +94,7 @@ def results_table(results: Sequence[ImageResult], model: str) -> pa.Table:
             "height": pa.array([r.height for r in results], pa.int32()),
             "status": pa.array(["ok" if good else "error" for good in ok], pa.string()),
             "error": pa.array([r.error for r in results], pa.string()),
+            "error_kind": pa.array([r.error_kind for r in results], pa.string()),
             "model": pa.array([model] * len(results), pa.string()),
             "faces": pa.ListArray.from_arrays(offsets, faces, mask=pa.array([not good for good in ok])),
         },

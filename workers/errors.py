@@ -1,0 +1,70 @@
+"""Why an image has no faces: a typed kind carried with its result, and a free-text message.
+
+Kinds the image is to blame for (missing object, not an image, truncated, corrupt, too large, undecodable)
+are the data's; INTERNAL is ours: an exception in a decoder, the preprocessing or the merge of views. An
+internal failure still fails only its image, but is logged with its traceback in the actor's log, and the
+first traceback of each stage travels to the driver, which prints it and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from dataclasses import dataclass
+from enum import StrEnum
+
+log = logging.getLogger("facesweep")
+
+
+class ErrorKind(StrEnum):
+    FETCH = "fetch"  # the object is missing or forbidden
+    NOT_AN_IMAGE = "not_an_image"  # empty, unrecognised or unsupported format
+    TRUNCATED = "truncated"
+    CORRUPT = "corrupt"
+    TOO_LARGE = "too_large"
+    UNDECODABLE = "undecodable"  # the decoder refused it (its own limits, allocation)
+    INTERNAL = "internal"  # a bug of ours
+
+
+@dataclass(frozen=True)
+class ImageFailure:
+    """One image's failure: its kind and a few words of why."""
+
+    kind: ErrorKind
+    message: str
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image: the row's `error` is the message, `error_kind` the kind."""
+
+    def __init__(self, message: str, kind: ErrorKind) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    @property
+    def failure(self) -> ImageFailure:
+        return ImageFailure(self.kind, str(self))
+
+
+_first_tracebacks: dict[str, str] = {}
+_lock = threading.Lock()
+
+
+def internal_failure(stage: str, error: Exception) -> ImageFailure:
+    """An unexpected exception in `stage`: logged with its traceback, kept (the first per stage) for the
+    driver, and returned as the image's INTERNAL failure."""
+    log.error("internal error in %s", stage, exc_info=error)
+    with _lock:
+        _first_tracebacks.setdefault(stage, "".join(traceback.format_exception(error)))
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reason = f"{type(error).__name__}: {lines[-1][:200]}" if lines else type(error).__name__
+    return ImageFailure(ErrorKind.INTERNAL, f"{stage} failed: {reason}")
+
+
+def take_tracebacks() -> dict[str, str]:
+    """The first traceback of each stage since the last call (this process), by stage."""
+    with _lock:
+        taken = dict(_first_tracebacks)
+        _first_tracebacks.clear()
+    return taken
