@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +14,16 @@ from jobs.export import DEFAULT_FILES, export
 from jobs.progress import progress_for
 from jobs.report import write_report
 from workers.detector import DetectorSettings
-from workers.driver import ROWS_PER_FILE, DryRun, JobConfig, JobError, JobProgress, dry_run, run_job
+from workers.driver import (
+    ROWS_PER_FILE,
+    STARTUP_TIMEOUT,
+    DryRun,
+    JobConfig,
+    JobError,
+    JobProgress,
+    dry_run,
+    run_job,
+)
 from workers.errors import ErrorKind
 from workers.evaluate import evaluate, format_report
 from workers.formats import FORMATS, UnknownFormatError
@@ -160,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="OpenVINO device: CPU, GPU or GPU.N (each actor holds one of the Ray cluster's GPUs), AUTO, "
         "AUTO:GPU,CPU (CPU)",
     )
+    res.add_argument(
+        "--startup-timeout",
+        type=_positive_float,
+        default=STARTUP_TIMEOUT,
+        metavar="S",
+        help="seconds to wait for a cluster that can grow to fit the actors, and for them to be ready "
+        f"({STARTUP_TIMEOUT:g}); a local Ray that cannot fit them is refused at once",
+    )
     res.add_argument("--batch", type=_positive_int, default=1, help="images per inference request (1)")
     res.add_argument("--precision", choices=["f32", "bf16", "f16"], help="inference precision (device's)")
     res.add_argument(
@@ -271,6 +289,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         include=args.include,
         ray_address=args.ray_address,
         rows_per_file=args.rows_per_file,
+        startup_timeout=args.startup_timeout,
         reprocess_changed=args.reprocess_changed,
     )
 
@@ -401,6 +420,16 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_to_stderr() -> None:
+    """The driver's status lines (starting Ray, actors, waiting for room) as `facesweep: ...` on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("facesweep: %(message)s"))
+    logger = logging.getLogger("facesweep")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -423,13 +452,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"facesweep: error: {error}", file=sys.stderr)
             return 1
         return 0
+    _log_to_stderr()
     progress_view = progress_for(sys.stderr)
+    seen: list[JobProgress] = []
+
+    def on_progress(progress: JobProgress) -> None:
+        seen[:] = [progress]
+        progress_view(progress)
+
     try:
-        result = run_job(config, progress_view, overwrite=args.overwrite)
+        result = run_job(config, on_progress, overwrite=args.overwrite)
     except USER_ERRORS as error:
         progress_view.close()
         print(f"facesweep: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # run_job has stopped the actors (and the Ray it started) on its way out
+        progress_view.close()
+        done = seen[0].resumed.images + seen[0].images if seen else 0
+        print(f"interrupted: {done} images committed; re-run the same command to resume", file=sys.stderr)
+        return 130
     progress_view.close()
     for stage, text in result.tracebacks.items():
         print(f"facesweep: internal error in {stage} (the first of its kind):\n{text}", file=sys.stderr)

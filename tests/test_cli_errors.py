@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +118,44 @@ def test_too_many_error_rows_exit_1_and_the_summary_says_how_to_find_them(
     assert f"FROM '{tmp_path / 'strict'}/*.parquet' WHERE status = 'error'" in failed.stdout
     tolerated = facesweep(str(folder), str(tmp_path / "lenient"), *options, "--max-error-rate", "0.5")
     assert tolerated.returncode == 0, tolerated.stderr
+
+
+def test_actors_that_cannot_be_placed_are_refused_at_once(photo: Path, tmp_path: Path) -> None:
+    """A local Ray of this machine's 2 CPUs: asking for more says so in one line instead of waiting."""
+    big = facesweep(str(photo), str(tmp_path / "a"), "--cpus-per-actor", "64")
+    assert big.returncode == 1, big.stderr
+    assert (
+        big.stderr.strip()
+        .splitlines()[-1]
+        .startswith("facesweep: error: --cpus-per-actor 64: no node has that many CPUs (the largest has")
+    )
+    many = facesweep(str(photo), str(tmp_path / "b"), "--actors", "64", "--cpus-per-actor", "1")
+    assert many.returncode == 1, many.stderr
+    last = many.stderr.strip().splitlines()[-1]
+    assert last.startswith("facesweep: error: 64 actors x 1 CPUs do not fit: the cluster has"), last
+    assert "facesweep: starting a local Ray" in many.stderr
+
+
+def test_ctrl_c_stops_the_job_and_says_how_to_resume(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    photos = [path for _, path in sample_photos()]
+    for i in range(24):
+        (folder / f"{i:02d}-{photos[i % len(photos)].name}").write_bytes(photos[i % len(photos)].read_bytes())
+    command = [sys.executable, "-m", "jobs.cli", "run", str(folder), str(tmp_path / "out"), "--shard-size=1"]
+    job = subprocess.Popen(
+        [*command, "--actors=1", "--cpus-per-actor=1"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    for line in job.stderr:
+        if line.startswith("shard "):
+            break
+    job.send_signal(signal.SIGINT)
+    _, err = job.communicate(timeout=120)
+    assert job.returncode == 130, err
+    assert re.search(r"^interrupted: \d+ images committed; re-run the same command to resume$", err, re.M), (
+        err
+    )
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err

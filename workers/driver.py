@@ -42,6 +42,9 @@ SHARDS_PER_CALL = 16
 RAMP_CALLS = 2
 """Calls of one shard each actor slot gets first."""
 COMPACTION_RETRIES = 3
+STARTUP_TIMEOUT = 300.0
+PLACEMENT_POLL = 2.0
+log = logging.getLogger("facesweep")
 COMPACTIONS_AT_ONCE = 2
 """Compaction tasks in flight; more wait their turn (each reads rows_per_file / shard_size files)."""
 
@@ -63,6 +66,7 @@ class JobConfig:
     include: str | None = None
     ray_address: str | None = None  # None: a local Ray instance (or the one RAY_ADDRESS names)
     rows_per_file: int = ROWS_PER_FILE  # images per part file (the job's tail: fewer)
+    startup_timeout: float = STARTUP_TIMEOUT  # seconds to wait for a cluster to fit the actors
     reprocess_changed: bool = False  # redo images whose object changed since they were done
 
 
@@ -174,7 +178,7 @@ def run_job(
     actors = []
     try:
         if first is not None:
-            actors = _start_actors(config, job.checksum, progress, worker)
+            actors = _start_actors(config, job.checksum, progress, worker, started_ray)
         progress.startup_seconds = progress.seconds
         compactor = _Compactor(job.ledger, config.rows_per_file)
         pending = chain([first] if first else [], shards)
@@ -330,8 +334,10 @@ def _ensure_ray(address: str | None) -> bool:
     os.environ.update({k: os.environ.get(k, v) for k, v in env.items()})
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
+        log.info("joining the Ray cluster at %s", address)
         ray.init(address=address, runtime_env={"env_vars": env}, logging_level="WARNING", log_to_driver=False)
     else:
+        log.info("starting a local Ray")
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         # Ray turns token authentication on for a new local instance (good) and warns that it did (noise).
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
@@ -346,8 +352,32 @@ def _ensure_ray(address: str | None) -> bool:
     return True
 
 
+def _fit(resources: dict[str, float], cpus: float, gpus: int) -> float:
+    """How many actors of `cpus` CPUs (and `gpus` GPUs) the cluster's resources hold."""
+    fit = resources.get("CPU", 0) // cpus
+    return min(fit, resources.get("GPU", 0) // gpus) if gpus else fit
+
+
+def _wait_for_room(count: int, cpus: float, gpus: int, timeout: float, grows: bool) -> None:
+    """Returns once the cluster can place `count` actors: at once on a cluster that cannot grow (a local
+    Ray), else within `timeout` seconds (an autoscaler adding nodes); a JobError otherwise, never a hang."""
+    need = f"{count} actors x {cpus:g} CPUs" + (f" and {gpus} GPU" if gpus else "")
+    largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
+    if cpus > largest and not grows:
+        raise JobError(f"--cpus-per-actor {cpus:g}: no node has that many CPUs (the largest has {largest:g})")
+    deadline = time.monotonic() + timeout
+    while (have := _fit(ray.cluster_resources(), cpus, gpus)) < count:
+        cluster = f"the cluster has {ray.cluster_resources().get('CPU', 0):g} CPUs"
+        if not grows:
+            raise JobError(f"{need} do not fit: {cluster}; use fewer --actors or --cpus-per-actor")
+        if time.monotonic() > deadline:
+            raise JobError(f"gave up after {timeout:g} s waiting for {need}: {cluster} (room for {have:g})")
+        log.info("waiting for %s; %s", need, cluster)
+        time.sleep(PLACEMENT_POLL)
+
+
 def _start_actors(
-    config: JobConfig, checksum: str, progress: JobProgress, worker: type
+    config: JobConfig, checksum: str, progress: JobProgress, worker: type, started_ray: bool
 ) -> list[ray.actor.ActorHandle]:
     """Actors spread over the cluster's nodes, each with the model the driver checked (by checksum)."""
     cpus, device = config.cpus_per_actor, config.detector.device
@@ -358,10 +388,8 @@ def _start_actors(
             f"--device {device}: the Ray cluster has no GPU; start its GPU nodes with "
             "`ray start --num-gpus=N`, or use --device CPU or AUTO"
         )
-    fit = resources.get("CPU", 1) // cpus
-    if gpus:
-        fit = min(fit, resources["GPU"])
-    count = config.actors or max(1, int(fit))
+    count = config.actors or max(1, int(_fit(resources, cpus, gpus)))
+    _wait_for_room(count, cpus, gpus, config.startup_timeout, grows=started_ray is False)
     settings = replace(config.detector, threads=max(1, round(cpus)), model_sha256=checksum)
     # A lost actor (process or node) is restarted up to MAX_RESTARTS times; its shards wait for it and
     # are retried as often as needed (each retry rewrites the same shard file, atomically).
@@ -373,12 +401,17 @@ def _start_actors(
         max_restarts=MAX_RESTARTS,
         max_task_retries=-1,
     )
+    log.info("starting %d actors (%g CPUs each), each compiling the model on %s", count, cpus, device)
     actors = [actor_class.remote(settings, config.output) for _ in range(count)]
     try:
-        progress.add_actors(ray.get([actor.ready.remote() for actor in actors]))
-    except ray.exceptions.RayError as error:
+        progress.add_actors(
+            ray.get([actor.ready.remote() for actor in actors], timeout=config.startup_timeout)
+        )
+    except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as error:
         for actor in actors:
             ray.kill(actor)
+        if isinstance(error, ray.exceptions.GetTimeoutError):
+            raise JobError(f"actors not ready after --startup-timeout {config.startup_timeout:g} s") from None
         raise JobError(
             f"actors could not start the model on {config.detector.device}: {_first_line(error)}"
         ) from None
