@@ -7,7 +7,9 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from importlib.metadata import version
 from pathlib import Path
+from typing import NoReturn
 
 from jobs.config import ConfigError, run_arguments
 from jobs.export import DEFAULT_FILES, export
@@ -96,8 +98,22 @@ def _scales(text: str) -> tuple[float, ...]:
     return values
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with facesweep's error contract: one line, `facesweep: error: ...`, exit 1; abbreviated
+    flags (`--scor` for `--score-threshold`) are refused, not guessed."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("facesweep").strip()
+        print(f"facesweep: error: {f'{command}: ' if command else ''}{message}", file=sys.stderr)
+        sys.exit(1)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="facesweep", description="Batch face detection at cluster scale.")
+    parser = _Parser(prog="facesweep", description="Batch face detection at cluster scale.")
+    parser.add_argument("--version", action="version", version=f"facesweep {version('facesweep')}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="detect faces in every image of INPUT, write Parquet to OUTPUT")
     run.add_argument(
@@ -443,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = run_arguments(parser, argv, args)
     except ConfigError as error:
         print(f"facesweep: error: {error}", file=sys.stderr)
-        return 2
+        return 1
     config = config_from_args(args)
     if args.dry_run:
         try:

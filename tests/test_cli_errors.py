@@ -159,3 +159,17 @@ def test_ctrl_c_stops_the_job_and_says_how_to_resume(tmp_path: Path) -> None:
         err
     )
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
+
+
+def test_bad_flags_get_one_line_and_exit_1(photo: Path, tmp_path: Path) -> None:
+    out = str(tmp_path / "out")
+    for args, fragment in (
+        (("--score-threshold", "2"), "argument --score-threshold: must be between 0 and 1, got 2.0"),
+        (("--shard-size", "0"), "argument --shard-size: must be at least 1, got 0"),
+        (("--actors", "0"), "argument --actors: must be at least 1, got 0"),
+        (("--scor", "0.3"), "unrecognized arguments: --scor 0.3"),  # abbreviations are not guessed
+    ):
+        assert_one_line_error(facesweep(str(photo), out, *args), fragment)
+    assert not (tmp_path / "out").exists()
+    shown = subprocess.run([sys.executable, "-m", "jobs.cli", "--version"], capture_output=True, text=True)
+    assert shown.returncode == 0 and re.fullmatch(r"facesweep \d+\.\d+\.\d+\n", shown.stdout)

@@ -75,8 +75,8 @@ def parse(*argv: str) -> Any:
 
 
 def refusal(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    """main()'s one-line error for `facesweep run ARGV`, which must exit 2 before any work."""
-    assert main(["run", *argv]) == 2
+    """main()'s one-line error for `facesweep run ARGV`, which must exit 1 before any work."""
+    assert main(["run", *argv]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith("facesweep: error: "), lines[0]
