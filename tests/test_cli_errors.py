@@ -173,3 +173,10 @@ def test_bad_flags_get_one_line_and_exit_1(photo: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
     shown = subprocess.run([sys.executable, "-m", "jobs.cli", "--version"], capture_output=True, text=True)
     assert shown.returncode == 0 and re.fullmatch(r"facesweep \d+\.\d+\.\d+\n", shown.stdout)
+
+
+def test_output_that_is_a_file_or_inside_input_is_refused(photo: Path, tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file")
+    assert_one_line_error(facesweep(str(photo), str(tmp_path / "taken")), "is a file: give a directory")
+    assert_one_line_error(facesweep(str(photo), str(photo / "detections")), "is inside INPUT")
+    assert not (photo / "detections").exists()

@@ -20,19 +20,20 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import chain, islice
+from pathlib import Path
 
 import pyarrow as pa
 import ray
 
 from workers.actor import CONCURRENT_SHARDS, ActorInfo, ShardReport, ShardWorker
 from workers.detector import DetectorSettings, inspect_model
-from workers.inputs import InputError, list_images
+from workers.inputs import InputError, is_manifest, list_images
 from workers.ledger import Ledger
 from workers.runtime import check_device, uses_gpu
 from workers.shards import PlanCounts, Shard, compare, compare_with_changes, plan_shards
 from workers.sink import NO_COUNTS, CompactionReport, ShardCounts, compact
 from workers.sorted_runs import rebatch
-from workers.storage import request_counts
+from workers.storage import is_s3_uri, request_counts
 
 MAX_RESTARTS = 4
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024
@@ -217,6 +218,7 @@ def _prepare(config: JobConfig, overwrite: bool, read_only: bool = False) -> _Jo
     except ValueError as error:
         raise JobError(str(error)) from None
     config = replace(config, detector=replace(config.detector, device=device))
+    _check_output(config)
     checksum = inspect_model(config.detector).checksum
     listing = _non_empty(list_images(config.input, config.include), config)
     ledger = Ledger.read(config.output, read_only)
@@ -281,6 +283,26 @@ def dry_run(config: JobConfig, rate: float | None = None) -> DryRun:
         rate or last_rate or None,
         source,
     )
+
+
+def _check_output(config: JobConfig) -> None:
+    """OUTPUT must be a folder, and not inside a folder INPUT (a later run would list its own files)."""
+    output, source = config.output, config.input
+    if not is_s3_uri(output) and Path(output).is_file():
+        raise InputError(f"OUTPUT {output} is a file: give a directory or an s3://bucket/prefix")
+    if is_manifest(source) or is_s3_uri(source) != is_s3_uri(output):
+        return
+    if is_s3_uri(source):
+        inside = output.rstrip("/").startswith(source.rstrip("/") + "/") or output.rstrip(
+            "/"
+        ) == source.rstrip("/")
+    else:
+        inside = Path(output).resolve().is_relative_to(Path(source).resolve())
+    if inside:
+        raise InputError(
+            f"OUTPUT {output} is inside INPUT {source}: a later run would read its own files; "
+            "give an OUTPUT outside INPUT"
+        )
 
 
 def _drop_changed(ledger: Ledger, config: JobConfig) -> int:
