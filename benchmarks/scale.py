@@ -26,7 +26,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,12 +38,12 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.harness import generated_by, table  # noqa: E402
 from jobs.local_s3 import LocalS3, start_local_s3  # noqa: E402
-from workers.actor import ActorInfo, ShardCalls, ShardReport, actor_info  # noqa: E402
+from workers.actor import ActorInfo, ShardCalls, ShardReport  # noqa: E402
 from workers.faces import Faces  # noqa: E402
 from workers.models import DEFAULT_MODEL  # noqa: E402
 from workers.shards import Shard  # noqa: E402
 from workers.sink import ImageResult, results_table, write_parquet  # noqa: E402
-from workers.storage import join, request_counts, storage_for  # noqa: E402
+from workers.storage import join, storage_for  # noqa: E402
 
 PYTHON = sys.executable
 BUCKET = "scale"
@@ -62,9 +61,7 @@ class SimulatedWorker(ShardCalls):
     CONCURRENCY = 32
 
     def __init__(self, settings: object, output: str) -> None:
-        self.output = output
-        info, self.restarted = actor_info()
-        self.info = replace(info, format="simulated")
+        self.start_calls(output, "simulated")
 
     def ready(self) -> ActorInfo:
         return self.info
@@ -76,9 +73,7 @@ class SimulatedWorker(ShardCalls):
         ]
         uri = join(self.output, shard.file_name)
         counts = write_parquet(results_table(results, "simulated"), storage_for(uri), uri)
-        return ShardReport(
-            shard.index, self.info, counts.images, counts.faces, 0, {}, {}, 0.0, request_counts(), {}
-        )
+        return self.report(shard, counts, {}, {})
 
 
 def child_job(manifest: str, output: str, actors: int, rows_per_file: int) -> dict:
@@ -304,39 +299,18 @@ def main_run(args: argparse.Namespace) -> list[str]:
                 f"real run {round_ + 1}: {direct[-1]['processing_images_per_second']:.1f} img/s "
                 f"direct, {through[-1]['processing_images_per_second']:.1f} through the proxy"
             )
-    return report(
-        args,
-        started,
-        job_small,
-        job,
-        objects,
-        all_done,
-        half,
-        incremental,
-        grow,
-        once_grown,
-        len(late),
-        direct,
-        through,
-    )
+    measured = dict(job_small=job_small, job=job, objects=objects, all_done=all_done, half=half)
+    measured |= dict(incremental=incremental, grow=grow, once_grown=once_grown, late=len(late))
+    return report(args, started, measured, direct, through)
 
 
 def report(
-    args,
-    started,
-    job_small,
-    job,
-    objects,
-    all_done,
-    half,
-    incremental,
-    grow,
-    once_grown,
-    late,
-    direct,
-    through,
+    args: argparse.Namespace, started: float, measured: dict, direct: list, through: list
 ) -> list[str]:
     n = args.images
+    job_small, job, objects = measured["job_small"], measured["job"], measured["objects"]
+    all_done, half, incremental = measured["all_done"], measured["half"], measured["incremental"]
+    grow, once_grown, late = measured["grow"], measured["once_grown"], measured["late"]
     capacity = job["dispatch_images"] / job["dispatch_cpu_s"]
     e2e = job["dispatch_images"] / job["dispatch_wall_s"]
     parts = [size for key, size in objects if key.split("/")[-1].startswith("part-")]
@@ -403,7 +377,7 @@ def report(
                     _requests(all_done["requests"]),
                 ],
                 [
-                    "half committed (every other part file deleted)",
+                    "half committed (every other part file set aside)",
                     f"{half['seconds']:.2f} s",
                     f"{half['new']:,}",
                     _requests(half["requests"]),

@@ -25,7 +25,7 @@ from workers.faces import Faces
 from workers.images import decode_reduced
 from workers.metrics import error_kinds, shard_metrics
 from workers.shards import Shard
-from workers.sink import ImageResult, read_footer, results_table, write_parquet
+from workers.sink import ImageResult, ShardCounts, read_footer, results_table, write_parquet
 from workers.storage import ObjectError, RangedFile, join, request_counts, storage_for
 
 CONCURRENT_SHARDS = 2
@@ -72,9 +72,31 @@ class ShardCalls:
     after another. A call Ray retries after the actor died is retried whole, so a restarted actor first
     checks each shard's file and reports a committed one from its footer instead of redoing it."""
 
-    output: str
-    info: ActorInfo
-    restarted: bool
+    def start_calls(self, output: str, format_name: str) -> None:
+        """Who this actor is (and whether Ray restarted it), where it writes; call once it is ready."""
+        context = ray.get_runtime_context()
+        self.output = output
+        self.info = ActorInfo(format_name, context.get_node_id(), f"{context.get_actor_id()}/{os.getpid()}")
+        self.restarted = bool(context.was_current_actor_reconstructed)
+        self._ready_cpu = time.process_time()
+
+    def report(
+        self, shard: Shard, counts: ShardCounts, kinds: dict[str, int], stages: dict[str, float]
+    ) -> ShardReport:
+        """The driver's report of a shard just committed (or found committed)."""
+        cpu = time.process_time() - self._ready_cpu
+        return ShardReport(
+            shard.index,
+            self.info,
+            counts.images,
+            counts.faces,
+            counts.errors,
+            kinds,
+            stages,
+            cpu,
+            request_counts(),
+            take_tracebacks(),
+        )
 
     def process(self, shards: list[Shard]) -> list[ShardReport]:
         return [self._committed(shard) or self.process_one(shard) for shard in shards]
@@ -86,26 +108,7 @@ class ShardCalls:
         uri = join(self.output, shard.file_name)
         if not self.restarted or not storage_for(uri).exists(uri):
             return None
-        counts = read_footer(pq.ParquetFile(RangedFile(uri))).counts
-        return ShardReport(
-            shard.index,
-            self.info,
-            counts.images,
-            counts.faces,
-            counts.errors,
-            {},
-            {},
-            0.0,
-            request_counts(),
-            {},
-        )
-
-
-def actor_info() -> tuple[ActorInfo, bool]:
-    """This actor's identity (its model's format filled in by the caller) and whether Ray restarted it."""
-    context = ray.get_runtime_context()
-    info = ActorInfo("", context.get_node_id(), f"{context.get_actor_id()}/{os.getpid()}")
-    return info, bool(context.was_current_actor_reconstructed)
+        return self.report(shard, read_footer(pq.ParquetFile(RangedFile(uri))).counts, {}, {})
 
 
 class ShardWorker(ShardCalls):
@@ -115,12 +118,9 @@ class ShardWorker(ShardCalls):
     def __init__(self, settings: DetectorSettings, output: str, fetchers: int = 16) -> None:
         cv2.setNumThreads(1)  # the model owns the actor's cores; many images decode in parallel instead
         self.detector = Detector(settings)
-        self.output = output
         self.pool = ThreadPoolExecutor(fetchers, thread_name_prefix="fetch")
         self.in_flight = max(2 * fetchers, 8)  # per shard
-        info, self.restarted = actor_info()
-        self.info = replace(info, format=self.detector.format.name)
-        self._ready_cpu = time.process_time()
+        self.start_calls(output, self.detector.format.name)
 
     def ready(self) -> ActorInfo:
         """Answers once the model is compiled (the constructor has run)."""
@@ -147,18 +147,7 @@ class ShardWorker(ShardCalls):
         timings.add("write", time.thread_time() - started)
         kinds = error_kinds(table["error_kind"])
         shard_metrics().record(counts.images, counts.faces, kinds, timings.seconds)
-        return ShardReport(
-            shard.index,
-            self.info,
-            counts.images,
-            counts.faces,
-            counts.errors,
-            kinds,
-            timings.seconds,
-            time.process_time() - self._ready_cpu,
-            request_counts(),
-            take_tracebacks(),
-        )
+        return self.report(shard, counts, kinds, timings.seconds)
 
     @staticmethod
     def _result(uri: str, item: _Fetched, faces: Faces | ImageFailure | None) -> ImageResult:
