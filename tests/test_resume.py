@@ -68,6 +68,9 @@ def test_committed_shards_are_compacted_into_few_sorted_part_files(
     for part in parts:
         uris = pq.read_table(part, columns=["uri"])["uri"].to_pylist()
         assert uris == sorted(uris)
+        schema = pq.ParquetFile(part).schema_arrow  # every column documented in the file itself
+        assert all(field.metadata and field.metadata[b"description"] for field in schema)
+        assert b"the person's right eye" in schema.field("faces").metadata[b"description"]
     assert_exactly_once(output, photos)
     assert sorted(p.name for p in output.iterdir()) == ["_job.json", "_shards", *(p.name for p in parts)]
     record = json.loads((output / "_job.json").read_text())

@@ -39,20 +39,37 @@ FACE_TYPE = pa.struct(
         ("landmarks", pa.list_(pa.float32())),
     ]
 )
+COLUMNS = {
+    "uri": (pa.string(), "the input image: its full s3:// URI or absolute local path"),
+    "etag": (
+        pa.string(),
+        "the version of the object processed: its S3 ETag as listed, a local file's "
+        "modification time in ns, or null (a manifest without versions)",
+    ),
+    "size": (pa.int64(), "the object's size in bytes as listed, or null"),
+    "width": (pa.int32(), "width in pixels of the decoded image after EXIF orientation; null if not decoded"),
+    "height": (pa.int32(), "height in pixels, as width"),
+    "status": (pa.string(), "ok, or error (then faces is null)"),
+    "error": (pa.string(), "what was wrong with this image, in a few words; null when ok"),
+    "error_kind": (
+        pa.string(),
+        "why, as a value: fetch, not_an_image, truncated, corrupt, too_large, "
+        "undecodable, or internal (a bug of facesweep's)",
+    ),
+    "model": (pa.string(), "the model's name or path"),
+    "faces": (
+        pa.list_(FACE_TYPE),
+        "every face, best score first: x1, y1, x2, y2 = box corners in pixels of "
+        "the original upright image (origin top left, x right, y down); score in [0, 1]; landmarks = "
+        "x, y of five points or null when the model has none: the eye on the image's left (the person's "
+        "right eye), the other eye, the nose tip, the mouth corner on the image's left, the other "
+        "mouth corner. Empty when no face, null on error rows",
+    ),
+}
 SCHEMA = pa.schema(
-    [
-        ("uri", pa.string()),
-        ("etag", pa.string()),
-        ("size", pa.int64()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("error_kind", pa.string()),
-        ("model", pa.string()),
-        ("faces", pa.list_(FACE_TYPE)),
-    ]
+    [pa.field(name, kind, metadata={"description": text}) for name, (kind, text) in COLUMNS.items()]
 )
+"""The output contract: one row per input image; each field's description is in the file's schema."""
 
 
 @dataclass(frozen=True)
