@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -180,3 +182,27 @@ def test_output_that_is_a_file_or_inside_input_is_refused(photo: Path, tmp_path:
     assert_one_line_error(facesweep(str(photo), str(tmp_path / "taken")), "is a file: give a directory")
     assert_one_line_error(facesweep(str(photo), str(photo / "detections")), "is inside INPUT")
     assert not (photo / "detections").exists()
+
+
+def test_s3_without_credentials_or_a_store_says_which_variables_to_set(
+    photo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    result = facesweep(str(photo), "s3://bucket/out")
+    assert_one_line_error(result, "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+    with socket.socket() as closed:  # a loopback port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    started = time.monotonic()
+    result = facesweep(str(photo), "s3://bucket/out")
+    assert_one_line_error(
+        result, f"cannot reach the S3 endpoint http://127.0.0.1:{port}", "check AWS_ENDPOINT_URL"
+    )
+    assert time.monotonic() - started < 20  # ten retries with backoff took 28 s

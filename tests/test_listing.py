@@ -18,7 +18,7 @@ from workers import inputs, sorted_runs
 from workers.detector import DetectorSettings
 from workers.driver import JobConfig, dry_run
 from workers.inputs import InputError, list_images, list_uris
-from workers.storage import request_counts
+from workers.storage import request_counts, storage_for
 
 
 def put(client, bucket: str, keys: list[str]) -> None:
@@ -37,6 +37,7 @@ def test_s3_prefix_is_listed_by_sub_folder_in_key_order(
     put(client, "listing", keys)
     monkeypatch.setattr(inputs, "LISTERS", 4)
     monkeypatch.setattr(inputs, "PAGE", 2)  # many pages per sub-folder, each queue filled ahead
+    storage_for("s3://listing/").exists("s3://listing/in/a.jpg")  # the client (and its probe) exists
     before = request_counts()["LIST"]
     tables = list(list_images("s3://listing/in"))
     listed = pa.concat_tables(tables)

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, EndpointConnectionError
 
 S3_SCHEME = "s3://"
 
@@ -143,7 +143,15 @@ class S3Storage:
     def _client(self):
         with self._lock:
             if self._client_obj is None:
-                self._client_obj = boto3.session.Session().client("s3", config=self._config)
+                session = boto3.session.Session()
+                if session.get_credentials() is None:
+                    raise StorageError(
+                        "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
+                        "AWS_PROFILE), and AWS_ENDPOINT_URL for an S3 store other than AWS"
+                    )
+                client = session.client("s3", config=self._config)
+                _check_reachable(session, client.meta.endpoint_url)
+                self._client_obj = client
             return self._client_obj
 
     def list(self, prefix: str) -> Iterator[str]:
@@ -261,6 +269,24 @@ def _error(uri: str, error: Exception) -> StorageError:
     code = error.response.get("Error", {}).get("Code", "") if isinstance(error, ClientError) else ""
     cls = ObjectError if code in ("NoSuchKey", "404", "AccessDenied", "403") else StorageError
     return cls(_describe(uri, error))
+
+
+def _check_reachable(session: boto3.session.Session, endpoint: str) -> None:
+    """Fails in seconds, naming the endpoint, when nothing answers there (instead of ten retries)."""
+    probe = session.client(
+        "s3", config=Config(connect_timeout=5, retries={"mode": "standard", "max_attempts": 1})
+    )
+    _count("LIST")
+    try:
+        probe.list_buckets()
+    except ClientError:
+        return  # an answer, even a refusal: the store is there
+    except (EndpointConnectionError, ConnectTimeoutError) as error:
+        where = os.environ.get("AWS_ENDPOINT_URL") or "unset, so AWS S3"
+        raise StorageError(
+            f"cannot reach the S3 endpoint {endpoint} ({type(error).__name__}): check AWS_ENDPOINT_URL "
+            f"({where}) and the network"
+        ) from None
 
 
 def _describe(uri: str, error: Exception) -> str:
