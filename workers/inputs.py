@@ -11,7 +11,7 @@
 
 Prefixes, directories and inventories yield only image files: by extension (case-insensitive), or by
 `include`, a glob matched case-insensitively against the path below the prefix (an inventory's keys).
-Manifests and inventories are not in key order: they are sorted (through disk beyond sort_runs.RUN_ROWS)
+Manifests and inventories are not in key order: they are sorted (through disk beyond sorted_runs.RUN_ROWS)
 and duplicates dropped. The version tag is the S3 ETag, a local file's modification time, or null.
 """
 
