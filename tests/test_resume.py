@@ -204,3 +204,13 @@ def test_model_checksum_pin(photos: Path, tmp_path: Path) -> None:
     wrong = subprocess.run([*command, "0" * 64], capture_output=True, text=True, timeout=120)
     assert wrong.returncode == 1 and f"has SHA-256 {checksum}, not {'0' * 64}" in wrong.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_relative_output_is_resumed_too(
+    photos: Path, tmp_path: Path, ray_local: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    run_job(job(photos, Path("out")))
+    again = run_job(job(photos, Path("./out")))
+    assert again.already_complete and again.images == 0 and again.resumed.images == PHOTOS
+    assert_exactly_once(tmp_path / "out", photos)

@@ -217,7 +217,9 @@ def _prepare(config: JobConfig, overwrite: bool, read_only: bool = False) -> _Jo
         device = check_device(config.detector.device)
     except ValueError as error:
         raise JobError(str(error)) from None
-    config = replace(config, detector=replace(config.detector, device=device))
+    # A local OUTPUT as an absolute path: actors and compactions run in other working directories.
+    output = config.output if is_s3_uri(config.output) else str(Path(config.output).absolute())
+    config = replace(config, output=output, detector=replace(config.detector, device=device))
     _check_output(config)
     checksum = inspect_model(config.detector).checksum
     listing = _non_empty(list_images(config.input, config.include), config)
