@@ -487,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         done = seen[0].resumed.images + seen[0].images if seen else 0
         print(f"interrupted: {done} images committed; re-run the same command to resume", file=sys.stderr)
         return 130
-    progress_view.close()
+    progress_view.close(result)
     for stage, text in result.tracebacks.items():
         print(f"facesweep: internal error in {stage} (the first of its kind):\n{text}", file=sys.stderr)
     print(summary(result, config.output))

@@ -3,9 +3,10 @@ and compact committed shards into few large files.
 
 Every mistake a user can make (bad model, missing bucket, empty prefix, unwritable OUTPUT) is found
 before any actor starts. The driver never waits on storage per shard: the listing and the ledger are
-streamed and compared in sorted order while shards are handed out (two per actor, which it works on at
-once), actors commit their own shard files, and Ray tasks merge each ROWS_PER_FILE committed images into
-one part file, so its loop only submits and collects Ray calls.
+streamed and compared in sorted order by a thread planning up to READ_AHEAD_IMAGES ahead while shards
+are handed out (two per actor, which it works on at once), actors commit their own shard files, and Ray
+tasks merge each ROWS_PER_FILE committed images into one part file, so its loop only submits and
+collects Ray calls.
 """
 
 from __future__ import annotations
@@ -30,7 +31,15 @@ from workers.detector import DetectorSettings, inspect_model
 from workers.inputs import InputError, is_manifest, list_images
 from workers.ledger import Ledger
 from workers.runtime import check_device, uses_gpu
-from workers.shards import PlanCounts, Shard, compare, compare_with_changes, plan_shards
+from workers.shards import (
+    READ_AHEAD_IMAGES,
+    PlanCounts,
+    Shard,
+    compare,
+    compare_with_changes,
+    plan_shards,
+    read_ahead,
+)
 from workers.sink import NO_COUNTS, CompactionReport, ShardCounts, compact
 from workers.sorted_runs import rebatch
 from workers.storage import is_s3_uri, request_counts
@@ -165,15 +174,26 @@ def run_job(
     Raises a one-line error for bad input, and OutputConflictError when OUTPUT holds another job."""
     requests_before = request_counts()
     job = _prepare(config, overwrite)
+    shards = read_ahead(job.shards, READ_AHEAD_IMAGES // job.config.shard_size)
+    try:
+        _run(job, shards, on_progress, worker)
+    finally:
+        shards.close()
+    _count_requests(job.progress, requests_before)
+    job.ledger.write_record(_record(job, finished_at=_now()))
+    return job.progress
+
+
+def _run(
+    job: _Job, shards: Iterator[Shard], on_progress: Callable[[JobProgress], None], worker: type
+) -> None:
+    """Starts Ray and the actors if there is work, dispatches every shard and compaction, stops them."""
     config, progress = job.config, job.progress
-    shards = iter(job.shards)
     first = next(shards, None)
     if first is None and not job.ledger.shards:
         progress.already_complete = not progress.redone_changed
         progress.finished = time.monotonic()
-        _count_requests(progress, requests_before)
-        job.ledger.write_record(_record(job, finished_at=_now()))
-        return progress
+        return
     job.ledger.write_record(_record(job))
     started_ray = _ensure_ray(config.ray_address)
     actors = []
@@ -193,9 +213,6 @@ def run_job(
             ray.kill(actor)
         if started_ray:
             ray.shutdown()
-    _count_requests(progress, requests_before)
-    job.ledger.write_record(_record(job, finished_at=_now()))
-    return progress
 
 
 @dataclass

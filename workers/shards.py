@@ -7,6 +7,8 @@ size differ) or vanished (done, no longer listed) are counted without either sid
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -132,3 +134,47 @@ def plan_shards(new: Iterable[pa.Table], size: int, first: int, counts: PlanCoun
     if uris:
         yield Shard(index, tuple(uris), tuple(etags), tuple(sizes))
         counts.shards += 1
+
+
+READ_AHEAD_IMAGES = 100_000
+"""Images the driver plans ahead of the actors: a job that small knows its total before its first
+shard ends, and a bigger one's listing and ledger requests overlap the work instead of stalling it."""
+
+
+@dataclass(frozen=True)
+class _End:
+    error: BaseException | None = None
+
+
+def read_ahead(shards: Iterator[Shard], limit: int) -> Iterator[Shard]:
+    """The shards of `shards`, produced by a thread up to `limit` shards ahead of the consumer; an error
+    of the plan is raised at the consumer's next step. Closing the generator stops the thread."""
+    items: queue.Queue[Shard | _End] = queue.Queue(maxsize=max(1, limit))
+    stop = threading.Event()
+
+    def put(item: Shard | _End) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for shard in shards:
+                if not put(shard):
+                    return
+            put(_End())
+        except BaseException as error:  # handed to the consumer, raised there
+            put(_End(error))
+
+    threading.Thread(target=produce, name="facesweep-plan", daemon=True).start()
+    try:
+        while not isinstance(item := items.get(), _End):
+            yield item
+        if item.error is not None:
+            raise item.error
+    finally:
+        stop.set()
