@@ -84,9 +84,7 @@ def check_contract(rows: dict[str, dict], expected_uris: set[str]) -> None:
 def test_local_directory_to_local_directory(ray_local: None, photo_dir: Path, tmp_path: Path) -> None:
     output = tmp_path / "out"
     totals: list[tuple[bool, int]] = []
-    result = run_job(
-        job(str(photo_dir), str(output)), lambda p: totals.append((p.plan.finished, p.plan.new))
-    )
+    result = run_job(job(str(photo_dir), str(output)), lambda p: totals.append((p.plan.finished, p.plan.new)))
     images = {str(p) for p in photo_dir.rglob("*") if p.suffix in (".png", ".jpg")}
     assert result.images == len(images) and result.errors == 0 and not result.failed_shards
     # The plan is read ahead: the total is known when the first of the three shards comes back.
