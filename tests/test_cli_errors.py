@@ -15,6 +15,7 @@ import pytest
 
 from jobs.demo import sample_photos
 from jobs.local_s3 import LocalS3
+from tests.paths import MODELS
 
 
 def facesweep(*args: str) -> subprocess.CompletedProcess[str]:
@@ -60,6 +61,26 @@ def test_model_without_weights_beside_it(photo: Path, tmp_path: Path) -> None:
     (tmp_path / "lonely.xml").write_text("<net/>")
     result = facesweep(str(photo), str(tmp_path / "out"), "--model", str(tmp_path / "lonely.xml"))
     assert_one_line_error(result, "lonely.xml", "lonely.bin")
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "reason"),
+    [
+        ("notes.onnx", b"not a model at all", "the file is not an ONNX model"),
+        ("broken.onnx", None, "Model can't be parsed"),  # an ONNX model's first 5,000 bytes
+        ("page.xml", b"<html><body>404</body></html>", "the file is not an OpenVINO IR"),
+    ],
+)
+def test_a_file_that_is_no_model_says_why_in_one_line(
+    photo: Path, tmp_path: Path, name: str, data: bytes | None, reason: str
+) -> None:
+    model = tmp_path / name
+    model.write_bytes(
+        data if data is not None else (MODELS / "centerface/centerface.onnx").read_bytes()[:5000]
+    )
+    model.with_suffix(".bin").write_bytes(b"")
+    result = facesweep(str(photo), str(tmp_path / "out"), "--model", str(model))
+    assert_one_line_error(result, f"cannot read model {model}: {reason}")  # and nothing else on stderr
 
 
 def test_output_under_a_file_is_not_writable(photo: Path, tmp_path: Path) -> None:

@@ -25,14 +25,14 @@ import pytest
 
 from jobs.demo import sample_photos
 from jobs.local_s3 import LocalS3, _PortPicker
+from tests.paths import MODELS
 from workers.detector import DetectorSettings
 from workers.driver import JobConfig, JobError, run_job
 from workers.models import ModelError, model_checksum, resolve_model
 
-REPO = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).with_name("ray")
 FACESWEEP = Path(sys.executable).with_name("facesweep")
-MODEL = Path(__file__).resolve().parents[2] / "shared/models/face-detection-0204/FP16/face-detection-0204.xml"
+MODEL = MODELS / "face-detection-0204/FP16/face-detection-0204.xml"
 needs_model = pytest.mark.skipif(not MODEL.is_file(), reason=f"needs {MODEL} (../shared)")
 PHOTOS = 12
 

@@ -14,12 +14,12 @@ import yaml
 
 from jobs.cli import build_parser, config_from_args, main
 from jobs.config import ConfigError, run_arguments, spec_actions, subcommand
+from tests.paths import ROOT, WIDER_SUBSET
 from workers.driver import JobConfig
 from workers.evaluate import evaluate
 
-ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "jobs").glob("*.yaml"))
-WIDER = ROOT.parent / "shared" / "data" / "widerface" / "val-subset-145"
+WIDER = WIDER_SUBSET
 
 # One value for every option of `run`, as a spec writes it and as flags write it.
 EVERY_KEY: dict[str, Any] = {

@@ -12,8 +12,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from jobs.demo import sample_photos
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.paths import ROOT
 
 
 @pytest.mark.slow
@@ -25,7 +24,7 @@ def test_demo_runs_and_leaves_a_readable_copy(tmp_path: Path) -> None:
         text=True,
         timeout=600,
         env=env,
-        cwd=REPO,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     photos = len(sample_photos())

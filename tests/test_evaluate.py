@@ -15,6 +15,7 @@ import pytest
 
 from jobs.cli import main
 from jobs.local_s3 import LocalS3
+from tests.paths import SHARED
 from workers.evaluate import (
     SETTINGS,
     GroundTruth,
@@ -34,7 +35,6 @@ from workers.nms import pairwise_iou
 from workers.sink import ImageResult, results_table, write_parquet
 from workers.storage import storage_for
 
-SHARED = Path(__file__).parents[1].parent / "shared"
 SUBSET_ANNOTATIONS = SHARED / "data/widerface/val-subset-145/annotations.txt"
 
 

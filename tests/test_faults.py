@@ -22,11 +22,11 @@ import pytest
 
 from jobs.demo import sample_photos
 from jobs.local_s3 import LocalS3, start_local_s3
+from tests.paths import ROOT
 from workers.detector import DetectorSettings
 from workers.driver import JobConfig, JobProgress, run_job
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
 PHOTOS = 12
 
 
@@ -91,7 +91,7 @@ def facesweep(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, **(env or {})},
-        cwd=REPO,
+        cwd=ROOT,
         start_new_session=True,  # its own process group: the driver and the Ray it started die together
     )
 
@@ -237,7 +237,7 @@ def test_node_lost_mid_job(photos: Path, tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
         env=env,
-        cwd=REPO,
+        cwd=ROOT,
         start_new_session=True,
     )
     try:

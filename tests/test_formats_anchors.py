@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.paths import SHARED
 from tests.references import insightface_anchor_reference
 from workers.detector import Detector, DetectorSettings
 from workers.formats import detect_format
@@ -16,7 +17,6 @@ from workers.formats.base import DecodeSettings, OutputInfo
 from workers.images import decode_image
 from workers.runtime import output_infos, read_model
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 MODELS = SHARED / "models"
 MNET = MODELS / "retinaface-mnet025-insightface"
 ONNX = MNET / "mnet.25.onnx"

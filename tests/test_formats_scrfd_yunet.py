@@ -15,6 +15,7 @@ import openvino as ov
 import pytest
 
 from jobs.demo import sample_photos
+from tests.paths import SHARED
 from tests.references import reference_loop
 from workers.detector import Detector, DetectorSettings, Prepared, inspect_model
 from workers.formats import FORMATS, detect_format, scrfd, yunet
@@ -24,7 +25,6 @@ from workers.models import ModelError
 from workers.nms import pairwise_iou
 from workers.runtime import output_infos, read_model
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 MODELS = SHARED / "models"
 SCRFD_500M = MODELS / "scrfd" / "scrfd_500m_bnkps.onnx"
 SCRFD_25G = MODELS / "scrfd" / "scrfd_2.5g.onnx"

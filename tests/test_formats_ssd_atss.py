@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from jobs.demo import sample_photos
+from tests.paths import SHARED
 from workers.detector import Detector, DetectorSettings, Prepared
 from workers.faces import Faces
 from workers.formats import FORMATS, boxes_labels, detect_format, ssd
@@ -17,7 +17,6 @@ from workers.images import decode_image
 from workers.models import ModelError
 from workers.runtime import output_infos, read_model
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 MODELS = SHARED / "models"
 WIDER = SHARED / "data" / "widerface" / "val-subset-145" / "images"
 needs_shared = pytest.mark.skipif(not MODELS.is_dir(), reason=f"real models not found at {MODELS}")

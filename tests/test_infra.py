@@ -26,8 +26,8 @@ from ray.dashboard.modules.job.cli import submit
 
 from jobs.cli import build_parser, config_from_args
 from jobs.config import run_arguments
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
 DOCKERFILE = INFRA / "docker" / "Dockerfile"
 AWS = INFRA / "aws" / "cluster.yaml"

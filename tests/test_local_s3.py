@@ -20,8 +20,8 @@ from botocore.exceptions import ClientError
 
 from jobs import local_s3 as local_s3_module
 from jobs.local_s3 import LocalS3, LocalS3Error, S3Credentials, start_local_s3
+from tests.paths import ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 REFUSED_CODES = {"AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId"}
 
 
@@ -211,7 +211,7 @@ def test_random_credentials_differ_and_hide_secret() -> None:
 def test_cli_prints_exports_and_stops_on_sigterm(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "jobs.local_s3", "--dir", str(tmp_path / "cli")],
-        cwd=REPO_ROOT,
+        cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -14,11 +14,10 @@ import pyarrow as pa
 import pytest
 
 from jobs.demo import sample_photos
+from tests.paths import ROOT
 from workers.errors import ErrorKind, internal_failure, take_tracebacks
 from workers.images import ImageError, decode_image
 from workers.metrics import error_kinds
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def image_error(data: bytes) -> ImageError:
@@ -109,7 +108,7 @@ def test_job_report_and_prometheus_metrics(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         env=env,
-        cwd=REPO,
+        cwd=ROOT,
         timeout=240,
     )
     assert job.returncode == 0, job.stderr[-3000:]

@@ -6,17 +6,15 @@ views' faces merge by the format's NMS, less the faces a tile cut at its edges. 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
 
+from tests.paths import SHARED
 from workers.detector import Detector, DetectorSettings, Timings
 from workers.faces import Faces
 from workers.nms import pairwise_intersection, pairwise_iou
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 IMAGES = SHARED / "data" / "widerface" / "val-subset-145" / "images"
 pytestmark = pytest.mark.skipif(not IMAGES.is_dir(), reason="needs ../shared (WIDER FACE val-subset-145)")
 

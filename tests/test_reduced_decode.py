@@ -3,21 +3,20 @@ the same faces, in the full image's pixels, several times less decoding."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
 
+from tests.paths import MODELS, WIDER_SUBSET
 from tests.test_bad_input import astronaut, exif_jpeg
 from workers.detector import Detector, DetectorSettings, Timings
 from workers.faces import Faces
 from workers.images import decode_image, decode_reduced
 from workers.nms import pairwise_iou
 
-SUBSET = Path(__file__).resolve().parents[2] / "shared" / "data" / "widerface" / "val-subset-145" / "images"
+SUBSET = WIDER_SUBSET / "images"
 CROWD = SUBSET / "0--Parade" / "0_Parade_Parade_0_102.jpg"
-SSD_0204 = SUBSET.parents[3] / "models" / "face-detection-0204" / "FP16" / "face-detection-0204.xml"
+SSD_0204 = MODELS / "face-detection-0204" / "FP16" / "face-detection-0204.xml"
 
 
 def jpeg(image: np.ndarray) -> bytes:

@@ -9,8 +9,7 @@ from pathlib import Path
 
 from jobs.demo import sample_photos
 from jobs.local_s3 import LocalS3
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.paths import ROOT
 
 
 def test_credentials_never_written_and_keys_cannot_escape_output(local_s3: LocalS3, tmp_path: Path) -> None:
@@ -32,7 +31,7 @@ def test_credentials_never_written_and_keys_cannot_escape_output(local_s3: Local
         text=True,
         timeout=300,
         env={**os.environ, **local_s3.env()},
-        cwd=REPO,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
     assert "images: 4   faces: 4   errors: 0" in result.stdout

@@ -14,9 +14,9 @@ import pyarrow.dataset as ds
 import pytest
 
 from jobs.cli import main as facesweep
+from tests.paths import SHARED
 from workers.evaluate import match_by_suffix, read_ground_truth, read_predictions, recall
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 SUBSET = SHARED / "data" / "widerface" / "val-subset-145"
 MODELS = SHARED / "models"
 SCORE_THRESHOLD = 0.05

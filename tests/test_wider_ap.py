@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from jobs.cli import main
+from tests.paths import WIDER
 from workers.evaluate import (
     GroundTruth,
     Predictions,
@@ -28,7 +29,6 @@ from workers.faces import Faces
 from workers.sink import ImageResult, results_table, write_parquet
 from workers.storage import storage_for
 
-WIDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "widerface"
 REFERENCE = WIDER / "reference-predictions" / "retinaface-mnet025"
 PREDICTIONS = REFERENCE / "widerface_txt"
 FULL_VAL = WIDER / "full-val-ground-truth" / "annotations.txt"

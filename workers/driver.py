@@ -454,7 +454,7 @@ def _start_actors(
         if isinstance(error, ray.exceptions.GetTimeoutError):
             raise JobError(f"actors not ready after --startup-timeout {config.startup_timeout:g} s") from None
         raise JobError(
-            f"actors could not start the model on {config.detector.device}: {_first_line(error)}"
+            f"actors could not start the model on {config.detector.device}: {_last_line(error)}"
         ) from None
     return actors
 
@@ -534,7 +534,7 @@ def _dispatch(
                     progress.files += 1
                     progress.other_requests.update(report.requests)
                 except ray.exceptions.RayError as error:
-                    progress.failed_shards.append(f"{name}: {_first_line(error)}")
+                    progress.failed_shards.append(f"{name}: {_last_line(error)}")
                 continue
             actor, batch = running.pop(ref)
             try:
@@ -542,14 +542,14 @@ def _dispatch(
                     progress.add(shard_report)
                     compactor.add(shard_report.index, shard_report.images)
             except ray.exceptions.RayError as error:
-                reason = _first_line(error)
+                reason = _last_line(error)
                 progress.failed_shards += [f"shard {shard.index}: {reason}" for shard in batch]
             submit(actor)
             on_progress(progress)
         compactions.update(compactor.ready(not running, len(compactions)))
 
 
-def _first_line(error: Exception) -> str:
+def _last_line(error: Exception) -> str:
     lines = [line for line in str(error).splitlines() if line.strip()]
     return lines[-1][:300] if lines else type(error).__name__
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import openvino as ov
+from openvino.frontend import FrontEndManager
 from openvino.preprocess import ColorFormat, PrePostProcessor
 
 from workers.formats.base import OutputInfo, Preprocess
@@ -50,18 +52,35 @@ def core() -> ov.Core:
     return _core
 
 
+FRONTENDS = {".xml": "ir", ".onnx": "onnx"}
+"""OpenVINO's frontend for each model suffix: asked first whether the file is one, so a file that is not
+never reaches OpenVINO's guessing, which tries every frontend (TensorFlow's prints protobuf errors)."""
+_NOT_A_REASON = re.compile(r"Exception from |Check '.*' failed at |FrontEnd API failed")
+
+
 def read_model(path: str, display_name: str) -> ov.Model:
     """The model at `path`; a one-line ModelError when OpenVINO cannot read it or it has several inputs."""
+    suffix = Path(path).suffix.lower()
+    frontend = FrontEndManager().load_by_framework(FRONTENDS[suffix]) if suffix in FRONTENDS else None
+    if frontend is not None and not frontend.supported(path):
+        kind = "an OpenVINO IR" if suffix == ".xml" else "an ONNX model"
+        raise ModelError(f"cannot read model {display_name}: the file is not {kind}")
     try:
         model = core().read_model(path)
     except RuntimeError as error:
-        reason = str(error).strip().splitlines()[0][:200]
-        raise ModelError(f"cannot read model {display_name}: {reason}") from None
+        raise ModelError(f"cannot read model {display_name}: {openvino_reason(error)}") from None
     if len(model.inputs) != 1:
         raise ModelError(
             f"model {display_name} has {len(model.inputs)} inputs; a face detector takes one image"
         )
     return model
+
+
+def openvino_reason(error: Exception) -> str:
+    """The reason in an OpenVINO error, without the lines naming its C++ sources."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reasons = [line for line in lines if not _NOT_A_REASON.match(line)]
+    return " ".join(reasons or lines)[:300] or type(error).__name__
 
 
 def output_infos(model: ov.Model) -> list[OutputInfo]:
