@@ -62,16 +62,22 @@ def _key(action: argparse.Action) -> str:
 
 
 def read_spec(path: str, run: argparse.ArgumentParser) -> dict[str, Any]:
-    """The spec at `path` as `run`'s parsed values by dest (null values left out: the option's default)."""
+    """The spec at `path` as `run`'s parsed values by dest (null values left out: the option's default).
+
+    Every bad key is named at once, in one line."""
     actions = spec_actions(run)
-    values = {}
+    values, problems = {}, []
     for key, value in _read_mapping(path).items():
         if key not in actions:
-            raise ConfigError(
-                f"{path}: unknown key {key!r}{_did_you_mean(key, actions)} (known: {', '.join(actions)})"
-            )
-        if value is not None:
-            values[actions[key].dest] = _convert(path, key, value, actions[key])
+            problems.append(f"unknown key {key!r}{_did_you_mean(key, actions)}")
+        elif value is not None:
+            try:
+                values[actions[key].dest] = _convert(key, value, actions[key])
+            except ConfigError as problem:
+                problems.append(str(problem))
+    if problems:
+        known = f" (known: {', '.join(actions)})" if any("unknown key" in p for p in problems) else ""
+        raise ConfigError(f"{path}: {'; '.join(problems)}{known}")
     return values
 
 
@@ -104,25 +110,23 @@ def _did_you_mean(key: str, actions: dict[str, argparse.Action]) -> str:
     return f", did you mean {close[0]!r}?" if close else ""
 
 
-def _convert(path: str, key: str, value: Any, action: argparse.Action) -> Any:
+def _convert(key: str, value: Any, action: argparse.Action) -> Any:
     """The value `run` would hold had its flag been given the value's string form."""
     if action.nargs == 0:  # a switch (store_true, store_false): true means the flag is given
         if not isinstance(value, bool):
-            raise ConfigError(f"{path}: {key} must be true or false, got {value!r}")
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
         return action.const if value else action.default
     text = _flag_text(value, takes_list=isinstance(action.metavar, str) and "," in action.metavar)
     if text is None:
-        raise ConfigError(f"{path}: {key} must be {_expected(action)}, got {value!r}")
+        raise ConfigError(f"{key} must be {_expected(action)}, got {value!r}")
     if action.choices is not None and text not in action.choices:
-        raise ConfigError(
-            f"{path}: {key} must be one of {', '.join(map(str, action.choices))}, got {value!r}"
-        )
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
     if action.type is None:
         return text
     try:
         return action.type(text)
     except (argparse.ArgumentTypeError, ValueError, TypeError):
-        raise ConfigError(f"{path}: {key} must be {_expected(action)}, got {value!r}") from None
+        raise ConfigError(f"{key} must be {_expected(action)}, got {value!r}") from None
 
 
 def _flag_text(value: Any, takes_list: bool) -> str | None:

@@ -177,6 +177,18 @@ def test_unknown_key_is_refused_by_name(tmp_path: Path, capsys: pytest.CaptureFi
     assert "unknown key 'shard-size', did you mean 'shard_size'?" in line
 
 
+def test_every_bad_key_is_named_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write_spec(
+        tmp_path, {"input": "in", "output": "out", "shard_size": 0, "scor_threshold": 0.3, "tile": "yes"}
+    )
+    line = refusal(capsys, "--config", str(spec))
+    assert line.startswith(
+        f"facesweep: error: {spec}: unknown key 'scor_threshold', did you mean 'score_threshold'?; "
+        "shard_size must be an integer of at least 1, got 0; tile must be true or false, got 'yes' "
+        "(known: input, output,"
+    ), line
+
+
 @pytest.mark.parametrize(
     ("key", "value", "expected"),
     [
