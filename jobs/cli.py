@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="s3://bucket/prefix or a local directory (or from --config)",
     )
     run.add_argument(
+        "--resume",
+        metavar="OUTPUT",
+        help="go on with the job that wrote OUTPUT, with its settings (from OUTPUT/_job.json); flags given "
+        "beside it change those that do not decide the faces (--actors, --ray-address, ...)",
+    )
+    run.add_argument(
         "--config",
         metavar="FILE",
         help="a YAML job spec (jobs/*.yaml): keys are these options' names with underscores, flags override",
@@ -457,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_export(args)
     try:
         args = run_arguments(parser, argv, args)
-    except ConfigError as error:
+    except (ConfigError, *USER_ERRORS) as error:
         print(f"facesweep: error: {error}", file=sys.stderr)
         return 1
     config = config_from_args(args)

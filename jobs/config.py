@@ -17,7 +17,9 @@ from typing import Any
 
 import yaml
 
-NOT_FROM_FILE = {"help", "config"}
+from workers.ledger import read_record
+
+NOT_FROM_FILE = {"help", "config", "resume"}
 TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", None: "a string"}
 
 
@@ -31,10 +33,15 @@ def run_arguments(
 ) -> argparse.Namespace:
     """`run`'s arguments: `argv` parsed again with the --config file's values as defaults (so flags override
     them), checked for what neither gave."""
-    if args.config:
+    if args.resume or args.config:
         run = subcommand(parser, "run")
-        run.set_defaults(**read_spec(args.config, run))
+        if args.resume:
+            run.set_defaults(**resume_values(args.resume, run))
+        if args.config:
+            run.set_defaults(**read_spec(args.config, run))
         args = parser.parse_args(argv)
+        if args.resume and args.output.rstrip("/") != args.resume.rstrip("/"):
+            raise ConfigError(f"--resume {args.resume} and OUTPUT {args.output} differ: give one of them")
     missing = [name for name in ("input", "output") if args.__dict__[name] is None]
     if missing:
         names = " and ".join(name.upper() for name in missing)
@@ -79,6 +86,20 @@ def read_spec(path: str, run: argparse.ArgumentParser) -> dict[str, Any]:
         known = f" (known: {', '.join(actions)})" if any("unknown key" in p for p in problems) else ""
         raise ConfigError(f"{path}: {'; '.join(problems)}{known}")
     return values
+
+
+def resume_values(output: str, run: argparse.ArgumentParser) -> dict[str, Any]:
+    """`facesweep run --resume OUTPUT`: the settings of the run that wrote OUTPUT (its `_job.json`), as
+    `run`'s values by dest (a spec's keys are the dests too), --reprocess-changed left out."""
+    record = read_record(output)
+    if record is None or "config" not in record:
+        raise ConfigError(
+            f"--resume {output}: no _job.json there: give the OUTPUT of an earlier `facesweep run`"
+        )
+    config = dict(record["config"])
+    values = {**config.pop("detector"), **config, "output": output}
+    dests = {action.dest for action in spec_actions(run).values()} - {"reprocess_changed"}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in dests}
 
 
 def subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:

@@ -14,6 +14,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from jobs.cli import build_parser, config_from_args
+from jobs.config import run_arguments
 from jobs.demo import sample_photos
 from workers.detector import DetectorSettings
 from workers.driver import JobConfig, run_job
@@ -214,3 +216,23 @@ def test_a_relative_output_is_resumed_too(
     again = run_job(job(photos, Path("./out")))
     assert again.already_complete and again.images == 0 and again.resumed.images == PHOTOS
     assert_exactly_once(tmp_path / "out", photos)
+
+
+def test_resume_takes_every_setting_from_output(photos: Path, tmp_path: Path, ray_local: None) -> None:
+    output = tmp_path / "out"
+    config = job(photos, output, score_threshold=0.4, rows_per_file=7)
+    run_job(config)
+    parser = build_parser()
+    argv = ["run", "--resume", str(output)]
+    resumed = config_from_args(run_arguments(parser, argv, parser.parse_args(argv)))
+    assert resumed == config
+    command = [sys.executable, "-m", "jobs.cli", "run", "--resume", str(output)]
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and again.stdout.startswith("nothing to do"), again
+    other = subprocess.run(
+        [*command, "--score-threshold", "0.3"], capture_output=True, text=True, timeout=120
+    )
+    assert other.returncode == 1 and "score_threshold" in other.stderr and "0.4 -> 0.3" in other.stderr
+    missing = subprocess.run([*command[:-1], str(photos)], capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1
+    assert f"--resume {photos}: no _job.json there" in missing.stderr

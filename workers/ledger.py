@@ -33,7 +33,7 @@ from workers.sink import (
     write_parquet,
 )
 from workers.sorted_runs import Prefetched, merge_sorted
-from workers.storage import ObjectInfo, RangedFile, Storage, is_s3_uri, join, storage_for
+from workers.storage import ObjectError, ObjectInfo, RangedFile, Storage, is_s3_uri, join, storage_for
 
 JOB_FILE = "_job.json"
 OLD_PLAN_FOLDER = "_plan"  # written by facesweep before the ledger; --overwrite removes it too
@@ -55,6 +55,14 @@ class DataFile:
     size: int
     footer: Footer
     metadata: pq.FileMetaData  # read once; streaming its rows needs no second footer GET
+
+
+def read_record(output: str) -> dict | None:
+    """OUTPUT's job record (`_job.json`), None when it has none: one GET."""
+    try:
+        return json.loads(storage_for(output).get(join(output, JOB_FILE)))
+    except ObjectError:
+        return None
 
 
 @dataclass
