@@ -275,9 +275,16 @@ def build_parser() -> argparse.ArgumentParser:
     exporter.add_argument(
         "--out",
         metavar="FILE",
-        help="local path or s3:// URI (default: "
-        + ", ".join(f"{name} for {fmt}" for fmt, name in DEFAULT_FILES.items())
-        + ")",
+        help="local path or s3:// URI; a folder (or a path ending in /) gets the default name inside it "
+        "(default: " + ", ".join(f"{name} for {fmt}" for fmt, name in DEFAULT_FILES.items()) + ")",
+    )
+    exporter.add_argument(
+        "--min-score", type=_fraction, default=0.0, help="keep faces scoring at least this (0: all)"
+    )
+    exporter.add_argument(
+        "--image-root",
+        metavar="ROOT",
+        help="coco: file_name relative to ROOT (a local folder or s3://bucket/prefix holding every image)",
     )
     return parser
 
@@ -434,7 +441,7 @@ def run_show(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     """`facesweep export`: what was written on stdout, or one line on stderr for bad input."""
     try:
-        done = export(args.output, args.format, args.out)
+        done = export(args.output, args.format, args.out, args.min_score, args.image_root)
     except (OSError, ValueError) as error:
         print(f"facesweep: error: {error}", file=sys.stderr)
         return 1

@@ -1,18 +1,22 @@
-"""`facesweep export`: a job's faces as COCO JSON, CSV or a flat Parquet with one row per face.
+"""`facesweep export`: a job's faces as COCO JSON, CSV or a flat Parquet.
 
-- `coco`: `images` (the images read without error: id, file_name = uri, width, height), `annotations` (one
-  per face: bbox `[x, y, w, h]`, area, score, `keypoints` `[x, y, v] * 5` with v = 2, or all 0 with
+- `coco`: `images` (the images read without error: id, file_name = uri, or the uri relative to
+  `--image-root`, width, height), `annotations` (one per face: bbox `[x, y, w, h]`, the box as a
+  `segmentation` polygon, area, score, `keypoints` `[x, y, v] * 5` with v = 2, or all 0 with
   `num_keypoints` 0 when the model has no landmarks), `categories` (one: face, its five keypoint names).
   Images that could not be read are not COCO images (they have no size): they are listed under the extra
-  key `errors` as `{"file_name": uri, "error": reason}`.
-- `csv`, `flat-parquet`: the columns of `workers.output.FLAT_SCHEMA`; images without faces or with errors
-  have no row.
+  key `errors` as `{"file_name": ..., "error": reason}`.
+- `csv`, `flat-parquet`: the columns of `workers.output.FLAT_SCHEMA`, one row per face and one (face
+  columns null) per image without any: every image of the output is there.
+
+`--min-score` keeps the faces scoring at least that much, in every format.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,11 +25,11 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from workers.output import BOX, LANDMARK_COLUMNS, LANDMARK_NAMES, flat_faces, read_output
-from workers.storage import storage_for
+from workers.output import BOX, LANDMARK_COLUMNS, LANDMARK_NAMES, flat_faces, one_row_per_image, read_output
+from workers.storage import is_s3_uri, join, storage_for
 
 DEFAULT_FILES = {"coco": "faces.coco.json", "csv": "faces.csv", "flat-parquet": "faces.parquet"}
-"""Where each format goes without `--out` (the current directory)."""
+"""Where each format goes without `--out` (the current directory), or in the folder `--out` names."""
 
 
 @dataclass(frozen=True)
@@ -38,38 +42,68 @@ class Exported:
     errors: int
 
 
-def export(output: str, format: str, out: str | None = None) -> Exported:
-    """Writes the faces of the facesweep output `output` in `format` to `out` (a local path or s3://)."""
-    table = read_output(output)
-    flat = flat_faces(table)
-    if format == "coco":
-        data = json.dumps(to_coco(table, flat), separators=(",", ":")).encode()
-    elif format == "csv":
-        buffer = pa.BufferOutputStream()
-        pacsv.write_csv(flat, buffer)
-        data = buffer.getvalue().to_pybytes()
-    elif format == "flat-parquet":
-        buffer = pa.BufferOutputStream()
-        pq.write_table(flat, buffer, compression="zstd")
-        data = buffer.getvalue().to_pybytes()
-    else:
+def export(
+    output: str,
+    format: str,
+    out: str | None = None,
+    min_score: float = 0.0,
+    image_root: str | None = None,
+) -> Exported:
+    """Writes the faces of the facesweep output `output` in `format` to `out` (a local path or s3://; a
+    folder gets the format's default name inside it)."""
+    if format not in DEFAULT_FILES:
         raise ValueError(f"unknown export format {format!r}: one of {', '.join(DEFAULT_FILES)}")
-    path = out or DEFAULT_FILES[format]
+    table = read_output(output)
+    if format == "coco":
+        faces = flat_faces(table)
+        faces = faces.filter(pc.greater_equal(faces["score"], pa.scalar(min_score, pa.float32())))
+        data = json.dumps(to_coco(table, faces, image_root), separators=(",", ":")).encode()
+    else:
+        rows = one_row_per_image(table, min_score)
+        faces = rows.filter(pc.is_valid(rows["face"]))
+        buffer = pa.BufferOutputStream()
+        if format == "csv":
+            pacsv.write_csv(rows, buffer)
+        else:
+            pq.write_table(rows, buffer, compression="zstd")
+        data = buffer.getvalue().to_pybytes()
+    path = destination(out, format)
     storage_for(path).put(path, data)
     errors = int(pc.sum(pc.equal(table["status"], "error")).as_py() or 0)
-    return Exported(path, table.num_rows, flat.num_rows, errors)
+    return Exported(path, table.num_rows, faces.num_rows, errors)
 
 
-def to_coco(table: pa.Table, flat: pa.Table) -> dict[str, Any]:
-    """The COCO dict of an output's rows `table` and their faces `flat` (`flat_faces(table)`)."""
+def destination(out: str | None, format: str) -> str:
+    """`out`, or the format's default file name inside it when it is a folder (ends with `/`, or is a
+    local directory), or in the current directory without it."""
+    if out is None:
+        return DEFAULT_FILES[format]
+    folder = out.endswith("/") or (not is_s3_uri(out) and Path(out).is_dir())
+    return join(out, DEFAULT_FILES[format]) if folder else out
+
+
+def file_names(uris: list[str], image_root: str | None) -> list[str]:
+    """COCO file names: the uris, or their paths below `image_root` (every uri must be below it)."""
+    if not image_root:
+        return uris
+    root = image_root.rstrip("/") + "/"
+    outside = next((uri for uri in uris if not uri.startswith(root)), None)
+    if outside is not None:
+        raise ValueError(
+            f"--image-root {image_root}: image {outside} is not below it: give a root of every image"
+        )
+    return [uri[len(root) :] for uri in uris]
+
+
+def to_coco(table: pa.Table, flat: pa.Table, image_root: str | None = None) -> dict[str, Any]:
+    """The COCO dict of an output's rows `table` and the faces `flat` of them to annotate (`flat_faces`
+    rows, maybe filtered): file names relative to `image_root` when given."""
     ok = pc.is_valid(table["faces"])
     images, failed = table.filter(ok), table.filter(pc.invert(ok))
-    image_ids = np.repeat(
-        np.arange(1, images.num_rows + 1),
-        pc.list_value_length(images["faces"]).to_numpy(zero_copy_only=False),
-    )
+    image_ids = pc.index_in(flat["uri"], value_set=images["uri"].combine_chunks()).to_numpy() + 1
     x1, y1, x2, y2 = (flat[name].to_numpy().astype(np.float64) for name in BOX)
     boxes = np.stack([x1, y1, x2 - x1, y2 - y1], axis=1)  # exact: float32 differences fit in float64
+    polygons = np.stack([x1, y1, x2, y1, x2, y2, x1, y2], axis=1)
     points = np.stack([flat[name].to_numpy().astype(np.float64) for name in LANDMARK_COLUMNS], axis=1)
     present = ~np.isnan(points).any(axis=1)
     keypoints = np.concatenate([np.nan_to_num(points).reshape(-1, 5, 2), np.zeros((len(points), 5, 1))], 2)
@@ -80,9 +114,15 @@ def to_coco(table: pa.Table, flat: pa.Table) -> dict[str, Any]:
             "model": ", ".join(pc.unique(table["model"]).to_pylist()),
         },
         "images": [
-            {"id": i, "file_name": uri, "width": width, "height": height}
-            for i, (uri, width, height) in enumerate(
-                zip(*(images[name].to_pylist() for name in ("uri", "width", "height")), strict=True), 1
+            {"id": i, "file_name": name, "width": width, "height": height}
+            for i, (name, width, height) in enumerate(
+                zip(
+                    file_names(images["uri"].to_pylist(), image_root),
+                    images["width"].to_pylist(),
+                    images["height"].to_pylist(),
+                    strict=True,
+                ),
+                1,
             )
         ],
         "annotations": [
@@ -91,16 +131,18 @@ def to_coco(table: pa.Table, flat: pa.Table) -> dict[str, Any]:
                 "image_id": image_id,
                 "category_id": 1,
                 "bbox": box,
+                "segmentation": [polygon],
                 "area": box[2] * box[3],
                 "score": score,
                 "iscrowd": 0,
                 "keypoints": [round(v) if k % 3 == 2 else v for k, v in enumerate(points)],
                 "num_keypoints": 5 if has else 0,
             }
-            for i, (image_id, box, score, points, has) in enumerate(
+            for i, (image_id, box, polygon, score, points, has) in enumerate(
                 zip(
                     image_ids.tolist(),
                     boxes.tolist(),
+                    polygons.tolist(),
                     flat["score"].to_numpy().astype(np.float64).tolist(),
                     keypoints.reshape(-1, 15).tolist(),
                     present.tolist(),
@@ -119,7 +161,7 @@ def to_coco(table: pa.Table, flat: pa.Table) -> dict[str, Any]:
             }
         ],
         "errors": [
-            {"file_name": uri, "error": error}
-            for uri, error in zip(failed["uri"].to_pylist(), failed["error"].to_pylist(), strict=True)
+            {"file_name": name, "error": error}
+            for name, error in zip(failed["uri"].to_pylist(), failed["error"].to_pylist(), strict=True)
         ],
     }

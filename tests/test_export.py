@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -36,20 +37,29 @@ def rows_of(output: Path) -> list[dict]:
     return sorted(ds.dataset(output, format="parquet").to_table().to_pylist(), key=lambda row: row["uri"])
 
 
-def expected_flat_rows(rows: list[dict]) -> list[dict]:
-    """One dict per face in FLAT_SCHEMA's columns, built row by row from the Parquet output."""
+IMAGE_KEYS = ("uri", "width", "height", "model", "status", "error", "error_kind")
+FACE_KEYS = FLAT_SCHEMA.names[len(IMAGE_KEYS) :]
+
+
+def expected_flat_rows(rows: list[dict], min_score: float = 0.0) -> list[dict]:
+    """One dict per face scoring at least `min_score` in FLAT_SCHEMA's columns, and one with null face
+    columns per image left without a face, built row by row from the Parquet output."""
     flat = []
     for row in rows:
-        for rank, face in enumerate(row["faces"] or []):
+        image = {key: row[key] for key in IMAGE_KEYS}
+        faces = [face for face in row["faces"] or [] if face["score"] >= np.float32(min_score)]
+        for rank, face in enumerate(faces):
             points = face["landmarks"] or [None] * 10
             flat.append(
                 {
-                    **{key: row[key] for key in ("uri", "width", "height", "model")},
+                    **image,
                     "face": rank,
                     **{key: face[key] for key in ("x1", "y1", "x2", "y2", "score")},
                     **dict(zip(FLAT_SCHEMA.names[-10:], points, strict=True)),
                 }
             )
+        if not faces:
+            flat.append({**image, **dict.fromkeys(FACE_KEYS)})
     return flat
 
 
@@ -80,6 +90,7 @@ def test_coco_boxes_scores_and_keypoints_equal_the_parquet_faces(output: Path, t
             x, y, w, h = annotation["bbox"]
             corners = np.float32([x, y, x + w, y + h])
             assert corners.tolist() == [face["x1"], face["y1"], face["x2"], face["y2"]]
+            assert annotation["segmentation"] == [[x, y, x + w, y, x + w, y + h, x, y + h]]
             assert annotation["area"] == pytest.approx(w * h)
             assert np.float32(annotation["score"]) == np.float32(face["score"])
             keypoints = annotation["keypoints"]
@@ -90,11 +101,15 @@ def test_coco_boxes_scores_and_keypoints_equal_the_parquet_faces(output: Path, t
             assert (annotation["category_id"], annotation["iscrowd"]) == (1, 0)
 
 
-def test_csv_and_flat_parquet_have_one_row_per_face(output: Path, tmp_path: Path) -> None:
-    expected = expected_flat_rows(rows_of(output))
-    export(str(output), "csv", str(tmp_path / "faces.csv"))
-    export(str(output), "flat-parquet", str(tmp_path / "faces.parquet"))
-    options = pacsv.ConvertOptions(column_types=FLAT_SCHEMA)
+@pytest.mark.parametrize("min_score", [0.0, 0.9])
+def test_csv_and_flat_parquet_have_a_row_per_face_and_per_image_without_one(
+    output: Path, tmp_path: Path, min_score: float
+) -> None:
+    expected = expected_flat_rows(rows_of(output), min_score)
+    assert {row["status"] for row in expected if row["face"] is None} == {"ok", "error"}
+    export(str(output), "csv", str(tmp_path / "faces.csv"), min_score)
+    export(str(output), "flat-parquet", str(tmp_path / "faces.parquet"), min_score)
+    options = pacsv.ConvertOptions(column_types=FLAT_SCHEMA, strings_can_be_null=True)
     from_csv = pacsv.read_csv(tmp_path / "faces.csv", convert_options=options)
     from_parquet = pq.read_table(tmp_path / "faces.parquet")
     assert from_parquet.schema.equals(FLAT_SCHEMA) and from_csv.schema.equals(FLAT_SCHEMA)
@@ -124,6 +139,7 @@ def test_a_model_without_landmarks_exports_null_landmarks(output: Path, tmp_path
     annotations = json.loads((tmp_path / "faces.json").read_text())["annotations"]
     assert annotations and all(a["keypoints"] == [0] * 15 and a["num_keypoints"] == 0 for a in annotations)
     flat = pq.read_table(tmp_path / "faces.parquet")
+    flat = flat.filter(pc.is_valid(flat["face"]))
     assert flat.num_rows == len(annotations)
     assert all(flat[name].null_count == flat.num_rows for name in FLAT_SCHEMA.names[-10:])
     assert flat["x1"].null_count == 0
@@ -171,3 +187,24 @@ def test_a_folder_without_parquet_is_one_line(tmp_path: Path, capsys: pytest.Cap
         == f"facesweep: error: {tmp_path}: no Parquet files: give the OUTPUT of a `facesweep run` "
         + ("that has started")
     )
+
+
+def test_coco_min_score_image_root_and_an_out_folder(output: Path, tmp_path: Path) -> None:
+    rows = rows_of(output)
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    done = export(str(output), "coco", f"{folder}", min_score=0.9, image_root=str(output.parent))
+    assert done.path == str(folder / DEFAULT_FILES["coco"])
+    coco = json.loads(Path(done.path).read_text())
+    ok = [row for row in rows if row["status"] == "ok"]
+    assert [image["file_name"] for image in coco["images"]] == [
+        str(Path(row["uri"]).relative_to(output.parent)) for row in ok
+    ]
+    scores = [face["score"] for row in ok for face in row["faces"]]
+    assert 0 < len(coco["annotations"]) == sum(score >= np.float32(0.9) for score in scores) < len(scores)
+    assert min(a["score"] for a in coco["annotations"]) >= np.float32(0.9)
+    with pytest.raises(ValueError, match=r"--image-root /elsewhere: image .* is not below it"):
+        export(str(output), "coco", str(tmp_path / "x.json"), image_root="/elsewhere")
+    fresh = tmp_path / "new-folder/"
+    assert export(str(output), "csv", f"{fresh}/").path == str(fresh / DEFAULT_FILES["csv"])
+    assert (fresh / DEFAULT_FILES["csv"]).is_file()

@@ -21,18 +21,16 @@ from workers.storage import is_s3_uri, storage_for
 BOX = ("x1", "y1", "x2", "y2")
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 LANDMARK_COLUMNS = tuple(f"{name}_{axis}" for name in LANDMARK_NAMES for axis in "xy")
+IMAGE_COLUMNS = ("uri", "width", "height", "model", "status", "error", "error_kind")
 FLAT_SCHEMA = pa.schema(
     [
-        ("uri", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("model", pa.string()),
+        *(SCHEMA.field(name) for name in IMAGE_COLUMNS),
         ("face", pa.int32()),
         *((name, pa.float32()) for name in (*BOX, "score", *LANDMARK_COLUMNS)),
     ]
 )
-"""One row per face: its image's uri, size and model, its rank in the image (0 = best score), box corners,
-score, and the five landmarks' x and y (null when the model has none)."""
+"""One row per face: its image's columns (as the output's), its rank in the image (0 = best score), box
+corners, score, and the five landmarks' x and y (null when the model has none)."""
 
 
 class OutputError(ValueError):
@@ -75,7 +73,7 @@ def flat_faces(table: pa.Table) -> pa.Table:
     values = pc.list_flatten(faces)
     lengths = pc.list_value_length(faces).fill_null(0).to_numpy(zero_copy_only=False)
     starts = np.cumsum(lengths) - lengths
-    columns = {name: table[name].take(parent) for name in ("uri", "width", "height", "model")}
+    columns = {name: table[name].take(parent) for name in IMAGE_COLUMNS}
     columns["face"] = pa.array(np.arange(len(values)) - starts[parent.to_numpy()], pa.int32())
     columns.update((name, pc.struct_field(values, name)) for name in (*BOX, "score"))
     points, present = _landmark_matrix(pc.struct_field(values, "landmarks"))
@@ -83,6 +81,18 @@ def flat_faces(table: pa.Table) -> pa.Table:
         (name, pa.array(points[:, i], pa.float32(), mask=~present)) for i, name in enumerate(LANDMARK_COLUMNS)
     )
     return pa.table(columns, schema=FLAT_SCHEMA)
+
+
+def one_row_per_image(table: pa.Table, min_score: float = 0.0) -> pa.Table:
+    """FLAT_SCHEMA rows: one per face scoring at least `min_score`, and one with null face columns for
+    every image left without a face (none found, none that high, or an error row), so "no face" never
+    looks like "not processed"; sorted by uri, then rank."""
+    flat = flat_faces(table)
+    flat = flat.filter(pc.greater_equal(flat["score"], pa.scalar(min_score, pa.float32())))
+    bare = table.filter(pc.invert(pc.is_in(table["uri"], value_set=flat["uri"].combine_chunks())))
+    nulls = {name: pa.nulls(bare.num_rows, FLAT_SCHEMA.field(name).type) for name in FLAT_SCHEMA.names}
+    bare = pa.table({**nulls, **{name: bare[name] for name in IMAGE_COLUMNS}}, schema=FLAT_SCHEMA)
+    return pa.concat_tables([flat, bare]).sort_by([("uri", "ascending"), ("face", "ascending")])
 
 
 def _landmark_matrix(landmarks: pa.Array) -> tuple[np.ndarray, np.ndarray]:
