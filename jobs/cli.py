@@ -35,6 +35,7 @@ from workers.models import BUILTIN_MODELS, DEFAULT_MODEL, ModelError
 from workers.storage import StorageError
 
 DEFAULT_MAX_ERROR_RATE = 0.1
+DEFAULT_REPORT = "facesweep-report"
 USER_ERRORS = (ModelError, UnknownFormatError, InputError, StorageError, JobError, OutputConflictError)
 
 
@@ -263,7 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     an_output = "a facesweep output: s3://bucket/prefix or a local directory"
     show = commands.add_parser("show", help="draw the faces on the images; write an HTML report to DIR")
     show.add_argument("output", metavar="OUTPUT", help=an_output)
-    show.add_argument("--out", metavar="DIR", required=True, help="folder for report.html and its images")
+    show.add_argument(
+        "--out",
+        metavar="DIR",
+        default=DEFAULT_REPORT,
+        help=f"folder for report.html and its images ({DEFAULT_REPORT})",
+    )
     show.add_argument("--limit", type=_positive_int, default=200, help="images drawn, first by uri (200)")
     show.add_argument("--min-score", type=_fraction, default=0.0, help="draw faces scoring at least (0)")
     show.add_argument(
@@ -430,11 +436,20 @@ def score(predictions: str, ground_truth: str, json_path: str | None) -> int:
 def run_show(args: argparse.Namespace) -> int:
     """`facesweep show`: the report's path on stdout, or one line on stderr for bad input."""
     try:
-        path = write_report(args.output, args.out, args.limit, args.min_score, args.ground_truth)
+        report = write_report(args.output, args.out, args.limit, args.min_score, args.ground_truth)
     except (OSError, ValueError) as error:
         print(f"facesweep: error: {error}", file=sys.stderr)
         return 1
-    print(f"report: {path}")
+    print(f"report: {report.path} ({report.drawn} images drawn)")
+    if report.unreadable and not report.drawn:
+        print(
+            f"facesweep: error: none of the {report.unreadable} images could be fetched or decoded now "
+            f"(first: {report.first_reason}): check that they are still there and readable",
+            file=sys.stderr,
+        )
+        return 1
+    if report.unreadable:
+        print(f"facesweep: {report.unreadable} images could not be shown (first: {report.first_reason})")
     return 0
 
 

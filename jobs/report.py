@@ -4,7 +4,8 @@
 OpenCV on the first `limit` images read without error (fetched from their uri, decoded upright as the job
 decoded them, so the boxes line up), and writes into the report folder:
 
-- `thumbs/NNNNNN.jpg`: 320 px wide thumbnails, `full/NNNNNN.jpg`: the whole images, both drawn;
+- `thumbs/NNNNNN-NAME.jpg`: 320 px wide thumbnails, `full/NNNNNN-NAME.jpg`: the whole images, both drawn,
+  named by their place in the grid and their source's file name;
 - `report.html`: totals, faces-per-image and score histograms (inline SVG), the table of error rows with
   their reasons, and the grid of thumbnails (each links to its full image). No script, nothing fetched.
 
@@ -17,10 +18,11 @@ from __future__ import annotations
 
 import html
 import os
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import cv2
@@ -48,7 +50,7 @@ LANDMARK_COLORS = ((255, 80, 0), (0, 220, 255), (255, 0, 255), (0, 255, 0), (0, 
 
 @dataclass(frozen=True)
 class Tile:
-    """One image of the grid: its drawn files (None when it could not be read, with `note` saying why)."""
+    """One image of the grid: its drawn files (None when it could not be read now, `note` saying why)."""
 
     uri: str
     faces: int
@@ -60,14 +62,24 @@ class Tile:
     missed: int | None = None
 
 
+@dataclass(frozen=True)
+class Report:
+    """What `write_report` wrote: the page, the images it drew, those it could not fetch or decode now."""
+
+    path: Path
+    drawn: int
+    unreadable: int
+    first_reason: str | None
+
+
 def write_report(
     output: str,
     folder: str | os.PathLike[str],
     limit: int = 200,
     min_score: float = 0.0,
     ground_truth: str | os.PathLike[str] | None = None,
-) -> Path:
-    """Writes `folder/report.html` (and its images) for the facesweep output `output`; returns its path.
+) -> Report:
+    """Writes `folder/report.html` (and its images) for the facesweep output `output`.
 
     Totals and histograms cover every row; the grid the first `limit` images (by uri) that the job read,
     with their faces scoring at least `min_score`. An image that cannot be fetched or decoded now gets a
@@ -90,13 +102,21 @@ def write_report(
 
     def render(position: int, row: int) -> Tile:
         uri = uris[row]
-        return _render(uri, faces[row], truth.get(uri), folder, f"{position:06d}.jpg", min_score)
+        return _render(uri, faces[row], truth.get(uri), folder, picture_name(position, uri), min_score)
 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         tiles = list(pool.map(render, range(len(drawn)), drawn.tolist()))
     path = folder / "report.html"
     path.write_text(_html(output, table, tiles, min_score, evaluation, ground_truth))
-    return path
+    failed = [tile.note for tile in tiles if tile.thumb is None]
+    return Report(path, len(tiles) - len(failed), len(failed), failed[0] if failed else None)
+
+
+def picture_name(position: int, uri: str) -> str:
+    """`000012-0_Parade_Parade_0_102.jpg`: the grid position, then the source's file name (characters
+    other than letters, digits, `.`, `-` and `_` as `_`)."""
+    stem = re.sub(r"[^\w.-]+", "_", PurePosixPath(uri).stem)[:100]
+    return f"{position:06d}-{stem}.jpg"
 
 
 def _render(
@@ -106,7 +126,7 @@ def _render(
     try:
         image = decode_image(storage_for(uri).get(uri))
     except (OSError, ValueError) as error:  # StorageError, ImageError
-        return Tile(uri, 0, note=f"cannot show this image: {str(error).splitlines()[0]}")
+        return Tile(uri, 0, note=str(error).splitlines()[0])
     shown = faces.take(faces.scores >= min_score)
     colors = np.tile(np.array(DETECTED), (len(shown), 1))
     missed = np.zeros((0, 4), np.float32)
@@ -256,7 +276,7 @@ def _html(
 def _tile(tile: Tile) -> str:
     name = _e(tile.uri.rsplit("/", 1)[-1])
     if tile.thumb is None:
-        picture = f"<div class=missing>{_e(tile.note or '')}</div>"
+        picture = f"<div class=missing>cannot show this image: {_e(tile.note or '')}</div>"
         caption = name
     else:
         picture = f"<a href='{tile.full}'><img class=thumb src='{tile.thumb}' alt='{name}'></a>"

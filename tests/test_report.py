@@ -40,7 +40,7 @@ def output(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def report(output: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_report(str(output), tmp_path_factory.mktemp("report"))
+    return write_report(str(output), tmp_path_factory.mktemp("report")).path
 
 
 def tiles(report: Path) -> dict[str, tuple[dict[str, int], str]]:
@@ -61,7 +61,8 @@ def test_totals_errors_and_one_thumbnail_per_image(output: Path, report: Path) -
     assert text.count("<img class=thumb") == len(ok)
     for uri, (counts, inner) in grid.items():
         assert counts["faces"] == len(rows[uri]["faces"])
-        thumb, full = re.search(r"href='(full/\d+\.jpg)'>.*src='(thumbs/\d+\.jpg)'", inner).group(2, 1)
+        thumb, full = re.search(r"href='(full/[^']+)'>.*src='(thumbs/[^']+)'", inner).group(2, 1)
+        assert full.startswith("full/0") and full.endswith(f"-{Path(uri).stem}.jpg")  # its source's name
         assert cv2.imread(str(report.parent / thumb)).shape[1] == 320
         height, width = cv2.imread(str(report.parent / full)).shape[:2]
         assert (width, height) == (rows[uri]["width"], rows[uri]["height"])
@@ -92,7 +93,7 @@ def test_boxes_are_drawn_where_the_faces_are(output: Path, report: Path) -> None
 
 
 def test_limit_and_min_score(output: Path, tmp_path: Path) -> None:
-    report = write_report(str(output), tmp_path, limit=3, min_score=0.9)
+    report = write_report(str(output), tmp_path, limit=3, min_score=0.9).path
     table = read_output(str(output))
     grid = tiles(report)
     assert len(grid) == 3
@@ -106,7 +107,7 @@ def test_limit_and_min_score(output: Path, tmp_path: Path) -> None:
 def test_ground_truth_gives_the_aps_and_marks_misses_and_false_detections(
     output: Path, tmp_path: Path
 ) -> None:
-    report = write_report(str(output), tmp_path, ground_truth=SUBSET_ANNOTATIONS)
+    report = write_report(str(output), tmp_path, ground_truth=SUBSET_ANNOTATIONS).path
     text = report.read_text()
     figures = evaluate(str(output), SUBSET_ANNOTATIONS)
     for setting, ap in figures["wider_ap"].items():
@@ -135,12 +136,29 @@ def test_an_unreadable_image_gets_a_placeholder(output: Path, tmp_path: Path) ->
     table = table.set_column(0, "uri", [uris])
     folder = tmp_path / "out"
     write_parquet(table, storage_for(str(folder)), str(folder / "part-000000.parquet"))
-    grid = tiles(write_report(str(folder), tmp_path / "report"))
+    report = write_report(str(folder), tmp_path / "report")
+    assert (report.drawn, report.unreadable) == (2, 2) and report.first_reason
+    grid = tiles(report.path)
     assert list(grid) == sorted(uris)
     gone, garbage = grid[uris[0]][1], grid[uris[1]][1]
     assert "<div class=missing>cannot show this image: " in gone and "gone.jpg" in gone
     assert "<div class=missing>cannot show this image: " in garbage and "<img" not in garbage
     assert all("<img class=thumb" in grid[uri][1] for uri in uris[2:])
+
+
+def test_show_exits_1_when_no_image_can_be_fetched_and_writes_to_its_default_folder(
+    output: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = read_output(str(output)).slice(0, 2)
+    table = table.set_column(0, "uri", [[str(tmp_path / "gone-1.jpg"), str(tmp_path / "gone-2.jpg")]])
+    folder = tmp_path / "out"
+    write_parquet(table, storage_for(str(folder)), str(folder / "part-000000.parquet"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["show", str(folder)]) == 1
+    captured = capsys.readouterr()
+    assert "none of the 2 images could be fetched or decoded now (first: " in captured.err
+    assert "gone-1.jpg" in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert (tmp_path / "facesweep-report" / "report.html").is_file()
 
 
 def test_s3_output_of_s3_photos(ray_local: None, s3_env: LocalS3, tmp_path: Path) -> None:
