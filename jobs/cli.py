@@ -27,9 +27,9 @@ from workers.driver import (
     run_job,
 )
 from workers.errors import ErrorKind
-from workers.evaluate import evaluate, format_report
+from workers.evaluate import check_pairing, evaluate, format_report
 from workers.formats import FORMATS, UnknownFormatError
-from workers.inputs import InputError
+from workers.inputs import InputError, list_images
 from workers.ledger import OutputConflictError
 from workers.models import BUILTIN_MODELS, DEFAULT_MODEL, ModelError
 from workers.storage import StorageError
@@ -489,6 +489,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"facesweep: error: {error}", file=sys.stderr)
         return 1
     config = config_from_args(args)
+    if args.ground_truth:
+        try:
+            listing = list_images(config.input, config.include)
+            check_pairing((table["uri"].to_pylist() for table in listing), args.ground_truth)
+        except (ValueError, *USER_ERRORS) as error:
+            print(f"facesweep: error: {error}", file=sys.stderr)
+            return 1
     if args.dry_run:
         try:
             print(dry_run_summary(dry_run(config, args.rate)))

@@ -227,3 +227,15 @@ def test_s3_without_credentials_or_a_store_says_which_variables_to_set(
         result, f"cannot reach the S3 endpoint http://127.0.0.1:{port}", "check AWS_ENDPOINT_URL"
     )
     assert time.monotonic() - started < 20  # ten retries with backoff took 28 s
+
+
+def test_ground_truth_that_pairs_with_no_input_image_is_refused_before_the_job(
+    photo: Path, tmp_path: Path
+) -> None:
+    truth = tmp_path / "wider_face_val_bbx_gt.txt"
+    truth.write_text("0--Parade/0_Parade_marchingband_1_465.jpg\n1\n345 211 4 4 2 0 0 0 2 0 \n")
+    result = facesweep(str(photo), str(tmp_path / "out"), "--ground-truth", str(truth))
+    assert_one_line_error(
+        result, f"--ground-truth {truth}: none of its 1 images pairs with an image of INPUT", "astronaut.png"
+    )
+    assert not (tmp_path / "out").exists()

@@ -20,6 +20,7 @@ from workers.evaluate import (
     SETTINGS,
     GroundTruth,
     Predictions,
+    evaluate,
     match_by_suffix,
     omz_ap,
     read_ground_truth,
@@ -75,6 +76,39 @@ def test_real_subset_has_145_images_and_4255_faces() -> None:
     assert len(truth) == 145
     assert sum(len(faces) for faces in truth.values()) == 4255
     assert all(name.startswith(("images/0--Parade/", "images/1--Handshaking/")) for name in truth)
+
+
+OFFICIAL_SUBSET = SHARED / "data/widerface/val-subset-145/wider_face_val_bbx_gt_subset.txt"
+REFERENCE_PREDICTIONS = SHARED / "data/widerface/reference-predictions/retinaface-mnet025/widerface_txt"
+
+
+def test_the_official_layout_reads_as_the_one_line_per_face_file() -> None:
+    if not OFFICIAL_SUBSET.is_file():
+        pytest.skip(f"WIDER FACE subset not available at {OFFICIAL_SUBSET}")
+    official, lines = read_ground_truth(OFFICIAL_SUBSET), read_ground_truth(SUBSET_ANNOTATIONS)
+    assert list(lines) == [f"images/{name}" for name in official]
+    for name, faces in official.items():
+        np.testing.assert_array_equal(faces, lines[f"images/{name}"])
+    truth = read_ground_truth_with_settings(OFFICIAL_SUBSET)
+    assert all(entry.positives is None for entry in truth.values())  # the settings are in the .mat files
+    scored_official = evaluate(str(REFERENCE_PREDICTIONS), OFFICIAL_SUBSET)
+    scored_lines = evaluate(str(REFERENCE_PREDICTIONS), SUBSET_ANNOTATIONS)
+    assert scored_official["images"]["matched"] == 145
+    assert scored_official["omz_ap"] == scored_lines["omz_ap"] > 0.5
+
+
+def test_the_official_layout_with_an_image_without_faces_and_a_cut_file(tmp_path: Path) -> None:
+    path = tmp_path / "wider_face_val_bbx_gt.txt"
+    path.write_text(
+        "a/1.jpg\n2\n1 2 3 4 0 0 0 0 0 0 \n5 6 7 8 0 0 0 0 0 0 \nb/2.jpg\n0\n0 0 0 0 0 0 0 0 0 0 \n"
+    )
+    truth = read_ground_truth(path)
+    assert list(truth) == ["a/1.jpg", "b/2.jpg"]
+    np.testing.assert_array_equal(truth["a/1.jpg"], [[1, 2, 4, 6], [5, 6, 12, 14]])
+    assert truth["b/2.jpg"].shape == (0, 4)
+    path.write_text("a/1.jpg\n3\n1 2 3 4 0 0 0 0 0 0 \n")
+    with pytest.raises(ValueError, match=r"a/1\.jpg has 3 faces but the file ends after 1"):
+        read_ground_truth(path)
 
 
 # --- IoU and recall ---------------------------------------------------------------------------

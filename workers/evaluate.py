@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -47,7 +47,8 @@ class GroundTruth(NamedTuple):
 
 
 def read_ground_truth(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """`image_relpath -> boxes [N, 4]` from an annotations file (`relpath x y w h ...` per face).
+    """`image_relpath -> boxes [N, 4]` from an annotations file (`relpath x y w h ...` per face), or
+    one in the layout of WIDER FACE's own `wider_face_val_bbx_gt.txt` (relpath, count, then the faces).
 
     `#` starts a comment; columns after `h` are ignored; images keep the order they first appear in.
     """
@@ -67,8 +68,11 @@ def read_ground_truth_with_settings(path: str | os.PathLike[str]) -> dict[str, G
 def _read_annotations(path: str | os.PathLike[str], with_settings: bool) -> dict[str, GroundTruth]:
     text = Path(path).read_text()
     lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    order = None
+    if _is_official_layout(lines):
+        lines, order = _one_line_per_face(lines, path)
     if not lines:
-        return {}
+        return {name: GroundTruth(np.zeros((0, 4), np.float32), None) for name in order or ()}
     settings = with_settings and len(lines[0].split()) > max(SETTING_COLUMNS)
     try:
         numbers = np.loadtxt(lines, np.float32, usecols=[1, 2, 3, 4, *(SETTING_COLUMNS if settings else ())])
@@ -79,11 +83,43 @@ def _read_annotations(path: str | os.PathLike[str], with_settings: bool) -> dict
     names_column = np.array([line.split(None, 1)[0] for line in lines])
     boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
     names, first, inverse = np.unique(names_column, return_index=True, return_inverse=True)
-    order = np.argsort(inverse, kind="stable")
+    order_of_lines = np.argsort(inverse, kind="stable")
     splits = np.cumsum(np.bincount(inverse))[:-1]
-    groups = np.split(boxes[order], splits)
-    flag_groups = np.split(flags[order], splits) if flags is not None else [None] * len(names)
-    return {str(names[i]): GroundTruth(groups[i], flag_groups[i]) for i in np.argsort(first)}
+    groups = np.split(boxes[order_of_lines], splits)
+    flag_groups = np.split(flags[order_of_lines], splits) if flags is not None else [None] * len(names)
+    found = {str(names[i]): GroundTruth(groups[i], flag_groups[i]) for i in np.argsort(first)}
+    if order is None:
+        return found
+    none = GroundTruth(np.zeros((0, 4), np.float32), None)
+    return {name: found.get(name, none) for name in order}
+
+
+def _is_official_layout(lines: list[str]) -> bool:
+    """WIDER FACE's own `wider_face_val_bbx_gt.txt`: an image's relpath alone on a line, then its number
+    of faces, then one `x y w h blur expression illumination invalid occlusion pose` line per face."""
+    return len(lines) > 1 and len(lines[0].split()) == 1 and lines[1].strip().isdigit()
+
+
+def _one_line_per_face(lines: list[str], path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+    """The official layout as `relpath x y w h ...` lines, and every image's relpath in order (an image
+    without faces has one line of zeros in the file, and no box)."""
+    faces, names, i = [], [], 0
+    while i < len(lines):
+        name, count = lines[i].strip(), lines[i + 1].strip() if i + 1 < len(lines) else ""
+        if len(name.split()) != 1 or not count.isdigit():
+            raise ValueError(
+                f"{path}: expected an image's relpath, then its number of faces, at {name!r} "
+                "(the layout of WIDER FACE's wider_face_val_bbx_gt.txt)"
+            )
+        boxes = lines[i + 2 : i + 2 + int(count)]
+        if len(boxes) < int(count):
+            raise ValueError(f"{path}: {name} has {count} faces but the file ends after {len(boxes)}")
+        names.append(name)
+        faces += [f"{name} {box}" for box in boxes]
+        i += 2 + int(count)
+        if int(count) == 0 and i < len(lines) and len(lines[i].split()) > 1:
+            i += 1  # the zeros line
+    return faces, names
 
 
 def read_wider_txt(folder: str | os.PathLike[str]) -> dict[str, Predictions]:
@@ -482,6 +518,22 @@ def load_predictions(source: str) -> dict[str, Predictions]:
     if next(path.glob("*/*.txt"), None) is not None:
         return read_wider_txt(path)
     raise ValueError(f"{source}: neither a facesweep output (*.parquet) nor WIDER txt predictions (*/*.txt)")
+
+
+def check_pairing(windows: Iterable[Sequence[str]], ground_truth: str | os.PathLike[str]) -> None:
+    """Before a job: a ValueError unless some image of the listing (`windows` of uris, read until one
+    pairs) pairs with an image of `ground_truth` as `evaluate` will pair them."""
+    truth = read_ground_truth(ground_truth)
+    example = None
+    for uris in windows:
+        if match_by_suffix(dict.fromkeys(uris), truth, both_ways=True):
+            return
+        example = example or (uris[0] if uris else None)
+    raise ValueError(
+        f"--ground-truth {ground_truth}: none of its {len(truth)} images pairs with an image of INPUT "
+        f"(e.g. {next(iter(truth), '-')} and {example}); an image pairs when one path ends with the other, "
+        "whole folder names"
+    )
 
 
 def evaluate(predictions: str, ground_truth: str | os.PathLike[str]) -> dict[str, Any]:
