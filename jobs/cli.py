@@ -11,11 +11,11 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import NoReturn
 
+from jobs.api import DETECTOR_OPTIONS, JOB_OPTIONS, job_config, run
 from jobs.config import ConfigError, run_arguments
 from jobs.export import DEFAULT_FILES, export
 from jobs.progress import progress_for
 from jobs.report import write_report
-from workers.detector import DetectorSettings
 from workers.driver import (
     ROWS_PER_FILE,
     STARTUP_TIMEOUT,
@@ -24,7 +24,6 @@ from workers.driver import (
     JobError,
     JobProgress,
     dry_run,
-    run_job,
 )
 from workers.errors import ErrorKind
 from workers.evaluate import check_pairing, evaluate, format_report
@@ -296,37 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> JobConfig:
-    return JobConfig(
-        input=args.input,
-        output=args.output,
-        detector=DetectorSettings(
-            model=args.model,
-            device=args.device,
-            score_threshold=args.score_threshold,
-            nms_threshold=args.nms_threshold,
-            format=args.format,
-            resize=args.resize,
-            input_size=args.input_size,
-            color=args.color,
-            mean=args.mean,
-            scale=args.scale,
-            face_label=args.face_label,
-            batch=args.batch,
-            precision=args.precision,
-            model_sha256=args.model_sha256,
-            scales=args.scales,
-            tile=args.tile,
-            reduced_decode=args.reduced_decode,
-        ),
-        actors=args.actors,
-        cpus_per_actor=args.cpus_per_actor,
-        shard_size=args.shard_size,
-        include=args.include,
-        ray_address=args.ray_address,
-        rows_per_file=args.rows_per_file,
-        startup_timeout=args.startup_timeout,
-        reprocess_changed=args.reprocess_changed,
-    )
+    """The job `run`'s arguments describe (the flags that are not a job's, like --dry-run, left out)."""
+    options = {k: v for k, v in vars(args).items() if k in DETECTOR_OPTIONS | JOB_OPTIONS}
+    return job_config(args.input, args.output, args.model, **options)
 
 
 def summary(progress: JobProgress, output: str) -> str:
@@ -512,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress_view(progress)
 
     try:
-        result = run_job(config, on_progress, overwrite=args.overwrite)
+        result = run(config, on_progress=on_progress, overwrite=args.overwrite)
     except USER_ERRORS as error:
         progress_view.close()
         print(f"facesweep: error: {error}", file=sys.stderr)

@@ -1,0 +1,116 @@
+"""facesweep's Python API (`import facesweep`): a detector for a script's own images, the same detector
+as a Ray Data `map_batches` stage, and whole jobs as `facesweep run` runs them (the CLI calls `job_config`
+and `run`).
+
+    import facesweep
+    detector = facesweep.FaceDetector("retinaface-mnet025", score_threshold=0.6)
+    [result] = detector.detect([open("group.jpg", "rb").read()])
+    result.faces.boxes, result.faces.scores, result.faces.landmarks  # [N, 4], [N], [N, 5, 2] or None
+
+    facesweep.run("s3://bucket/photos", "s3://bucket/faces", actors=8)
+
+    ds = ray.data.read_binary_files("s3://bucket/photos", include_paths=True)
+    faces = ds.map_batches(facesweep.FaceDetector, fn_constructor_kwargs={"model": "face-detection-0204"},
+                           batch_size=32, concurrency=4, num_cpus=2)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields
+from typing import Any
+
+import cv2
+import numpy as np
+import pyarrow as pa
+
+from workers.detector import Detector, DetectorSettings, Timings
+from workers.driver import JobConfig, JobProgress, run_job
+from workers.models import DEFAULT_MODEL
+from workers.pipeline import ImagePipeline, Loaded
+from workers.sink import SCHEMA, ImageResult, results_table
+
+DETECTOR_OPTIONS = frozenset(f.name for f in fields(DetectorSettings)) - {"model"}
+JOB_OPTIONS = frozenset(f.name for f in fields(JobConfig)) - {"input", "output", "detector"}
+RESULT_COLUMNS = ("width", "height", "status", "error", "error_kind", "model", "faces")
+"""What `FaceDetector` adds to a Ray Data batch: the output contract's columns but the uri and version."""
+IMAGE_COLUMNS = {"bytes": "BGR", "image": "RGB"}
+"""Ray Data's image columns: `read_binary_files`' encoded `bytes`, `read_images`' decoded RGB `image`."""
+
+
+def job_config(input: str, output: str, model: str = DEFAULT_MODEL, **options: Any) -> JobConfig:
+    """A job as `facesweep run INPUT OUTPUT` takes it: `options` are its flags' names with underscores
+    (`score_threshold=0.6`, `actors=4`, `tile=True`); a name it does not know is a TypeError."""
+    unknown = set(options) - DETECTOR_OPTIONS - JOB_OPTIONS
+    if unknown:
+        raise TypeError(f"unknown job options: {', '.join(sorted(unknown))}")
+    detector = DetectorSettings(model, **{k: v for k, v in options.items() if k in DETECTOR_OPTIONS})
+    return JobConfig(input, output, detector, **{k: v for k, v in options.items() if k in JOB_OPTIONS})
+
+
+def run(
+    job: JobConfig | str,
+    output: str | None = None,
+    model: str = DEFAULT_MODEL,
+    on_progress: Callable[[JobProgress], None] = lambda _: None,
+    overwrite: bool = False,
+    **options: Any,
+) -> JobProgress:
+    """Runs a job to the end as `facesweep run` does (resuming what OUTPUT holds) and returns its totals:
+    `run(job_config(...))`, or `run(INPUT, OUTPUT, model, **options)` as `job_config` takes them. Raises
+    the CLI's one-line errors (ModelError, InputError, StorageError, JobError, OutputConflictError)."""
+    if not isinstance(job, JobConfig):
+        if output is None:
+            raise TypeError("run(INPUT, OUTPUT, ...) needs OUTPUT")
+        job = job_config(job, output, model, **options)
+    elif output is not None or options:
+        raise TypeError("run(job_config) takes no OUTPUT or options: they are in the JobConfig")
+    return run_job(job, on_progress, overwrite=overwrite)
+
+
+class FaceDetector:
+    """One compiled model, as a job's actor holds it, for images in memory; also a Ray Data callable class.
+
+    `settings` are DetectorSettings' fields (`score_threshold`, `device`, `precision`, `tile`, `scales`,
+    ...); `threads` defaults to this machine's CPUs (the model's streams and the image decoders)."""
+
+    def __init__(self, model: str = DEFAULT_MODEL, threads: int | None = None, **settings: Any) -> None:
+        threads = threads or os.cpu_count() or 1
+        self.detector = Detector(DetectorSettings(model, threads=threads, **settings))
+        self._pipeline = ImagePipeline(
+            self.detector, ThreadPoolExecutor(threads, thread_name_prefix="decode"), in_flight=4 * threads
+        )
+
+    def detect(self, images: Sequence[Loaded], names: Sequence[str] | None = None) -> list[ImageResult]:
+        """One result per image, in order: its size and faces (`result.faces`, best first, in the image's
+        pixels), or `result.error` and `result.error_kind` for an image that could not be read. Images are
+        encoded bytes (decoded as a job decodes them: EXIF orientation, reduced JPEG decoding) or BGR uint8
+        HxWx3 arrays (OpenCV's order). `names` become the results' `uri` (default: the position)."""
+        names = [str(i) for i in range(len(images))] if names is None else list(names)
+        if len(names) != len(images):
+            raise ValueError(f"{len(images)} images but {len(names)} names")
+        return self._pipeline.run(names, images.__getitem__, Timings())
+
+    def detect_table(self, images: Sequence[Loaded], names: Sequence[str] | None = None) -> pa.Table:
+        """`detect`'s results as rows of the job's output contract (workers.sink.SCHEMA)."""
+        return results_table(self.detect(images, names), self.detector.settings.model)
+
+    def __call__(self, batch: Mapping[str, np.ndarray]) -> pa.Table:
+        """A Ray Data batch (numpy format) with a `bytes` column (`read_binary_files`) or an `image` one
+        (`read_images`, RGB), as a table: its other columns, then RESULT_COLUMNS."""
+        column = next((name for name in IMAGE_COLUMNS if name in batch), None)
+        if column is None:
+            raise ValueError(f"a batch needs a `bytes` or `image` column, not only {', '.join(batch)}")
+        images = list(batch[column])
+        if IMAGE_COLUMNS[column] == "RGB":
+            images = [cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR) for image in images]
+        else:
+            images = [bytes(image) for image in images]
+        table = self.detect_table(images)
+        kept = {name: pa.array(list(values)) for name, values in batch.items() if name != column}
+        return pa.table({**kept, **{name: table[name] for name in RESULT_COLUMNS}})
+
+
+__all__ = ["SCHEMA", "FaceDetector", "ImageResult", "JobProgress", "job_config", "run"]

@@ -1,0 +1,87 @@
+"""The Python API (`import facesweep`): a detector for a script's images, as a Ray Data stage, and jobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+
+import facesweep
+from jobs.demo import sample_photos
+from tests.test_pipeline import ASTRONAUT_FACE
+from workers.nms import pairwise_iou
+
+MODEL = "retinaface-mnet025"
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("api-photos")
+    for key, path in sample_photos()[:6]:
+        (folder / key.replace("/", "_")).write_bytes(path.read_bytes())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def detector() -> facesweep.FaceDetector:
+    return facesweep.FaceDetector(MODEL, threads=2, precision="f32")
+
+
+def test_detect_bytes_and_arrays_with_bad_images_as_their_own_errors(
+    detector: facesweep.FaceDetector, photos: Path
+) -> None:
+    [astronaut] = photos.glob("*astronaut.png")
+    data = astronaut.read_bytes()
+    results = detector.detect([data, cv2.imread(str(astronaut)), b"junk", np.zeros((4, 4), np.uint8)])
+    from_bytes, from_array, junk, flat = results
+    assert (from_bytes.width, from_bytes.height) == (512, 512) and from_bytes.error is None
+    assert pairwise_iou(from_bytes.faces.boxes[:1], ASTRONAUT_FACE, plus_one=False)[0, 0] >= 0.8
+    assert from_bytes.faces.landmarks.shape == (len(from_bytes.faces), 5, 2)
+    np.testing.assert_array_equal(from_array.faces.boxes, from_bytes.faces.boxes)  # a PNG: same pixels
+    assert (junk.faces, junk.error_kind) == (None, "not_an_image")
+    assert flat.error_kind == "not_an_image" and "HxWx3 uint8" in flat.error
+    assert [r.uri for r in results] == ["0", "1", "2", "3"]
+    table = detector.detect_table([data], names=["astronaut"])
+    assert table.schema.equals(facesweep.SCHEMA) and table["uri"].to_pylist() == ["astronaut"]
+
+
+def test_a_job_through_the_api_finds_what_detect_finds(
+    ray_local: None, detector: facesweep.FaceDetector, photos: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(TypeError, match="unknown job options: scor_threshold"):
+        facesweep.job_config(str(photos), str(tmp_path / "out"), scor_threshold=0.3)
+    config = facesweep.job_config(
+        str(photos), str(tmp_path / "out"), MODEL, precision="f32", actors=1, cpus_per_actor=1, shard_size=2
+    )
+    progress = facesweep.run(config)
+    files = sorted(photos.iterdir())
+    assert progress.images == len(files) and progress.errors == 0
+    rows = ds.dataset(tmp_path / "out", format="parquet").to_table().sort_by("uri")
+    direct = detector.detect_table([p.read_bytes() for p in files], [str(p) for p in files])
+    assert rows["uri"].equals(direct["uri"]) and rows["faces"].equals(direct["faces"])
+
+
+def test_the_detector_as_a_ray_data_stage(
+    ray_local: None, detector: facesweep.FaceDetector, photos: Path
+) -> None:
+    import ray.data
+
+    files = sorted(photos.iterdir())
+    stage = ray.data.read_binary_files(str(photos), include_paths=True).map_batches(
+        facesweep.FaceDetector,
+        fn_constructor_kwargs={"model": MODEL, "threads": 1, "precision": "f32"},
+        batch_size=4,
+        concurrency=1,
+        num_cpus=1,
+    )
+    rows = {row["path"]: row for row in stage.take_all()}
+    assert sorted(rows) == [str(p) for p in files]
+    direct = detector.detect_table([p.read_bytes() for p in files], [str(p) for p in files]).to_pylist()
+    for expected in direct:
+        row = rows[expected["uri"]]
+        assert "bytes" not in row and row["status"] == "ok" and row["model"] == MODEL
+        assert (row["width"], row["height"]) == (expected["width"], expected["height"])
+        assert [face["score"] for face in row["faces"]] == [face["score"] for face in expected["faces"]]

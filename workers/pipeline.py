@@ -1,0 +1,124 @@
+"""Images in, one result each out: load -> decode -> prepare in a thread pool while the model runs on
+earlier images (boto3 and OpenCV release the GIL), so the model never waits for the network or the decoder.
+
+Whatever an image's bytes do to the decoder or the preprocessing is that image's error row, never its
+neighbours'. The actor feeds it a shard's uris (loaded from storage); `jobs/api.py` feeds it a script's own
+bytes or arrays.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+import numpy as np
+
+from workers.detector import Detector, Prepared, Timings
+from workers.errors import ErrorKind, ImageError, ImageFailure, internal_failure
+from workers.faces import Faces
+from workers.images import decode_reduced
+from workers.sink import ImageResult
+from workers.storage import ObjectError
+
+Loaded = bytes | np.ndarray
+"""An encoded image (JPEG, PNG, ...: decoded as a job decodes it) or a decoded BGR uint8 HxWx3 array."""
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    position: int
+    width: int | None = None
+    height: int | None = None
+    prepared: Prepared | None = None
+    failure: ImageFailure | None = None
+
+
+class ImagePipeline:
+    """Runs `detector` over images, `in_flight` of them loaded and prepared ahead in `pool`."""
+
+    def __init__(self, detector: Detector, pool: ThreadPoolExecutor, in_flight: int) -> None:
+        self.detector, self.pool, self.in_flight = detector, pool, in_flight
+
+    def run(self, names: Sequence[str], load: Callable[[int], Loaded], timings: Timings) -> list[ImageResult]:
+        """One result per name, in order; `load(i)` gives image i (an ObjectError: its fetch failed; any
+        other StorageError fails the whole call, as a store that is down should)."""
+        prepared: dict[int, _Prepared] = {}
+
+        def ready() -> Iterator[tuple[int, Prepared]]:
+            for item in self._prepare_all(len(names), load, timings):
+                prepared[item.position] = item
+                if item.prepared is not None:
+                    yield item.position, item.prepared
+
+        faces = self.detector.detect(ready(), timings)
+        return [_result(name, prepared[i], faces.get(i)) for i, name in enumerate(names)]
+
+    def _prepare_all(
+        self, count: int, load: Callable[[int], Loaded], timings: Timings
+    ) -> Iterator[_Prepared]:
+        """Prepared images in completion order, at most `in_flight` held at once."""
+        pending: set[Future[_Prepared]] = set()
+        positions = iter(range(count))
+        try:
+            for position in positions:
+                pending.add(self.pool.submit(self._prepare_one, position, load, timings))
+                if len(pending) >= self.in_flight:
+                    break
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+                    position = next(positions, None)
+                    if position is not None:
+                        pending.add(self.pool.submit(self._prepare_one, position, load, timings))
+        finally:  # a failing call (a store that stays down) leaves no work behind in the shared pool
+            for future in pending:
+                future.cancel()
+
+    def _prepare_one(self, position: int, load: Callable[[int], Loaded], timings: Timings) -> _Prepared:
+        clock = time.thread_time()
+        try:
+            data = load(position)
+        except ObjectError as error:  # this object is missing or forbidden; a failing store fails the call
+            return _Prepared(position, failure=ImageFailure(ErrorKind.FETCH, f"fetch failed: {error}"))
+        clock = _lap(timings, "fetch", clock)
+        try:
+            if isinstance(data, np.ndarray):
+                image, (width, height) = _checked_array(data), (data.shape[1], data.shape[0])
+            else:
+                image, (width, height) = decode_reduced(data, self.detector.reduction)
+        except ImageError as error:
+            return _Prepared(position, failure=error.failure)
+        except Exception as error:
+            return _Prepared(position, failure=internal_failure("image decoding", error))
+        clock = _lap(timings, "decode", clock)
+        try:
+            prepared = self.detector.prepare(image, (width, height))
+        except Exception as error:
+            return _Prepared(position, width, height, failure=internal_failure("preprocessing", error))
+        _lap(timings, "preprocess", clock)
+        return _Prepared(position, width, height, prepared)
+
+
+def _checked_array(image: np.ndarray) -> np.ndarray:
+    """A decoded image as the detector takes it: HxWx3 uint8, else this image's error."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+        raise ImageError(
+            f"not an HxWx3 uint8 image: {image.dtype} array of shape {image.shape}", ErrorKind.NOT_AN_IMAGE
+        )
+    return np.ascontiguousarray(image)
+
+
+def _result(name: str, item: _Prepared, faces: Faces | ImageFailure | None) -> ImageResult:
+    failure = item.failure or (faces if isinstance(faces, ImageFailure) else None)
+    if failure is not None:
+        return ImageResult(name, item.width, item.height, error=failure.message, error_kind=failure.kind)
+    return ImageResult(name, item.width, item.height, faces=faces)
+
+
+def _lap(timings: Timings, stage: str, since: float) -> float:
+    now = time.thread_time()
+    timings.add(stage, now - since)
+    return now
