@@ -313,6 +313,7 @@ def summary(progress: JobProgress, output: str) -> str:
             f"throughput: {progress.processing_images_per_second:.1f} images/s after start-up, "
             f"{progress.images_per_second:.1f} images/s overall",
             f"output: {output} ({progress.files} Parquet files written)",
+            f"next: facesweep show {output}  (or export it: --format coco|csv|flat-parquet)",
         ]
         if resumed.images:
             lines.insert(1, f"resumed: {plan.done} images already done by earlier runs ({earlier} in OUTPUT)")
@@ -320,7 +321,7 @@ def summary(progress: JobProgress, output: str) -> str:
     lines += _changes(plan.changed, plan.vanished, progress.redone_changed, plan.changed_examples)
     if progress.errors:
         kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(progress.error_kinds.items()))
-        lines.append(f"errors by kind: {kinds}; the rows: {error_query(output)}")
+        lines += [f"errors by kind: {kinds}", f"error rows: {error_query(output)}"]
     if progress.failed_shards:
         lines.append(f"failed ({len(progress.failed_shards)}), re-run to retry them:")
         lines += [f"  {failure}" for failure in progress.failed_shards]

@@ -137,10 +137,14 @@ def test_too_many_error_rows_exit_1_and_the_summary_says_how_to_find_them(
     failed = facesweep(str(folder), str(tmp_path / "strict"), *options)
     assert failed.returncode == 1, failed.stderr
     assert "more than --max-error-rate 0.1" in failed.stderr.strip().splitlines()[-1]
-    assert "errors by kind: not_an_image 1; the rows: duckdb -c" in failed.stdout
+    assert "errors by kind: not_an_image 1\nerror rows: duckdb -c" in failed.stdout
     assert f"FROM '{tmp_path / 'strict'}/*.parquet' WHERE status = 'error'" in failed.stdout
     tolerated = facesweep(str(folder), str(tmp_path / "lenient"), *options, "--max-error-rate", "0.5")
     assert tolerated.returncode == 0, tolerated.stderr
+    lines = tolerated.stdout.strip().splitlines()
+    assert f"next: facesweep show {tmp_path / 'lenient'}" in tolerated.stdout
+    short = [line.replace(str(tmp_path / "lenient"), "OUT") for line in lines]
+    assert len(lines) <= 8 and all(len(line) <= 100 for line in short), short  # fits a terminal
 
 
 def test_actors_that_cannot_be_placed_are_refused_at_once(photo: Path, tmp_path: Path) -> None:
