@@ -60,7 +60,7 @@ class SimulatedWorker(ShardCalls):
 
     CONCURRENCY = 32
 
-    def __init__(self, settings: object, output: str) -> None:
+    def __init__(self, settings: object, output: str, containers: object = None) -> None:
         self.start_calls(output, "simulated")
 
     def ready(self) -> ActorInfo:

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
+from workers.containers import ContainerSettings
 from workers.detector import Detector, DetectorSettings, Timings
 from workers.driver import JobConfig, JobProgress, run_job
 from workers.models import DEFAULT_MODEL
@@ -33,7 +34,9 @@ from workers.pipeline import ImagePipeline, Loaded
 from workers.sink import SCHEMA, ImageResult, results_table
 
 DETECTOR_OPTIONS = frozenset(f.name for f in fields(DetectorSettings)) - {"model"}
-JOB_OPTIONS = frozenset(f.name for f in fields(JobConfig)) - {"input", "output", "detector"}
+CONTAINER_OPTIONS = frozenset(f.name for f in fields(ContainerSettings))
+JOB_OPTIONS = frozenset(f.name for f in fields(JobConfig)) - {"input", "output", "detector", "containers"}
+OPTIONS = DETECTOR_OPTIONS | CONTAINER_OPTIONS | JOB_OPTIONS
 RESULT_COLUMNS = ("width", "height", "status", "error", "error_kind", "model", "faces")
 """What `FaceDetector` adds to a Ray Data batch: the output contract's columns but the uri and version."""
 IMAGE_COLUMNS = {"bytes": "BGR", "image": "RGB"}
@@ -43,11 +46,13 @@ IMAGE_COLUMNS = {"bytes": "BGR", "image": "RGB"}
 def job_config(input: str, output: str, model: str = DEFAULT_MODEL, **options: Any) -> JobConfig:
     """A job as `facesweep run INPUT OUTPUT` takes it: `options` are its flags' names with underscores
     (`score_threshold=0.6`, `actors=4`, `tile=True`); a name it does not know is a TypeError."""
-    unknown = set(options) - DETECTOR_OPTIONS - JOB_OPTIONS
+    unknown = set(options) - OPTIONS
     if unknown:
         raise TypeError(f"unknown job options: {', '.join(sorted(unknown))}")
     detector = DetectorSettings(model, **{k: v for k, v in options.items() if k in DETECTOR_OPTIONS})
-    return JobConfig(input, output, detector, **{k: v for k, v in options.items() if k in JOB_OPTIONS})
+    containers = ContainerSettings(**{k: v for k, v in options.items() if k in CONTAINER_OPTIONS})
+    job = {k: v for k, v in options.items() if k in JOB_OPTIONS}
+    return JobConfig(input, output, detector, containers=containers, **job)
 
 
 def run(

@@ -11,11 +11,12 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import NoReturn
 
-from jobs.api import DETECTOR_OPTIONS, JOB_OPTIONS, job_config, run
+from jobs.api import OPTIONS, job_config, run
 from jobs.config import ConfigError, run_arguments
 from jobs.export import DEFAULT_FILES, export
 from jobs.progress import progress_for
 from jobs.report import write_report
+from workers.containers import PIECE_BYTES
 from workers.driver import (
     ROWS_PER_FILE,
     STARTUP_TIMEOUT,
@@ -211,7 +212,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=ROWS_PER_FILE,
         help=f"images per output Parquet file; committed shards are compacted into them ({ROWS_PER_FILE})",
     )
-    run.add_argument("--include", metavar="GLOB", help="take keys matching GLOB (default: image extensions)")
+    run.add_argument(
+        "--include", metavar="GLOB", help="take keys matching GLOB (default: image and container extensions)"
+    )
+    containers = run.add_argument_group(
+        "containers: WebDataset .tar / .tar.gz, Parquet tables of image bytes"
+    )
+    containers.add_argument(
+        "--image-column", metavar="NAME", help="Parquet: the image bytes column (default: the only one)"
+    )
+    containers.add_argument(
+        "--id-column", metavar="NAME", help="Parquet: a column carried into the output as `key`"
+    )
+    containers.add_argument(
+        "--piece-bytes",
+        type=_positive_int,
+        default=PIECE_BYTES,
+        metavar="N",
+        help=f"a container's bytes per shard ({PIECE_BYTES}); a job keeps its value",
+    )
     run.add_argument("--ray-address", help="an existing Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     run.add_argument("--overwrite", action="store_true", help="redo the job from scratch in OUTPUT")
     run.add_argument(
@@ -296,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> JobConfig:
     """The job `run`'s arguments describe (the flags that are not a job's, like --dry-run, left out)."""
-    options = {k: v for k, v in vars(args).items() if k in DETECTOR_OPTIONS | JOB_OPTIONS}
+    options = {k: v for k, v in vars(args).items() if k in OPTIONS}
     return job_config(args.input, args.output, args.model, **options)
 
 

@@ -97,7 +97,7 @@ def resume_values(output: str, run: argparse.ArgumentParser) -> dict[str, Any]:
             f"--resume {output}: no _job.json there: give the OUTPUT of an earlier `facesweep run`"
         )
     config = dict(record["config"])
-    values = {**config.pop("detector"), **config, "output": output}
+    values = {**config.pop("detector"), **config.pop("containers", {}), **config, "output": output}
     dests = {action.dest for action in spec_actions(run).values()} - {"reprocess_changed"}
     return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in dests}
 

@@ -24,8 +24,8 @@ class TerminalProgress:
     def __call__(self, progress: JobProgress) -> None:
         if self._bar is None:
             self._bar = tqdm(total=None, file=self._stream, dynamic_ncols=True, bar_format=self.COUNTING)
-        if progress.plan.finished and self._bar.total is None:
-            self._bar.total = progress.plan.new
+        if progress.plan.images_known is not None and self._bar.total is None:
+            self._bar.total = progress.plan.images_known
             self._bar.bar_format = self.KNOWN
         self._bar.n = progress.images
         self._bar.set_postfix_str(_status(progress, self._bar.total), refresh=True)
@@ -57,7 +57,8 @@ class LogProgress:
 
     def __call__(self, progress: JobProgress) -> None:
         plan = progress.plan
-        total = str(plan.new) if plan.finished else f"{plan.new}+"
+        known = plan.images_known
+        total = str(known) if known is not None else f"{plan.new - plan.pieces}+"
         print(
             f"shard {progress.shards}: {progress.images}/{total} images, {progress.faces} faces, "
             f"{progress.errors} errors, {progress.processing_images_per_second:.1f} img/s",

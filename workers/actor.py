@@ -17,12 +17,13 @@ import cv2
 import pyarrow.parquet as pq
 import ray
 
+from workers.containers import ContainerSettings, parse_piece, read_piece
 from workers.detector import Detector, DetectorSettings, Timings
-from workers.errors import take_tracebacks
+from workers.errors import ImageError, take_tracebacks
 from workers.metrics import error_kinds, shard_metrics
 from workers.pipeline import ImagePipeline
 from workers.shards import Shard
-from workers.sink import ShardCounts, read_footer, results_table, write_parquet
+from workers.sink import ImageResult, Piece, ShardCounts, read_footer, results_table, write_parquet
 from workers.storage import RangedFile, join, request_counts, storage_for
 
 CONCURRENT_SHARDS = 2
@@ -103,9 +104,16 @@ class ShardWorker(ShardCalls):
     """Holds one compiled detector; processes shards into OUTPUT, CONCURRENT_SHARDS calls at a time
     (thread-safe: each shard has its own requests and timings). Ray wraps it as a threaded actor."""
 
-    def __init__(self, settings: DetectorSettings, output: str, fetchers: int = 16) -> None:
+    def __init__(
+        self,
+        settings: DetectorSettings,
+        output: str,
+        containers: ContainerSettings = ContainerSettings(),  # noqa: B008 (frozen)
+        fetchers: int = 16,
+    ) -> None:
         cv2.setNumThreads(1)  # the model owns the actor's cores; many images decode in parallel instead
         self.detector = Detector(settings)
+        self.containers = containers
         pool = ThreadPoolExecutor(fetchers, thread_name_prefix="fetch")
         self.pipeline = ImagePipeline(self.detector, pool, in_flight=max(2 * fetchers, 8))  # per shard
         self.start_calls(output, self.detector.format.name)
@@ -116,16 +124,48 @@ class ShardWorker(ShardCalls):
 
     def process_one(self, shard: Shard) -> ShardReport:
         timings = Timings()
-        uris = shard.uris
-        results = self.pipeline.run(uris, lambda i: storage_for(uris[i]).get(uris[i]), timings)
-        results = [
-            replace(result, etag=etag, size=size)
-            for result, etag, size in zip(results, shard.etags, shard.sizes, strict=True)
-        ]
+        piece = parse_piece(shard.uris[0]) if len(shard.uris) == 1 else None
+        if piece is None:
+            uris = shard.uris
+            results = self.pipeline.run(uris, lambda i: storage_for(uris[i]).get(uris[i]), timings)
+            results = [
+                replace(result, etag=etag, size=size)
+                for result, etag, size in zip(results, shard.etags, shard.sizes, strict=True)
+            ]
+            pieces: list[Piece] = []
+        else:
+            results = self._container_piece(shard, timings)
+            pieces = [(shard.uris[0], shard.etags[0], shard.sizes[0])]
         started = time.thread_time()
         table = results_table(results, self.detector.settings.model)
-        counts = write_parquet(table, storage_for(self.output), join(self.output, shard.file_name))
+        output = join(self.output, shard.file_name)
+        counts = write_parquet(table, storage_for(self.output), output, pieces=pieces)
         timings.add("write", time.thread_time() - started)
         kinds = error_kinds(table["error_kind"])
         shard_metrics().record(counts.images, counts.faces, kinds, timings.seconds)
         return self.report(shard, counts, kinds, timings.seconds)
+
+    def _container_piece(self, shard: Shard, timings: Timings) -> list[ImageResult]:
+        """The results of a container piece's image members (read with a few ranged GETs)."""
+        piece, etag, size = shard.uris[0], shard.etags[0], shard.sizes[0]
+        clock = time.thread_time()
+        members = read_piece(piece, size, self.containers)
+        timings.add("fetch", time.thread_time() - clock)
+
+        def load(i: int) -> bytes:
+            member = members[i]
+            if member.failure is not None:
+                raise ImageError(member.failure.message, member.failure.kind)
+            return member.data
+
+        results = self.pipeline.run([m.name for m in members], load, timings)
+        return [
+            replace(
+                result,
+                etag=etag,
+                size=len(m.data) if m.data is not None else None,
+                key=m.key,
+                container=piece,
+            )
+            for result, m in zip(results, members, strict=True)
+        ]

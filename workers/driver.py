@@ -27,6 +27,7 @@ import pyarrow as pa
 import ray
 
 from workers.actor import CONCURRENT_SHARDS, ActorInfo, ShardReport, ShardWorker
+from workers.containers import ContainerSettings
 from workers.detector import DetectorSettings, inspect_model
 from workers.inputs import InputError, is_manifest, list_images
 from workers.ledger import Ledger
@@ -78,6 +79,7 @@ class JobConfig:
     rows_per_file: int = ROWS_PER_FILE  # images per part file (the job's tail: fewer)
     startup_timeout: float = STARTUP_TIMEOUT  # seconds to wait for a cluster to fit the actors
     reprocess_changed: bool = False  # redo images whose object changed since they were done
+    containers: ContainerSettings = field(default_factory=ContainerSettings)  # how tar / Parquet are read
 
 
 @dataclass
@@ -239,7 +241,7 @@ def _prepare(config: JobConfig, overwrite: bool, read_only: bool = False) -> _Jo
     config = replace(config, output=output, detector=replace(config.detector, device=device))
     _check_output(config)
     checksum = inspect_model(config.detector).checksum
-    listing = _non_empty(list_images(config.input, config.include), config)
+    listing = _non_empty(list_images(config.input, config.include, config.containers.piece_bytes), config)
     ledger = Ledger.read(config.output, read_only)
     if overwrite:
         ledger.clear()
@@ -328,7 +330,7 @@ def _drop_changed(ledger: Ledger, config: JobConfig) -> int:
     """--reprocess-changed: a first pass finds the changed images and drops their rows from OUTPUT, so
     the plan then sees them as new (a kill between the two leaves them simply not done)."""
     by_file: dict[int, list[str]] = {}
-    listing = rebatch(list_images(config.input, config.include))
+    listing = rebatch(list_images(config.input, config.include, config.containers.piece_bytes))
     for _, changed in compare_with_changes(listing, ledger.done(), PlanCounts()):
         for uri, file in zip(changed["uri"].to_pylist(), changed["file"].to_pylist(), strict=True):
             by_file.setdefault(file, []).append(uri)
@@ -346,6 +348,8 @@ def _identity(config: JobConfig, checksum: str) -> dict:
         k: v for k, v in asdict(config.detector).items() if k not in ("model", "threads", "model_sha256")
     }
     identity = {"input": config.input, "include": config.include, "model_sha256": checksum, **detector}
+    defaults = ContainerSettings()  # in the identity when set: older records have no such keys
+    identity.update({k: v for k, v in asdict(config.containers).items() if v != getattr(defaults, k)})
     return json.loads(json.dumps(identity))  # as _job.json stores it (tuples become lists)
 
 
@@ -443,7 +447,7 @@ def _start_actors(
         max_task_retries=-1,
     )
     log.info("starting %d actors (%g CPUs each), each compiling the model on %s", count, cpus, device)
-    actors = [actor_class.remote(settings, config.output) for _ in range(count)]
+    actors = [actor_class.remote(settings, config.output, config.containers) for _ in range(count)]
     try:
         progress.add_actors(
             ray.get([actor.ready.remote() for actor in actors], timeout=config.startup_timeout)

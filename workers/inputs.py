@@ -9,8 +9,12 @@
 - an S3 Inventory report: its `manifest.json` (CSV or Parquet inventories; keys of the source bucket,
   delete markers and non-current versions left out).
 
-Prefixes, directories and inventories yield only image files: by extension (case-insensitive), or by
-`include`, a glob matched case-insensitively against the path below the prefix (an inventory's keys).
+- a container, or containers among the above: WebDataset tar shards (`.tar`, `.tar.gz`) and Parquet
+  tables of image bytes (a `.parquet` without a `uri` column), each listed as its pieces (containers.py).
+
+Prefixes, directories and inventories yield only image files and containers: by extension
+(case-insensitive), or by `include`, a glob matched case-insensitively against the path below the
+prefix (an inventory's keys).
 Manifests and inventories are not in key order: they are sorted (through disk beyond sorted_runs.RUN_ROWS)
 and duplicates dropped. The version tag is the S3 ETag, a local file's modification time, or null.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import queue
+import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from workers.containers import CONTAINER_SUFFIXES, PIECE_BYTES, expand, is_container
 from workers.images import IMAGE_EXTENSIONS
 from workers.sorted_runs import check_sorted, sort_unsorted
 from workers.storage import ObjectInfo, RangedFile, Storage, is_s3_uri, split_s3_uri, storage_for
@@ -53,17 +59,26 @@ def is_manifest(source: str) -> bool:
     return source.lower().endswith((*TEXT_MANIFESTS, *PARQUET_MANIFESTS, INVENTORY_MANIFEST))
 
 
-def list_images(source: str, include: str | None = None) -> Iterator[pa.Table]:
-    """Every image `source` names, as LISTING_SCHEMA tables in strictly increasing uri order."""
+def list_images(
+    source: str, include: str | None = None, piece_bytes: int = PIECE_BYTES
+) -> Iterator[pa.Table]:
+    """Every image `source` names, as LISTING_SCHEMA tables in strictly increasing uri order; each
+    container (a tar or a Parquet table of image bytes) as its pieces (`containers.expand`)."""
+    return (expand(table, piece_bytes) for table in _list(source, include))
+
+
+def _list(source: str, include: str | None) -> Iterator[pa.Table]:
     if source.endswith(INVENTORY_MANIFEST):
         if not is_s3_uri(source):
             raise InputError(f"{source}: an S3 Inventory report is read from S3: give its s3:// URI")
         return sort_unsorted(_read_inventory(source, include), LISTING_SCHEMA)
-    if is_manifest(source):
+    if is_manifest(source) and not _holds_images(source):
         return sort_unsorted(_read_manifest(source), LISTING_SCHEMA)
     if not is_s3_uri(source) and Path(source).is_file():
         path = Path(source).absolute()
         return iter([_table([ObjectInfo(str(path), str(path.stat().st_mtime_ns), path.stat().st_size)])])
+    if is_s3_uri(source) and is_container(source):  # one tar or Parquet object
+        return iter([_table([ObjectInfo(source, None, storage_for(source).size(source))])])
     if not is_s3_uri(source) and not Path(source).is_dir():
         raise InputError(
             f"INPUT {source} does not exist: give an s3://bucket/prefix, a directory, a manifest "
@@ -77,6 +92,16 @@ def list_uris(source: str, include: str | None = None) -> Iterator[str]:
     """The URIs of `list_images`, one by one."""
     for table in list_images(source, include):
         yield from table["uri"].to_pylist()
+
+
+def _holds_images(source: str) -> bool:
+    """Whether a `.parquet` INPUT is a table of image bytes (a container) rather than a manifest: it has
+    no `uri` column (one GET of its footer)."""
+    if not source.lower().endswith(PARQUET_MANIFESTS):
+        return False
+    if not is_s3_uri(source) and not Path(source).is_file():
+        raise InputError(f"manifest {source} does not exist")
+    return "uri" not in pq.ParquetFile(RangedFile(source)).schema_arrow.names
 
 
 def _table(objects: list[ObjectInfo]) -> pa.Table:
@@ -107,7 +132,8 @@ def _filtered(tables: Iterator[pa.Table], root: str, include: str | None) -> Ite
 def _is_image(relative: pa.Array | pa.ChunkedArray, include: str | None) -> pa.Array:
     """Whether each path matches `include` (a glob), or without one has an image extension."""
     if include is None:
-        pattern = rf"\.({'|'.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)})$"
+        suffixes = [e.lstrip(".") for e in (*IMAGE_EXTENSIONS, *CONTAINER_SUFFIXES)]
+        pattern = rf"\.({'|'.join(re.escape(e) for e in suffixes)})$"
     else:
         pattern = "^" + fnmatch.translate(include).replace(r"\Z", r"\z")
     return pc.fill_null(pc.match_substring_regex(relative, pattern, ignore_case=True), False)

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from workers.shards import DONE_SCHEMA
 from workers.sink import (
     NO_COUNTS,
     PART_PREFIX,
@@ -119,13 +120,21 @@ class Ledger:
         return max((f.number for f in self.files if f.part), default=-1) + 1
 
     def done(self) -> Iterator[pa.Table]:
-        """Every committed image as (uri, etag, size, file: index into `files`), sorted by uri."""
+        """Every committed image as (uri, etag, size, file: index into `files`), sorted by uri; an image
+        of a container counts through its piece (named in its file's footer), as the listing names it."""
         pool = ThreadPoolExecutor(FOOTER_READERS, thread_name_prefix="ledger")
         try:
             streams = [Prefetched(_rows(f, i), pool) for i, f in enumerate(self.files)]
-            yield from merge_sorted(streams)
+            yield from merge_sorted([*streams, [self._pieces()]])
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def _pieces(self) -> pa.Table:
+        """The container pieces the files' footers name, as ledger rows, sorted by uri."""
+        rows = [(*piece, i) for i, f in enumerate(self.files) for piece in f.footer.pieces]
+        columns = list(zip(*rows, strict=True)) if rows else [[], [], [], []]
+        arrays = [pa.array(c, f.type) for c, f in zip(columns, DONE_SCHEMA, strict=True)]
+        return pa.table(arrays, schema=DONE_SCHEMA).sort_by("uri")
 
     def check_identity(self, identity: dict) -> None:
         """Refuses to mix this job's results with another's in one OUTPUT, naming the old and new values."""
@@ -155,13 +164,20 @@ class Ledger:
         self.record, self.files = None, []
 
     def drop_rows(self, by_file: dict[int, list[str]]) -> ShardCounts:
-        """Rewrites each file without the rows of the given uris (changed images to redo); their counts."""
+        """Rewrites each file without the rows of the given uris (changed images to redo; a container's
+        piece: the rows of its images, and the piece from the footer); their counts."""
         dropped = NO_COUNTS
         for index, uris in by_file.items():
             file = self.files[index]
             table = pq.read_table(pa.BufferReader(self.storage.get(file.uri)))
-            keep = pc.invert(pc.is_in(table["uri"], pa.array(uris, pa.string())))
-            counts = write_parquet(table.filter(keep), self.storage, file.uri, file.footer.shards)
+            gone = pa.array(uris, pa.string())
+            keep = pc.invert(pc.is_in(table["uri"], gone))
+            if "container" in table.column_names:
+                keep = pc.and_(keep, pc.invert(pc.fill_null(pc.is_in(table["container"], gone), False)))
+            pieces = [p for p in file.footer.pieces if p[0] not in set(uris)]
+            counts = write_parquet(
+                table.filter(keep), self.storage, file.uri, file.footer.shards, pieces=pieces
+            )
             dropped += ShardCounts(
                 file.footer.counts.images - counts.images,
                 file.footer.counts.faces - counts.faces,
@@ -169,9 +185,8 @@ class Ledger:
             )
             size = self.storage.size(file.uri)
             metadata = pq.ParquetFile(RangedFile(file.uri, size)).metadata
-            self.files[index] = replace(
-                file, size=size, footer=Footer(counts, file.footer.shards), metadata=metadata
-            )
+            footer = Footer(counts, file.footer.shards, tuple(pieces))
+            self.files[index] = replace(file, size=size, footer=footer, metadata=metadata)
         return dropped
 
     def write_record(self, record: dict) -> None:
@@ -200,8 +215,12 @@ def _data_file(info: ObjectInfo, relative: str) -> DataFile:
 
 
 def _rows(file: DataFile, index: int) -> Iterator[pa.Table]:
-    """A data file's ledger columns, a row group at a time, tagged with its index."""
+    """A data file's ledger columns, a row group at a time, tagged with its index; rows of container
+    images left out (their pieces stand for them)."""
     reader = pq.ParquetFile(RangedFile(file.uri, file.size), metadata=file.metadata, pre_buffer=True)
+    containers = "container" in reader.schema_arrow.names
     for group in range(reader.num_row_groups):
-        table = reader.read_row_group(group, columns=LEDGER_COLUMNS)
+        table = reader.read_row_group(group, columns=LEDGER_COLUMNS + ["container"] * containers)
+        if containers:
+            table = table.filter(pc.is_null(table["container"])).drop_columns(["container"])
         yield table.append_column("file", pa.array(np.full(table.num_rows, index, np.int32)))

@@ -42,8 +42,9 @@ class ImagePipeline:
         self.detector, self.pool, self.in_flight = detector, pool, in_flight
 
     def run(self, names: Sequence[str], load: Callable[[int], Loaded], timings: Timings) -> list[ImageResult]:
-        """One result per name, in order; `load(i)` gives image i (an ObjectError: its fetch failed; any
-        other StorageError fails the whole call, as a store that is down should)."""
+        """One result per name, in order; `load(i)` gives image i (an ObjectError: its fetch failed; an
+        ImageError: it could not be read; any other StorageError fails the whole call, as a store that is
+        down should)."""
         prepared: dict[int, _Prepared] = {}
 
         def ready() -> Iterator[tuple[int, Prepared]]:
@@ -83,6 +84,8 @@ class ImagePipeline:
             data = load(position)
         except ObjectError as error:  # this object is missing or forbidden; a failing store fails the call
             return _Prepared(position, failure=ImageFailure(ErrorKind.FETCH, f"fetch failed: {error}"))
+        except ImageError as error:  # a container member that could not be read
+            return _Prepared(position, failure=error.failure)
         clock = _lap(timings, "fetch", clock)
         try:
             if isinstance(data, np.ndarray):

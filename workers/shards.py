@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from workers.containers import PIECE
 from workers.sink import shard_path
 
 EXAMPLES = 5
+LISTED = ("uri", "etag", "size")
 DONE_SCHEMA = pa.schema(
     [("uri", pa.string()), ("etag", pa.string()), ("size", pa.int64()), ("file", pa.int32())]
 )
@@ -26,7 +28,8 @@ DONE_SCHEMA = pa.schema(
 
 @dataclass(frozen=True)
 class Shard:
-    """A unit of work: one actor call, one shard file; the images' listed versions ride along."""
+    """A unit of work: one actor call, one shard file; the images' listed versions ride along. A shard
+    of one container piece holds the piece's uri, and the container's etag and size."""
 
     index: int
     uris: tuple[str, ...]
@@ -41,7 +44,13 @@ class Shard:
 
 @dataclass
 class PlanCounts:
-    """What the comparison found so far; `finished` once the listing has been read to its end."""
+    """What the comparison found so far; `finished` once the listing has been read to its end. A
+    container's piece counts as one listed (new, done) entry."""
+
+    @property
+    def images_known(self) -> int | None:
+        """The new images, when known: the listing is read to its end and holds no container piece."""
+        return self.new if self.finished and not self.pieces else None
 
     listed: int = 0
     new: int = 0
@@ -49,6 +58,7 @@ class PlanCounts:
     changed: int = 0
     vanished: int = 0
     shards: int = 0
+    pieces: int = 0  # of `new`: container pieces, whose images are known only once read
     finished: bool = False
     changed_examples: list[str] = field(default_factory=list)
     vanished_examples: list[str] = field(default_factory=list)
@@ -114,7 +124,8 @@ def _differ(listed: pa.ChunkedArray, stored: pa.ChunkedArray) -> pa.ChunkedArray
 
 
 def plan_shards(new: Iterable[pa.Table], size: int, first: int, counts: PlanCounts) -> Iterator[Shard]:
-    """Groups the new images into shards of `size` (the last may be smaller), numbered from `first`."""
+    """Groups the new images into shards of `size` (the last may be smaller), numbered from `first`; a
+    container's piece is a shard of its own."""
     if size < 1:
         raise ValueError(f"shard size must be at least 1, got {size}")
     index = first
@@ -122,6 +133,11 @@ def plan_shards(new: Iterable[pa.Table], size: int, first: int, counts: PlanCoun
     etags: list[str | None] = []
     sizes: list[int | None] = []
     for table in new:
+        pieces = pc.match_substring_regex(table["uri"], PIECE.pattern)
+        for uri, etag, bytes_ in zip(*(table.filter(pieces)[c].to_pylist() for c in LISTED), strict=True):
+            yield Shard(index, (uri,), (etag,), (bytes_,))
+            index, counts.shards, counts.pieces = index + 1, counts.shards + 1, counts.pieces + 1
+        table = table.filter(pc.invert(pieces))
         uris += table["uri"].to_pylist()
         etags += table["etag"].to_pylist()
         sizes += table["size"].to_pylist()

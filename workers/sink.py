@@ -40,13 +40,17 @@ FACE_TYPE = pa.struct(
     ]
 )
 COLUMNS = {
-    "uri": (pa.string(), "the input image: its full s3:// URI or absolute local path"),
+    "uri": (
+        pa.string(),
+        "the input image: its full s3:// URI or absolute local path; an image in a container: the "
+        "container's, then # and the tar member's path or row=N (the Parquet row, from 0)",
+    ),
     "etag": (
         pa.string(),
         "the version of the object processed: its S3 ETag as listed, a local file's "
         "modification time in ns, or null (a manifest without versions)",
     ),
-    "size": (pa.int64(), "the object's size in bytes as listed, or null"),
+    "size": (pa.int64(), "the object's size in bytes as listed (a container's member: its own), or null"),
     "width": (pa.int32(), "width in pixels of the decoded image after EXIF orientation; null if not decoded"),
     "height": (pa.int32(), "height in pixels, as width"),
     "status": (pa.string(), "ok, or error (then faces is null)"),
@@ -64,6 +68,14 @@ COLUMNS = {
         "x, y of five points or null when the model has none: the eye on the image's left (the person's "
         "right eye), the other eye, the nose tip, the mouth corner on the image's left, the other "
         "mouth corner. Empty when no face, null on error rows",
+    ),
+    "key": (
+        pa.string(),
+        "an image in a container: the WebDataset sample key (__key__) or the Parquet row's id; else null",
+    ),
+    "container": (
+        pa.string(),
+        "an image in a container: the piece of it that held the image (container#bytes=START-END); else null",
     ),
 }
 SCHEMA = pa.schema(
@@ -84,6 +96,8 @@ class ImageResult:
     error_kind: str | None = None  # errors.ErrorKind
     etag: str | None = None  # the version of the object listed (S3 ETag, a file's mtime), and its size
     size: int | None = None
+    key: str | None = None  # in a container: the sample key or row id, and the piece that held it
+    container: str | None = None
 
 
 def results_table(results: Sequence[ImageResult], model: str) -> pa.Table:
@@ -113,7 +127,11 @@ def results_table(results: Sequence[ImageResult], model: str) -> pa.Table:
             "error": pa.array([r.error for r in results], pa.string()),
             "error_kind": pa.array([r.error_kind for r in results], pa.string()),
             "model": pa.array([model] * len(results), pa.string()),
-            "faces": pa.ListArray.from_arrays(offsets, faces, mask=pa.array([not good for good in ok])),
+            "faces": pa.ListArray.from_arrays(
+                offsets, faces, mask=pa.array([not good for good in ok], pa.bool_())
+            ),
+            "key": pa.array([r.key for r in results], pa.string()),
+            "container": pa.array([r.container for r in results], pa.string()),
         },
         schema=SCHEMA,
     )
@@ -144,6 +162,9 @@ class ShardCounts:
 NO_COUNTS = ShardCounts(0, 0, 0)
 COUNTS_KEY = b"facesweep.counts"
 SHARDS_KEY = b"facesweep.shards"
+PIECES_KEY = b"facesweep.pieces"
+Piece = tuple[str, str | None, int | None]
+"""A container's piece a file's rows came from: its uri, the container's etag and size (the ledger's)."""
 
 
 def shard_path(index: int) -> str:
@@ -156,10 +177,16 @@ def part_path(number: int) -> str:
 
 
 def write_parquet(
-    table: pa.Table, storage: Storage, uri: str, shards: Sequence[int] = (), row_group: int | None = None
+    table: pa.Table,
+    storage: Storage,
+    uri: str,
+    shards: Sequence[int] = (),
+    row_group: int | None = None,
+    pieces: Sequence[Piece] = (),
 ) -> ShardCounts:
     """Writes `table` to `uri` as one Parquet file, atomically (readers never see a partial file); a part
-    file names the `shards` it holds."""
+    file names the `shards` it holds, and any file the container `pieces` it did (even one without an
+    image: a piece is done when a footer names it)."""
     counts = ShardCounts(
         images=table.num_rows,
         faces=int(pc.sum(pc.list_value_length(table["faces"])).as_py() or 0),
@@ -168,6 +195,8 @@ def write_parquet(
     metadata = {COUNTS_KEY: json.dumps(asdict(counts)).encode()}
     if shards:
         metadata[SHARDS_KEY] = json.dumps(list(shards)).encode()
+    if pieces:
+        metadata[PIECES_KEY] = json.dumps(sorted(map(list, pieces))).encode()
     table = table.replace_schema_metadata(metadata)
     buffer = pa.BufferOutputStream()
     pq.write_table(table, buffer, compression="zstd", row_group_size=row_group)
@@ -177,16 +206,21 @@ def write_parquet(
 
 @dataclass(frozen=True)
 class Footer:
-    """What a file's footer says: its counts and, for a part file, the shards it holds."""
+    """What a file's footer says: its counts, for a part file the shards it holds, the pieces it did."""
 
     counts: ShardCounts
     shards: tuple[int, ...]
+    pieces: tuple[Piece, ...] = ()
 
 
 def read_footer(file: pq.ParquetFile) -> Footer:
-    metadata = file.schema_arrow.metadata or {}
+    return footer_of(file.schema_arrow.metadata or {})
+
+
+def footer_of(metadata: dict[bytes, bytes]) -> Footer:
     shards = tuple(json.loads(metadata[SHARDS_KEY])) if SHARDS_KEY in metadata else ()
-    return Footer(ShardCounts(**json.loads(metadata[COUNTS_KEY])), shards)
+    pieces = tuple(tuple(p) for p in json.loads(metadata[PIECES_KEY])) if PIECES_KEY in metadata else ()
+    return Footer(ShardCounts(**json.loads(metadata[COUNTS_KEY])), shards, pieces)
 
 
 @dataclass(frozen=True)
@@ -218,8 +252,10 @@ def compact(output: str, shards: Sequence[int], number: int) -> CompactionReport
             raise RuntimeError(f"{target}: a shard file to compact into it is missing")
         counts = footer.counts
     else:
-        table = pa.concat_tables(tables).replace_schema_metadata(None).sort_by("uri")
-        counts = write_parquet(table, storage, target, shards, PART_ROW_GROUP)
+        pieces = [p for t in tables for p in footer_of(t.schema.metadata or {}).pieces]
+        table = pa.concat_tables(tables, promote_options="default")  # files from before a column was added
+        table = table.select(SCHEMA.names).cast(SCHEMA).sort_by("uri")
+        counts = write_parquet(table, storage, target, shards, PART_ROW_GROUP, pieces)
     storage.delete(sources)
     after = request_counts()
     return CompactionReport(number, counts, {k: after[k] - before[k] for k in after})
