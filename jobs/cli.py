@@ -335,8 +335,9 @@ def summary(progress: JobProgress, output: str) -> str:
             f"next: facesweep show {output}  (or export it: --format coco|csv|flat-parquet)",
         ]
         if resumed.images:
-            lines.insert(1, f"resumed: {plan.done} images already done by earlier runs ({earlier} in OUTPUT)")
-            lines.insert(2, f"new: {plan.new} images")
+            lines.insert(1, f"resumed: {resumed.images} images already done by earlier runs ({earlier})")
+            pieces = f" ({plan.pieces} of them container pieces)" if plan.pieces else ""
+            lines.insert(2, f"new: {plan.new} images{pieces}")
     lines += _changes(plan.changed, plan.vanished, progress.redone_changed, plan.changed_examples)
     if progress.errors:
         kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(progress.error_kinds.items()))

@@ -4,12 +4,14 @@ lost. Whatever happens, every input image ends up in the output exactly once."""
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -108,22 +110,49 @@ def committed_images(output: Path) -> int:
     return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
 
-def test_driver_killed_mid_job_then_rerun_completes(photos: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def photo_tar(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The photos as one WebDataset shard (each with a .json beside it) in a folder of its own."""
+    folder = tmp_path_factory.mktemp("fault-tar")
+    with tarfile.open(folder / "000000.tar", "w") as archive:
+        for path in sorted(photos.iterdir()):
+            archive.add(path, arcname=path.name)
+            info = tarfile.TarInfo(f"{path.stem}.json")
+            info.size = 2
+            archive.addfile(info, io.BytesIO(b"{}"))
+    return folder
+
+
+def expected_uris(input_: Path) -> set[str]:
+    """What a run over `input_` (the photos, or their tar) must leave: every image once."""
+    tars = sorted(input_.glob("*.tar"))
+    if not tars:
+        return {str(p) for p in input_.iterdir()}
+    with tarfile.open(tars[0]) as archive:
+        return {f"{tars[0]}#{name}" for name in archive.getnames() if not name.endswith(".json")}
+
+
+@pytest.mark.parametrize("kind", ["objects", "tar"])
+def test_driver_killed_mid_job_then_rerun_completes(
+    photos: Path, photo_tar: Path, tmp_path: Path, kind: str
+) -> None:
+    source = photos if kind == "objects" else photo_tar
     output = tmp_path / "out"
-    first = facesweep(str(photos), str(output), "--shard-size", "2")
+    options = ("--shard-size", "2") if kind == "objects" else ("--piece-bytes", "400000")
+    first = facesweep(str(source), str(output), *options)
     next(wait_for_shard_line(first))
     os.killpg(first.pid, signal.SIGKILL)  # the driver's machine dies: the driver and its local Ray
     first.wait(timeout=30)
     done_before = committed_images(output)
-    assert 2 <= done_before < PHOTOS
-    second = facesweep(str(photos), str(output), "--shard-size", "2")
+    assert 1 <= done_before < PHOTOS
+    second = facesweep(str(source), str(output), *options)
     out, err = second.communicate(timeout=300)
     assert second.returncode == 0, err
     # Shards committed before the kill (and any an orphaned actor finished since) are not redone.
     resumed = int(re.search(r"resumed: (\d+) images already done", out).group(1))
     assert resumed >= done_before
     assert re.search(rf"^images: {PHOTOS - resumed} ", out, re.MULTILINE), out
-    assert_exactly_once(str(output), {str(p) for p in photos.iterdir()})
+    assert_exactly_once(str(output), expected_uris(source))
 
 
 def test_driver_killed_during_a_compaction_then_an_incremental_run(photos: Path, tmp_path: Path) -> None:
