@@ -30,9 +30,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from workers.containers import ContainerSettings, Member, fetch_members
 from workers.evaluate import OMZ_HEIGHT_RANGE, evaluate, match_by_suffix, read_ground_truth
 from workers.faces import Faces
 from workers.images import decode_image
+from workers.ledger import read_record
 from workers.nms import pairwise_iou
 from workers.output import faces_per_image, read_output
 from workers.storage import storage_for
@@ -99,10 +101,12 @@ def write_report(
     faces = faces_per_image(table)
     drawn = np.flatnonzero(pc.is_valid(table["faces"]).to_numpy(zero_copy_only=False))[:limit]
     uris = table["uri"].to_pylist()
+    held = _container_images(output, table.take(drawn))
 
     def render(position: int, row: int) -> Tile:
         uri = uris[row]
-        return _render(uri, faces[row], truth.get(uri), folder, picture_name(position, uri), min_score)
+        image = held.get(uri)
+        return _render(uri, image, faces[row], truth.get(uri), folder, picture_name(position, uri), min_score)
 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         tiles = list(pool.map(render, range(len(drawn)), drawn.tolist()))
@@ -119,12 +123,34 @@ def picture_name(position: int, uri: str) -> str:
     return f"{position:06d}-{stem}.jpg"
 
 
+def _container_images(output: str, rows: pa.Table) -> dict[str, Member]:
+    """The drawn images that live in containers, each piece read once, with the job's container settings."""
+    pieces = {
+        uri: piece
+        for uri, piece in zip(rows["uri"].to_pylist(), rows["container"].to_pylist(), strict=True)
+        if piece is not None
+    }
+    if not pieces:
+        return {}
+    config = ((read_record(output) or {}).get("config") or {}).get("containers") or {}
+    return fetch_members(pieces, ContainerSettings(**config))
+
+
 def _render(
-    uri: str, faces: Faces, truth: np.ndarray | None, folder: Path, name: str, min_score: float
+    uri: str,
+    held: Member | None,
+    faces: Faces,
+    truth: np.ndarray | None,
+    folder: Path,
+    name: str,
+    min_score: float,
 ) -> Tile:
-    """Draws one image's faces on it and on its thumbnail, writes both; a placeholder tile on failure."""
+    """Draws one image's faces on it and on its thumbnail, writes both; a placeholder tile on failure.
+    `held`: the image's bytes when it is in a container (read already), else it is fetched from `uri`."""
     try:
-        image = decode_image(storage_for(uri).get(uri))
+        if held is not None and held.failure is not None:
+            raise ValueError(held.failure.message)
+        image = decode_image(held.data if held is not None else storage_for(uri).get(uri))
     except (OSError, ValueError) as error:  # StorageError, ImageError
         return Tile(uri, 0, note=str(error).splitlines()[0])
     shown = faces.take(faces.scores >= min_score)

@@ -14,10 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.demo import sample_photos
+from jobs.export import export
 from jobs.local_s3 import LocalS3
+from jobs.report import write_report
 from workers.containers import ContainerSettings, expand, piece_uri, read_piece
 from workers.detector import DetectorSettings
 from workers.driver import JobConfig, run_job
+from workers.evaluate import evaluate
 from workers.inputs import list_images
 from workers.ledger import OutputConflictError
 from workers.sink import SCHEMA
@@ -170,6 +173,20 @@ def test_tar_and_parquet_jobs_resume_and_grow(ray_local: None, tmp_path: Path) -
     [same] = [uri for uri in found if "#000000." in uri]  # the same photo in two containers
     assert found[same]["faces"] == found[f"{folder}/bytes.parquet#row=0"]["faces"]
     assert all(row["container"].startswith(row["uri"].split("#")[0] + "#bytes=") for row in found.values())
+    report = write_report(str(output), tmp_path / "report")
+    assert (report.drawn, report.unreadable) == (len(expected) - 1, 0)  # every image but the broken one
+    coco = json.loads(Path(export(str(output), "coco", str(tmp_path / "faces.json")).path).read_text())
+    assert len(coco["images"]) == len(expected) - 1 and coco["errors"][0]["file_name"].endswith("#broken.jpg")
+    truth = tmp_path / "truth.txt"  # the tar's detections as ground truth, by member path: AP 1
+    lines = [
+        f"{uri.split('#')[1]} {f['x1']} {f['y1']} {f['x2'] - f['x1']} {f['y2'] - f['y1']}"
+        for uri, row in found.items()
+        if ".tar#" in uri
+        for f in row["faces"] or []
+    ]
+    truth.write_text("\n".join(lines) + "\n")
+    scored = evaluate(str(output), truth)
+    assert scored["images"]["matched"] == len({line.split()[0] for line in lines}) and scored["voc_ap"] > 0.99
     again = run_job(job(str(folder), output, 400_000))
     assert again.already_complete and again.images == 0
     webdataset_tar(folder / "000001.tar")
@@ -186,3 +203,29 @@ def test_a_container_job_refuses_another_piece_size(ray_local: None, tmp_path: P
     with pytest.raises(OutputConflictError, match="piece_bytes"):
         run_job(job(str(folder), tmp_path / "out", 1 << 21))
     assert piece_uri("s3://b/x.tar", 0, 5).endswith("#bytes=000000000000-000000000005")
+
+
+def test_tar_and_parquet_containers_on_s3(ray_local: None, s3_env: LocalS3, tmp_path: Path) -> None:
+    tar = tmp_path / "000000.tar"
+    images = webdataset_tar(tar)
+    table = tmp_path / "hf.parquet"
+    data = photos()
+    structs = [{"bytes": body, "path": f"photos/{name}"} for name, body in data]
+    pq.write_table(pa.table({"image": structs}), table, row_group_size=3)
+    client = s3_env.client()
+    client.create_bucket(Bucket="container-job")
+    for path in (tar, table):
+        client.upload_file(str(path), "container-job", f"in/{path.name}")
+    result = run_job(job("s3://container-job/in", "s3://container-job/out", 500_000))
+    expected = {f"s3://container-job/in/000000.tar#{name}" for name in images} | {
+        f"s3://container-job/in/hf.parquet#row={i}" for i in range(PHOTOS)
+    }
+    found = ds.dataset("container-job/out", format="parquet", filesystem=s3_env.arrow_filesystem()).to_table(
+        columns=["uri", "key", "status"]
+    )
+    assert sorted(found["uri"].to_pylist()) == sorted(expected) and result.images == len(expected)
+    assert set(found["status"].to_pylist()) == {"ok"}
+    keys = dict(zip(found["uri"].to_pylist(), found["key"].to_pylist(), strict=True))
+    assert keys["s3://container-job/in/hf.parquet#row=2"] == f"photos/{data[2][0]}"
+    report = write_report("s3://container-job/out", tmp_path / "report")
+    assert (report.drawn, report.unreadable) == (len(expected), 0)

@@ -26,6 +26,7 @@ import gzip
 import io
 import re
 import tarfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,6 +109,21 @@ def expand(listing: pa.Table, piece_bytes: int = PIECE_BYTES) -> pa.Table:
         rows["size"] += [size] * len(starts)
     pieces = pa.table(rows, schema=listing.schema)
     return pa.concat_tables([rest, pieces]).sort_by("uri")
+
+
+def fetch_members(pieces: Mapping[str, str], settings: ContainerSettings) -> dict[str, Member]:
+    """Container images by uri, `pieces` naming each uri's piece (the output's `container`): each piece
+    read once (`facesweep show`)."""
+    wanted: dict[str, set[str]] = {}
+    for uri, piece in pieces.items():
+        wanted.setdefault(piece, set()).add(uri)
+    found = {}
+    for piece, uris in wanted.items():
+        container = (parse_piece(piece) or (piece,))[0]
+        for member in read_piece(piece, storage_for(container).size(container), settings):
+            if member.name in uris:
+                found[member.name] = member
+    return found
 
 
 def read_piece(piece: str, size: int, settings: ContainerSettings) -> list[Member]:

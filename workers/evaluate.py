@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
+from workers.containers import parse_piece
 from workers.nms import pairwise_intersection, pairwise_iou
 from workers.sink import SCHEMA
 from workers.storage import is_s3_uri, split_s3_uri
@@ -170,11 +171,11 @@ def read_predictions(output: str) -> dict[str, Predictions]:
     """
     filesystem, root = _filesystem(output)
     dataset = ds.dataset(root, format="parquet", filesystem=filesystem, schema=SCHEMA)
-    table = dataset.to_table(columns=["uri", "faces"])
+    table = dataset.to_table(columns=["uri", "faces", "key", "container"])
     table = table.filter(pc.is_valid(table["faces"]))
     if not table.num_rows:
         return {}
-    uris = table["uri"].to_pylist()
+    uris = _names(table)
     if len(set(uris)) != len(uris):
         raise ValueError(f"{output}: some images appear more than once (an output written by several jobs?)")
     faces = table["faces"].combine_chunks()
@@ -183,6 +184,16 @@ def read_predictions(output: str) -> dict[str, Predictions]:
     scores = _floats(values.field("score"))
     splits = np.cumsum(pc.list_value_length(faces).to_numpy(zero_copy_only=False))[:-1]
     return dict(zip(uris, zip(np.split(boxes, splits), np.split(scores, splits), strict=True), strict=True))
+
+
+def _names(table: pa.Table) -> list[str]:
+    """The rows' uris; a Parquet container's row named by its key instead of its row number
+    (`table.parquet#0--Parade/x.jpg`, a Hugging Face image's path), so it pairs with ground truth."""
+    row = r"#row=\d+$"
+    by_row = pc.and_(pc.is_valid(table["key"]), pc.match_substring_regex(table["uri"], row))
+    container = pc.replace_substring_regex(table["uri"], row, "")
+    keyed = pc.binary_join_element_wise(container, table["key"], "#")
+    return pc.if_else(by_row, keyed, table["uri"]).to_pylist()
 
 
 def _floats(array: pa.Array) -> np.ndarray:
@@ -224,7 +235,7 @@ def match_by_suffix(
     """
     by_suffix: dict[str, list[str]] = {}
     for uri in predictions:
-        parts = uri.split("/")
+        parts = uri.replace("#", "/").split("/")  # a container's member path pairs too
         for start in range(len(parts)):
             by_suffix.setdefault("/".join(parts[start:]), []).append(uri)
     keys = {uri.strip("/"): uri for uri in predictions} if both_ways else {}
@@ -526,6 +537,8 @@ def check_pairing(windows: Iterable[Sequence[str]], ground_truth: str | os.PathL
     truth = read_ground_truth(ground_truth)
     example = None
     for uris in windows:
+        if any(parse_piece(uri) for uri in uris):
+            return  # a container's images are known only once it is read
         if match_by_suffix(dict.fromkeys(uris), truth, both_ways=True):
             return
         example = example or (uris[0] if uris else None)
