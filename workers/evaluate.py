@@ -19,18 +19,15 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
-import pyarrow.fs as pafs
 
 from workers.containers import parse_piece
 from workers.nms import pairwise_intersection, pairwise_iou
-from workers.sink import SCHEMA
-from workers.storage import is_s3_uri, split_s3_uri
+from workers.output import read_rows
+from workers.storage import is_s3_uri
 
 Predictions = tuple[np.ndarray, np.ndarray]  # boxes [N, 4], scores [N]: float32 (float64 from WIDER txt)
 
@@ -163,15 +160,15 @@ def read_wider_txt(folder: str | os.PathLike[str]) -> dict[str, Predictions]:
 def read_predictions(output: str) -> dict[str, Predictions]:
     """`uri -> (boxes [N, 4], scores [N])` for every image a facesweep job wrote to `output`.
 
-    `output` is a local directory or `s3://bucket/prefix` (an empty one gives `{}`). S3 is reached with
-    pyarrow's S3 client: credentials the standard AWS way, the endpoint from `AWS_ENDPOINT_URL` when set.
+    `output` is a local directory or `s3://bucket/prefix` (an empty one gives `{}`), read with the job's
+    own storage client (`output.read_rows`).
     Files whose names start with `_` or `.` (the job file, partial writes) are skipped. Rows with status
     `error` (null faces) are left out, so those images show up as unmatched in `match_by_suffix` rather
     than as images without faces. Raises ValueError if a uri appears twice.
     """
-    filesystem, root = _filesystem(output)
-    dataset = ds.dataset(root, format="parquet", filesystem=filesystem, schema=SCHEMA)
-    table = dataset.to_table(columns=["uri", "faces", "key", "container"])
+    table = read_rows(output, ["uri", "faces", "key", "container"])
+    if table is None:
+        return {}
     table = table.filter(pc.is_valid(table["faces"]))
     if not table.num_rows:
         return {}
@@ -198,22 +195,6 @@ def _names(table: pa.Table) -> list[str]:
 
 def _floats(array: pa.Array) -> np.ndarray:
     return array.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-
-
-def _filesystem(output: str) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem and in-filesystem path for a local directory or s3://bucket/prefix."""
-    if not is_s3_uri(output):
-        return pafs.LocalFileSystem(), str(Path(output).absolute())
-    bucket, key = split_s3_uri(output)
-    options: dict[str, str] = {}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
-        options.update(endpoint_override=parts.netloc, scheme=parts.scheme)
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region:
-        options["region"] = region
-    return pafs.S3FileSystem(**options), f"{bucket}/{key}".rstrip("/")
 
 
 def match_by_suffix(

@@ -1,23 +1,26 @@
 """A facesweep job's output read back: every row as one Arrow table, its faces one row per face or as arrays.
 
-`facesweep show` and `facesweep export` read outputs through here; `workers/evaluate.py` reads only the
-predictions it scores.
+`facesweep show`, `facesweep export` and `facesweep eval` read outputs through here (`read_rows`: the
+columns they need, with the same storage client as the job).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
-from workers.evaluate import _filesystem
 from workers.faces import Faces
 from workers.sink import SCHEMA
-from workers.storage import is_s3_uri, storage_for
+from workers.storage import ObjectInfo, RangedFile, StorageError, is_s3_uri, storage_for
 
+READERS = 16
+"""Output files read at once."""
 BOX = ("x1", "y1", "x2", "y2")
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 LANDMARK_COLUMNS = tuple(f"{name}_{axis}" for name in LANDMARK_NAMES for axis in "xy")
@@ -40,30 +43,54 @@ class OutputError(ValueError):
 def read_output(output: str) -> pa.Table:
     """Every row of the facesweep output at `output` (a local directory or s3://bucket/prefix), by uri.
 
-    Reads the `.parquet` files below `output`, leaving out any under a name that starts with `_` or `.`
-    (the job's own files, partial writes). Raises OutputError when `output` is missing, holds no Parquet
-    file or one that is not facesweep's, StorageError when its bucket is missing or the store fails.
-    """
+    Raises OutputError when `output` is missing, holds no Parquet file or one that is not facesweep's,
+    StorageError when its bucket is missing or the store fails."""
     if not is_s3_uri(output) and not Path(output).is_dir():
         raise OutputError(f"{output}: no such directory: give the OUTPUT folder of a `facesweep run`")
-    filesystem, root = _filesystem(output)
-    start = len(f"s3://{root}/" if is_s3_uri(output) else f"{root}/")
-    relative = (uri[start:] for uri in storage_for(output).list(output))
-    files = [
-        f"{root}/{path}"
-        for path in relative
-        if path.endswith(".parquet") and not any(part.startswith(("_", ".")) for part in path.split("/"))
-    ]
-    if not files:
+    table = read_rows(output)
+    if table is None:
         raise OutputError(
             f"{output}: no Parquet files: give the OUTPUT of a `facesweep run` that has started"
         )
-    try:
-        table = ds.dataset(files, format="parquet", filesystem=filesystem, schema=SCHEMA).to_table()
-    except (pa.ArrowException, OSError) as error:
-        reason = str(error).splitlines()[0]
-        raise OutputError(f"{output}: not a readable facesweep output ({reason})") from None
     return table.sort_by("uri")
+
+
+def read_rows(output: str, columns: Sequence[str] = SCHEMA.names) -> pa.Table | None:
+    """`columns` of every row of the output's `.parquet` files (None when it has none), through the one
+    storage client every request of facesweep's takes (`workers/storage.py`), READERS files at once.
+
+    Files under a name that starts with `_` or `.` (the job's own files, partial writes) are left out, as
+    pyarrow, DuckDB and Spark leave them out; a column a file predates reads as nulls."""
+    root = output.rstrip("/") + "/" if is_s3_uri(output) else str(Path(output).absolute()) + "/"
+    files = [
+        info
+        for info in storage_for(output).list_objects(root)
+        if info.uri.endswith(".parquet")
+        and not any(part.startswith(("_", ".")) for part in info.uri[len(root) :].split("/"))
+    ]
+    if not files:
+        return None
+    schema = pa.schema([SCHEMA.field(name) for name in columns])
+    with ThreadPoolExecutor(READERS, thread_name_prefix="output") as pool:
+        tables = list(pool.map(lambda info: _read_file(info, schema, output), files))
+    return pa.concat_tables(tables)
+
+
+def _read_file(info: ObjectInfo, schema: pa.Schema, output: str) -> pa.Table:
+    try:
+        file = pq.ParquetFile(RangedFile(info.uri, info.size))
+        names = set(file.schema_arrow.names)
+        table = file.read(columns=[name for name in schema.names if name in names])
+        columns = [
+            table[f.name].cast(f.type) if f.name in names else pa.nulls(table.num_rows, f.type)
+            for f in schema
+        ]
+        return pa.table(columns, schema=schema)
+    except (pa.ArrowException, OSError, KeyError) as error:
+        if isinstance(error, StorageError):
+            raise
+        reason = str(error).splitlines()[0]
+        raise OutputError(f"{output}: not a readable facesweep output ({info.uri}: {reason})") from None
 
 
 def flat_faces(table: pa.Table) -> pa.Table:
