@@ -413,25 +413,17 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def score(predictions: str, ground_truth: str, json_path: str | None) -> int:
-    """The APs on stdout (and as JSON in `json_path`), or one line on stderr for bad input."""
-    try:
-        report = evaluate(predictions, ground_truth)
-        if json_path:
-            Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
-    except (OSError, ValueError) as error:
-        print(f"facesweep: error: {error}", file=sys.stderr)
-        return 1
+    """The APs on stdout (and as JSON in `json_path`)."""
+    report = evaluate(predictions, ground_truth)
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
     print(format_report(report))
     return 0
 
 
 def run_show(args: argparse.Namespace) -> int:
-    """`facesweep show`: the report's path on stdout, or one line on stderr for bad input."""
-    try:
-        report = write_report(args.output, args.out, args.limit, args.min_score, args.ground_truth)
-    except (OSError, ValueError) as error:
-        print(f"facesweep: error: {error}", file=sys.stderr)
-        return 1
+    """`facesweep show`: the report's path on stdout."""
+    report = write_report(args.output, args.out, args.limit, args.min_score, args.ground_truth)
     print(f"report: {report.path} ({report.drawn} images drawn)")
     if report.unreadable and not report.drawn:
         print(
@@ -446,14 +438,16 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """`facesweep export`: what was written on stdout, or one line on stderr for bad input."""
-    try:
-        done = export(args.output, args.format, args.out, args.min_score, args.image_root)
-    except (OSError, ValueError) as error:
-        print(f"facesweep: error: {error}", file=sys.stderr)
-        return 1
+    """`facesweep export`: what was written on stdout."""
+    done = export(args.output, args.format, args.out, args.min_score, args.image_root)
     print(f"wrote {done.path}: {done.faces} faces of {done.images} images ({done.errors} with errors)")
     return 0
+
+
+def refuse(error: Exception | str) -> int:
+    """Bad input's one line on stderr, and its exit code."""
+    print(f"facesweep: error: {error}", file=sys.stderr)
+    return 1
 
 
 def _log_to_stderr() -> None:
@@ -466,35 +460,34 @@ def _log_to_stderr() -> None:
     logger.propagate = False
 
 
+READ_COMMANDS = {"eval": run_eval, "show": run_show, "export": run_export}
+"""Commands that read an output: bad input is an OSError or ValueError (OutputError, StorageError...)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "eval":
-        return run_eval(args)
-    if args.command == "show":
-        return run_show(args)
-    if args.command == "export":
-        return run_export(args)
+    if args.command in READ_COMMANDS:
+        try:
+            return READ_COMMANDS[args.command](args)
+        except (OSError, ValueError) as error:
+            return refuse(error)
     try:
         args = run_arguments(parser, argv, args)
-    except (ConfigError, *USER_ERRORS) as error:
-        print(f"facesweep: error: {error}", file=sys.stderr)
-        return 1
-    config = config_from_args(args)
-    if args.ground_truth:
-        try:
+        config = config_from_args(args)
+        if args.ground_truth:
             listing = list_images(config.input, config.include)
             check_pairing((table["uri"].to_pylist() for table in listing), args.ground_truth)
-        except (ValueError, *USER_ERRORS) as error:
-            print(f"facesweep: error: {error}", file=sys.stderr)
-            return 1
-    if args.dry_run:
-        try:
+        if args.dry_run:
             print(dry_run_summary(dry_run(config, args.rate)))
-        except USER_ERRORS as error:
-            print(f"facesweep: error: {error}", file=sys.stderr)
-            return 1
-        return 0
+            return 0
+    except (ConfigError, ValueError, *USER_ERRORS) as error:
+        return refuse(error)
+    return run_command(args, config)
+
+
+def run_command(args: argparse.Namespace, config: JobConfig) -> int:
+    """`facesweep run` once its arguments are checked: the job, its summary and exit status."""
     _log_to_stderr()
     progress_view = progress_for(sys.stderr)
     seen: list[JobProgress] = []
@@ -507,8 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run(config, on_progress=on_progress, overwrite=args.overwrite)
     except USER_ERRORS as error:
         progress_view.close()
-        print(f"facesweep: error: {error}", file=sys.stderr)
-        return 1
+        return refuse(error)
     except KeyboardInterrupt:  # run_job has stopped the actors (and the Ray it started) on its way out
         progress_view.close()
         done = seen[0].resumed.images + seen[0].images if seen else 0
@@ -519,9 +511,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"facesweep: internal error in {stage} (the first of its kind):\n{text}", file=sys.stderr)
     print(summary(result, config.output))
     if reason := exit_status(result, args.max_error_rate):
-        print(f"facesweep: error: {reason}", file=sys.stderr)
-        return 1
-    return score(config.output, args.ground_truth, args.eval_json) if args.ground_truth else 0
+        return refuse(reason)
+    if not args.ground_truth:
+        return 0
+    try:
+        return score(config.output, args.ground_truth, args.eval_json)
+    except (OSError, ValueError) as error:
+        return refuse(error)
 
 
 if __name__ == "__main__":
