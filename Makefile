@@ -32,9 +32,11 @@ browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 # Benchmarks need ../shared (models and WIDER FACE photos). `make bench` (8-9 minutes on 2 CPUs) regenerates
-# docs/BENCHMARKS.md and ends with one RATIO line per model and data set; `make levers` (about 10 minutes)
+# docs/S3-CLIENTS.md (CPU per GET of each S3 client) and docs/BENCHMARKS.md, and ends with one RATIO line per
+# model and data set; `make levers` (about 10 minutes)
 # measures each throughput lever into docs/LEVERS.md; `make default-model` compares the built-in models.
 bench: setup
+	$(BIN)/python benchmarks/s3_clients.py --out docs/S3-CLIENTS.md
 	table=$$(mktemp) && $(BIN)/python benchmarks/decode_nms.py --out $$table >/dev/null && \
 	  $(BIN)/python benchmarks/throughput.py --out docs/BENCHMARKS.md --decode-nms $$table; \
 	  status=$$?; rm -f $$table; exit $$status

@@ -194,7 +194,7 @@ def benchmark_app(
     return float(lines[-1].split("Throughput:")[1].split()[0])
 
 
-def _cpu_ticks(pid: int) -> int:
+def cpu_ticks(pid: int) -> int:
     """utime + stime of a process (all its threads), in clock ticks; 0 once it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -251,9 +251,9 @@ class Watch:
     def snapshot(self, images: int) -> None:
         busy, idle = _machine_ticks()
         ticks = {
-            "actor": sum(map(_cpu_ticks, self.actors)),
-            "s3": _cpu_ticks(self.s3_pid),
-            "driver": _cpu_ticks(self.driver_pid),
+            "actor": sum(map(cpu_ticks, self.actors)),
+            "s3": cpu_ticks(self.s3_pid),
+            "driver": cpu_ticks(self.driver_pid),
             "idle": idle,
         }
         ticks["other"] = busy - ticks["actor"] - ticks["s3"] - ticks["driver"]
