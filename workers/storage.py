@@ -1,6 +1,7 @@
-"""Object storage behind one small interface (list, get, put, exists): boto3 for s3://, else local files.
+"""Object storage behind one small interface (list, get, put, exists): obstore for s3://, else local files.
 
-S3 endpoint and credentials come the standard boto3 way (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, profiles...).
+S3 endpoint and credentials come the standard boto3 way (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, profiles...),
+read by boto3 and used by obstore for every request; this is the one place a client is built.
 Writes are atomic: an S3 PUT of the whole body, or a hidden temporary file renamed into place locally.
 Every request is counted by kind (LIST, GET, PUT, HEAD, DELETE) in this process: `request_counts()`.
 """
@@ -14,13 +15,24 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import cache
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import boto3
+import obstore
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, EndpointConnectionError
+from obstore.auth.boto3 import Boto3CredentialProvider
+from obstore.exceptions import (
+    InvalidPathError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+)
+from obstore.store import S3Store
 
 S3_SCHEME = "s3://"
 
@@ -34,6 +46,10 @@ class StorageError(OSError):
 
 class ObjectError(StorageError):
     """A problem with one object (missing, access denied): that image gets an error row."""
+
+
+class MissingObjectError(ObjectError):
+    """The object does not exist."""
 
 
 REQUEST_KINDS = ("LIST", "GET", "PUT", "HEAD", "DELETE")
@@ -128,112 +144,120 @@ def _local() -> LocalStorage:
 
 
 class S3Storage:
-    """boto3 with standard-mode retries and a connection pool sized for concurrent GETs."""
+    """obstore (the Rust `object_store`) for every data request: list, get, ranged get, head, put and
+    delete, signed with boto3's credential chain (environment, profiles, SSO, instance metadata) through
+    obstore's Boto3CredentialProvider, at the endpoint and region boto3 resolves (AWS_ENDPOINT_URL,
+    AWS_REGION, a profile's settings), so every request facesweep makes has one configuration. boto3
+    itself does only what obstore cannot: the credentials check, one reachability probe, and asking
+    whether a bucket exists. Measured client CPU per GET: docs/BENCHMARKS.md."""
 
     def __init__(self, max_connections: int = 32) -> None:
-        # standard mode: exponential backoff with jitter (up to 20 s a wait); 10 attempts ride out a
-        # store that is down for about half a minute before the work that needed it fails.
-        self._config = Config(
-            retries={"mode": "standard", "max_attempts": 10}, max_pool_connections=max_connections
-        )
+        self._max_connections = max_connections
         self._lock = threading.Lock()
-        self._client_obj = None
+        self._boto: tuple[boto3.session.Session, object] | None = None
+        self._stores: dict[str, S3Store] = {}
 
     @property
     def _client(self):
+        """boto3's S3 client, created once credentials and the endpoint are checked."""
+        return self._session()[1]
+
+    def _session(self) -> tuple[boto3.session.Session, object]:
         with self._lock:
-            if self._client_obj is None:
+            if self._boto is None:
                 session = boto3.session.Session()
                 if session.get_credentials() is None:
                     raise StorageError(
                         "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
                         "AWS_PROFILE), and AWS_ENDPOINT_URL for an S3 store other than AWS"
                     )
-                client = session.client("s3", config=self._config)
+                client = session.client("s3", config=Config(retries={"mode": "standard", "max_attempts": 10}))
                 _check_reachable(session, client.meta.endpoint_url)
-                self._client_obj = client
-            return self._client_obj
+                self._boto = session, client
+            return self._boto
+
+    def _store(self, bucket: str) -> S3Store:
+        session, client = self._session()
+        with self._lock:
+            if bucket not in self._stores:
+                endpoint = client.meta.endpoint_url
+                aws = urlsplit(endpoint).hostname.endswith(".amazonaws.com")
+                options = {"region": client.meta.region_name or "us-east-1"}
+                if not aws:  # other stores: their URL, path-style addressing
+                    options.update(endpoint=endpoint, virtual_hosted_style_request=False)
+                self._stores[bucket] = S3Store(
+                    bucket,
+                    credential_provider=Boto3CredentialProvider(session),
+                    client_options={
+                        "allow_http": endpoint.startswith("http://"),
+                        "pool_max_idle_per_host": str(self._max_connections),
+                    },
+                    retry_config=RETRIES,
+                    **options,
+                )
+            return self._stores[bucket]
 
     def list(self, prefix: str) -> Iterator[str]:
         return (info.uri for info in self.list_objects(prefix))
 
     def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
-        for page in self._pages(prefix):
-            yield from page[0]
+        bucket, folder = _folder(prefix)
+        try:
+            for page in obstore.list(self._store(bucket), folder or None, chunk_size=PAGE):
+                _count("LIST")
+                yield from (_info(bucket, meta) for meta in page)
+        except Exception as error:
+            raise _obstore_error(prefix, error) from None
 
     def list_level(self, prefix: str) -> tuple[list[ObjectInfo], list[str]]:
-        objects: list[ObjectInfo] = []
-        folders: list[str] = []
-        for page_objects, page_folders in self._pages(prefix, delimiter="/"):
-            objects += page_objects
-            folders += page_folders
-        return objects, folders
-
-    def _pages(self, prefix: str, delimiter: str = "") -> Iterator[tuple[list[ObjectInfo], list[str]]]:
-        bucket, key = split_s3_uri(prefix)
-        folder = key if not key or key.endswith("/") else key + "/"
-        pages = self._client.get_paginator("list_objects_v2").paginate(
-            Bucket=bucket, Prefix=folder, Delimiter=delimiter
-        )
+        bucket, folder = _folder(prefix)
         try:
-            for page in pages:
-                _count("LIST")
-                objects = [
-                    ObjectInfo(f"{S3_SCHEME}{bucket}/{obj['Key']}", obj.get("ETag"), obj.get("Size"))
-                    for obj in page.get("Contents", ())
-                ]
-                folders = [f"{S3_SCHEME}{bucket}/{p['Prefix']}" for p in page.get("CommonPrefixes", ())]
-                yield objects, folders
-        except (ClientError, BotoCoreError) as error:
-            raise _error(prefix, error) from None
+            level = obstore.list_with_delimiter(self._store(bucket), folder or None)
+        except Exception as error:
+            raise _obstore_error(prefix, error) from None
+        entries = len(level["objects"]) + len(level["common_prefixes"])
+        _count("LIST", max(1, -(-entries // PAGE)))
+        folders = [f"{S3_SCHEME}{bucket}/{p.rstrip('/')}/" for p in level["common_prefixes"]]
+        return [_info(bucket, meta) for meta in level["objects"]], folders
 
     def get(self, uri: str) -> bytes:
         bucket, key = split_s3_uri(uri)
         _count("GET")
         try:
-            return self._client.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except (ClientError, BotoCoreError) as error:
-            raise _error(uri, error) from None
+            return bytes(obstore.get(self._store(bucket), key).bytes())
+        except Exception as error:
+            raise _obstore_error(uri, error) from None
 
     def get_range(self, uri: str, start: int, length: int) -> bytes:
         bucket, key = split_s3_uri(uri)
         _count("GET")
         try:
-            body = self._client.get_object(
-                Bucket=bucket, Key=key, Range=f"bytes={start}-{start + length - 1}"
-            )
-            return body["Body"].read()
-        except (ClientError, BotoCoreError) as error:
-            raise _error(uri, error) from None
+            return bytes(obstore.get_range(self._store(bucket), key, start=start, length=length))
+        except Exception as error:
+            raise _obstore_error(uri, error) from None
 
     def size(self, uri: str) -> int:
         bucket, key = split_s3_uri(uri)
         _count("HEAD")
         try:
-            return self._client.head_object(Bucket=bucket, Key=key)["ContentLength"]
-        except (ClientError, BotoCoreError) as error:
-            raise _error(uri, error) from None
+            return obstore.head(self._store(bucket), key)["size"]
+        except Exception as error:
+            raise _obstore_error(uri, error) from None
 
     def put(self, uri: str, data: bytes) -> None:
         bucket, key = split_s3_uri(uri)
         _count("PUT")
         try:
-            self._client.put_object(Bucket=bucket, Key=key, Body=data)
-        except (ClientError, BotoCoreError) as error:
-            raise _error(uri, error) from None
+            obstore.put(self._store(bucket), key, data)
+        except Exception as error:
+            raise _obstore_error(uri, error) from None
 
     def exists(self, uri: str) -> bool:
-        bucket, key = split_s3_uri(uri)
-        _count("HEAD")
         try:
-            self._client.head_object(Bucket=bucket, Key=key)
+            self.size(uri)
             return True
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise _error(uri, error) from None
-        except BotoCoreError as error:
-            raise _error(uri, error) from None
+        except MissingObjectError:
+            return False
 
     def make_folder(self, uri: str) -> None:
         bucket, _ = split_s3_uri(uri)
@@ -242,9 +266,7 @@ class S3Storage:
             self._client.head_bucket(Bucket=bucket)
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket", "NotFound"):
-                raise StorageError(
-                    f"bucket {bucket!r} does not exist ({uri}): create it or fix the URI"
-                ) from None
+                raise StorageError(_missing_bucket(uri)) from None
             raise _error(uri, error) from None
         except BotoCoreError as error:
             raise _error(uri, error) from None
@@ -255,13 +277,49 @@ class S3Storage:
             bucket, key = split_s3_uri(uri)
             by_bucket.setdefault(bucket, []).append(key)
         for bucket, keys in by_bucket.items():
-            for start in range(0, len(keys), 1000):  # the most one DeleteObjects call takes
-                batch = [{"Key": key} for key in keys[start : start + 1000]]
+            for start in range(0, len(keys), PAGE):  # one DeleteObjects request per 1,000 keys
                 _count("DELETE")
                 try:
-                    self._client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
-                except (ClientError, BotoCoreError) as error:
-                    raise _error(f"{S3_SCHEME}{bucket}/", error) from None
+                    obstore.delete(self._store(bucket), keys[start : start + PAGE])
+                except Exception as error:
+                    raise _obstore_error(f"{S3_SCHEME}{bucket}/", error) from None
+
+
+PAGE = 1000
+"""Keys per LIST page and per DeleteObjects request (S3's maximum for both)."""
+RETRIES = {
+    "max_retries": 12,
+    "backoff": {"init_backoff": timedelta(milliseconds=200), "max_backoff": timedelta(seconds=15), "base": 4},
+    "retry_timeout": timedelta(minutes=3),
+}
+"""object_store's jittered exponential backoff (each wait drawn between the first and `base` times the
+last, so it roughly doubles) over about a minute and a half: a store down for half a minute is ridden
+out, a dead one fails the work that needed it (which a re-run redoes)."""
+
+
+def _folder(prefix: str) -> tuple[str, str]:
+    bucket, key = split_s3_uri(prefix)
+    return bucket, key if not key or key.endswith("/") else key + "/"
+
+
+def _info(bucket: str, meta: dict) -> ObjectInfo:
+    return ObjectInfo(f"{S3_SCHEME}{bucket}/{meta['path']}", meta.get("e_tag"), meta.get("size"))
+
+
+def _obstore_error(uri: str, error: Exception) -> StorageError:
+    """The one-line error for an obstore failure: ObjectError when only this object is at fault."""
+    text = str(error)
+    if "<Code>NoSuchBucket</Code>" in text:
+        return StorageError(_missing_bucket(uri))
+    if isinstance(error, (FileNotFoundError, NotFoundError)):
+        return MissingObjectError(f"{uri} does not exist")
+    if isinstance(error, (PermissionDeniedError, UnauthenticatedError)):
+        return ObjectError(f"access denied to {uri}: check AWS credentials and permissions")
+    if isinstance(error, (ValueError, InvalidPathError)):  # a key object_store will not name ("..")
+        return ObjectError(f"{uri}: not a valid object key ({text.splitlines()[0][:200]})")
+    if isinstance(error, StorageError):
+        return error
+    return StorageError(f"{uri}: {text.splitlines()[0][:300] if text else type(error).__name__}")
 
 
 def _error(uri: str, error: Exception) -> StorageError:
