@@ -199,25 +199,21 @@ def test_object_store_down_for_ten_seconds(own_s3: LocalS3, photos: Path, tmp_pa
     job = facesweep("s3://flaky/in", "s3://flaky/out", "--shard-size", "2", env=own_s3.env())
     next(wait_for_shard_line(job))
     own_s3.stop()
-    outage_started = time.monotonic()
     restarted: list[LocalS3] = []
-    timer = threading.Timer(
-        10.0,
-        lambda: restarted.append(start_local_s3(own_s3.data_dir, own_s3.credentials, ports=own_s3.ports)),
-    )
+    running_when_back: list[bool] = []
+
+    def restart() -> None:
+        running_when_back.append(job.poll() is None)  # the job lived through the whole outage
+        restarted.append(start_local_s3(own_s3.data_dir, own_s3.credentials, ports=own_s3.ports))
+
+    timer = threading.Timer(10.0, restart)
     timer.start()
     try:
         out, err = job.communicate(timeout=300)
         timer.join()
-        assert time.monotonic() - outage_started >= 10
-        if job.returncode != 0:
-            # boto3's bounded retries gave up on a shard before the store was back: the job says so in
-            # its summary, and a re-run of the same command completes it.
-            assert job.returncode == 1 and "failed (" in out and "re-run to retry them" in out, err
-            job = facesweep("s3://flaky/in", "s3://flaky/out", "--shard-size", "2", env=own_s3.env())
-            out, err = job.communicate(timeout=300)
-            assert "resumed: " in out
-        assert job.returncode == 0, err
+        assert running_when_back == [True] and restarted, "the store was not down while the job ran"
+        # obstore's retries (about a minute) ride out a 10 s outage: no shard fails, nothing to re-run
+        assert job.returncode == 0 and "failed (" not in out, err
         s3 = own_s3.arrow_filesystem()
         assert_exactly_once("flaky/out", {f"s3://flaky/in/{p.name}" for p in photos.iterdir()}, s3)
         errors = ds.dataset("flaky/out", format="parquet", filesystem=s3).to_table(columns=["error"])

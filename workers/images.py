@@ -292,12 +292,6 @@ _JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOF0..SOF15 
 _TIFF_INTEGERS = {3: 2, 4: 4, 16: 8}  # SHORT, LONG, LONG8: bytes
 
 
-def to_network_input(image: np.ndarray, preprocess: Preprocess) -> tuple[np.ndarray, Geometry]:
-    """The uint8 [1, h, w, 3] tensor for the network (channel order unchanged) and its geometry."""
-    scaled, net, geometry = scale_for_network(image, preprocess)
-    return network_tensor(scaled, (0, 0, scaled.shape[1], scaled.shape[0]), net, preprocess.pad), geometry
-
-
 def scale_for_network(
     image: np.ndarray, preprocess: Preprocess, scale: float = 1.0, native: bool = False
 ) -> tuple[np.ndarray, tuple[int, int], Geometry]:

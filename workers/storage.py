@@ -288,12 +288,12 @@ class S3Storage:
 PAGE = 1000
 """Keys per LIST page and per DeleteObjects request (S3's maximum for both)."""
 RETRIES = {
-    "max_retries": 12,
-    "backoff": {"init_backoff": timedelta(milliseconds=200), "max_backoff": timedelta(seconds=15), "base": 4},
+    "max_retries": 15,
+    "backoff": {"init_backoff": timedelta(milliseconds=200), "max_backoff": timedelta(seconds=5), "base": 4},
     "retry_timeout": timedelta(minutes=3),
 }
 """object_store's jittered exponential backoff (each wait drawn between the first and `base` times the
-last, so it roughly doubles) over about a minute and a half: a store down for half a minute is ridden
+last, so it roughly doubles, up to 5 s) over about a minute: a store down for half a minute is ridden
 out, a dead one fails the work that needed it (which a re-run redoes)."""
 
 
