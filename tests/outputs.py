@@ -1,14 +1,19 @@
-"""Small real facesweep outputs for the tests of what reads them (`facesweep show`, `facesweep export`)."""
+"""Small real facesweep outputs for the tests of what reads them (`facesweep show`, `facesweep export`),
+and reading an output back as any pyarrow user would."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+
 from jobs.demo import WIDER_SUBSET, sample_photos
 from workers.detector import DetectorSettings
 from workers.driver import JobConfig, run_job
 from workers.models import DEFAULT_MODEL
+from workers.sink import SCHEMA
 
 SUBSET_ANNOTATIONS = WIDER_SUBSET.parent / "annotations.txt"
 BROKEN = "skimage/broken.jpg"
@@ -41,3 +46,13 @@ def run_small_job(input_: str, output: str) -> None:
     )
     result = run_job(config)
     assert not result.failed_shards, result.failed_shards
+
+
+def read_rows(output: str, filesystem: pafs.FileSystem | None = None) -> dict[str, dict]:
+    """An output's rows by uri, read as any pyarrow user would, checked against the contract."""
+    table = ds.dataset(output, format="parquet", filesystem=filesystem).to_table()
+    assert table.schema.equals(SCHEMA), table.schema
+    rows = table.to_pylist()
+    uris = [row["uri"] for row in rows]
+    assert len(uris) == len(set(uris)), "an image appears twice"
+    return {uri: row for uri, row in zip(uris, rows, strict=True)}

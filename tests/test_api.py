@@ -11,7 +11,7 @@ import pytest
 
 import facesweep
 from jobs.demo import sample_photos
-from tests.test_pipeline import ASTRONAUT_FACE
+from tests.photos import ASTRONAUT_FACE
 from workers.nms import pairwise_iou
 
 MODEL = "retinaface-mnet025"

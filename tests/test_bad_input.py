@@ -14,7 +14,8 @@ import pytest
 
 from jobs.demo import sample_photos
 from jobs.local_s3 import LocalS3
-from tests.test_pipeline import ASTRONAUT_FACE, read_rows
+from tests.outputs import read_rows
+from tests.photos import ASTRONAUT_FACE, astronaut, encode, exif_jpeg
 from workers.detector import DetectorSettings
 from workers.driver import JobConfig, run_job
 from workers.images import MAX_PIXELS, ImageError, decode_image, image_format, image_size
@@ -27,16 +28,6 @@ NOT_AN_IMAGE = "not an image (unrecognised format)"
 
 
 # --- making the files -----------------------------------------------------------------------------------
-
-
-def astronaut() -> np.ndarray:
-    return cv2.imread(str(dict(sample_photos())["skimage/astronaut.png"]))
-
-
-def encode(ext: str, image: np.ndarray, *params: int) -> bytes:
-    ok, data = cv2.imencode(ext, image, list(params))
-    assert ok
-    return data.tobytes()
 
 
 def png_chunk(kind: bytes, body: bytes) -> bytes:
@@ -98,15 +89,6 @@ def cmyk_jpeg(bgr: np.ndarray) -> bytes:
         for i, scan in enumerate(scans)
     )
     return b"\xff\xd8" + adobe + tables + frame + body + b"\xff\xd9"
-
-
-def exif_jpeg(upright: np.ndarray, thumbnail: bytes = b"") -> bytes:
-    """A JPEG as a camera held sideways writes it: pixels rotated 90 degrees counter-clockwise, EXIF
-    Orientation 6 ("rotate 90 clockwise to display") in an APP1 segment, optionally a thumbnail after it."""
-    stored = encode(".jpg", cv2.rotate(upright, cv2.ROTATE_90_COUNTERCLOCKWISE), cv2.IMWRITE_JPEG_QUALITY, 95)
-    ifd = struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1, 6, 0) + struct.pack(">I", 0)
-    app1 = b"Exif\x00\x00" + b"MM\x00\x2a" + struct.pack(">I", 8) + ifd + thumbnail
-    return stored[:2] + b"\xff\xe1" + struct.pack(">H", 2 + len(app1)) + app1 + stored[2:]
 
 
 def flip_idat_byte(png: bytes) -> bytes:

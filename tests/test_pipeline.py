@@ -6,22 +6,17 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
 from jobs.demo import sample_photos
 from jobs.local_s3 import LocalS3
+from tests.outputs import read_rows
+from tests.photos import ASTRONAUT_FACE, ASTRONAUT_LANDMARKS
 from workers.detector import DetectorSettings
 from workers.driver import JobConfig, run_job
 from workers.nms import pairwise_iou
-from workers.sink import SCHEMA
 
-# The face in scikit-image's astronaut.png, read off a pixel grid by eye: forehead below the fringe
-# to chin, cheek to cheek; and the five landmarks (eyes' pupils, nose tip, mouth corners).
-ASTRONAUT_FACE = np.array([[180, 62, 270, 180]], np.float32)
-ASTRONAUT_LANDMARKS = np.array([[201, 101], [245, 101], [222, 128], [201, 142], [245, 142]], np.float32)
 FACELESS = ("skimage/coffee.png", "skimage/rocket.jpg")
 
 
@@ -46,15 +41,6 @@ def job(input_: str, output: str, **detector: object) -> JobConfig:
         cpus_per_actor=1,
         shard_size=4,
     )
-
-
-def read_rows(output: str, filesystem: pafs.FileSystem | None = None) -> dict[str, dict]:
-    table = ds.dataset(output, format="parquet", filesystem=filesystem).to_table()
-    assert table.schema.equals(SCHEMA), table.schema
-    rows = table.to_pylist()
-    uris = [row["uri"] for row in rows]
-    assert len(uris) == len(set(uris)), "an image appears twice"
-    return {uri: row for uri, row in zip(uris, rows, strict=True)}
 
 
 def check_contract(rows: dict[str, dict], expected_uris: set[str]) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.paths import MODELS, WIDER_SUBSET
-from tests.test_bad_input import astronaut, exif_jpeg
+from tests.photos import astronaut, exif_jpeg
 from workers.detector import Detector, DetectorSettings, Timings
 from workers.faces import Faces
 from workers.images import decode_image, decode_reduced
