@@ -3,6 +3,7 @@ range, each image exactly once, broken members and cut files as error rows, resu
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import tarfile
@@ -17,7 +18,7 @@ from jobs.demo import sample_photos
 from jobs.export import export
 from jobs.local_s3 import LocalS3
 from jobs.report import write_report
-from workers.containers import ContainerSettings, expand, piece_uri, read_piece
+from workers.containers import ContainerSettings, expand, fetch_members, piece_uri, read_piece
 from workers.detector import DetectorSettings
 from workers.driver import JobConfig, run_job
 from workers.evaluate import evaluate
@@ -89,6 +90,9 @@ def test_a_tar_on_s3_is_read_with_a_few_ranged_gets(s3_env: LocalS3, tmp_path: P
     gets = request_counts()["GET"] - before
     assert sorted(m.name.split("#", 1)[1] for m in found) == sorted(images)
     assert gets <= 2 * listed.num_rows < len(images)  # one GET per piece, another for a member it cuts
+    [alone] = list(list_images("s3://containers/shards/000000.tar", piece_bytes=1 << 20))
+    assert alone.to_pylist() == listed.to_pylist()  # INPUT naming the tar: the same pieces, with its ETag
+    assert None not in alone["etag"].to_pylist()
 
 
 @pytest.mark.parametrize("keep", [0.3, 0.6, 0.9, "a header"])
@@ -109,6 +113,64 @@ def test_a_cut_tar_gives_error_rows_for_what_is_missing(tmp_path: Path, keep: fl
     assert good and all(m.data == images[m.name.split("#", 1)[1]] for m in good)
     assert len(bad) == 1 and "truncated tar" in bad[0].failure.message, [m.failure for m in bad]
     assert bad[0].failure.kind == "truncated"
+
+
+def test_piece_names_hold_when_a_container_grows(tmp_path: Path) -> None:
+    def names(uri: str, size: int) -> list[str]:
+        listing = pa.table({"uri": [uri], "etag": ["v"], "size": [size]})
+        return expand(listing, 1000)["uri"].to_pylist()
+
+    small, grown = names("s3://b/x.tar", 1500), names("s3://b/x.tar", 2500)
+    assert small == [piece_uri("s3://b/x.tar", 0, 1000), piece_uri("s3://b/x.tar", 1000, 2000)]
+    assert grown[:2] == small and len(grown) == 3  # the old pieces keep their names: changed, not gone
+    assert names("s3://b/x.tar.gz", 10) == names("s3://b/x.tar.gz", 10**9)  # one piece, one name
+    tar = tmp_path / "x.tar"
+    images = webdataset_tar(tar)
+    assert len(members(str(tar), tar.stat().st_size, 4096)) == len(images)  # the last piece ends early
+
+
+def test_a_container_that_cannot_be_read_is_one_error_row(tmp_path: Path) -> None:
+    good = tmp_path / "good.tar"
+    webdataset_tar(good)
+    packed = gzip.compress(good.read_bytes())
+    table = tmp_path / "table.parquet"
+    pq.write_table(pa.table({"image": [b"x"]}), table)
+    cases = {
+        "junk.tar.gz": (b"not gzip at all" * 10, "corrupt"),
+        "cut.tar.gz": (packed[: len(packed) // 2], "truncated"),
+        "flipped.tar.gz": (packed[:20] + bytes(b ^ 0xFF for b in packed[20:60]) + packed[60:], "corrupt"),
+        "junk.parquet": (b"PAR1 but no footer" * 100, "corrupt"),
+    }
+    for name, (data, kind) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        [row] = members(str(tmp_path / name), len(data), 1 << 30)
+        assert row.failure.kind == kind and name in row.failure.message, (name, row.failure)
+        assert row.name.startswith(f"{tmp_path / name}#bytes="), row.name
+    [no_id] = members(str(table), table.stat().st_size, 1 << 30, id_column="id")
+    assert "no column 'id' (--id-column)" in no_id.failure.message
+    gone = piece_uri(str(tmp_path / "gone.tar"), 0, 1000)
+    [missing] = read_piece(gone, 1000, ContainerSettings())
+    assert missing.failure.kind == "fetch" and "gone.tar" in missing.failure.message
+    fetched = fetch_members({f"{tmp_path}/gone.tar#0.jpg": gone}, ContainerSettings())
+    assert fetched[f"{tmp_path}/gone.tar#0.jpg"].failure.kind == "fetch"
+
+
+def test_tar_headers_that_are_not_utf8_or_not_octal(tmp_path: Path) -> None:
+    data = photos()[0][1]
+    tar = tmp_path / "latin1.tar"
+    with tarfile.open(tar, "w", format=tarfile.GNU_FORMAT, encoding="latin-1") as archive:
+        info = tarfile.TarInfo("café.jpg")  # its name in Latin-1: not UTF-8
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    [member] = members(str(tar), tar.stat().st_size, 1 << 30)
+    assert member.data == data and member.name == f"{tar}#caf\ufffd.jpg"
+    member.name.encode()  # a surrogate would fail here, and in the output's string column
+    fake = bytearray(512)  # a block with the magic and a checksum that is no number, then the real tar
+    fake[257:262], fake[148:156] = b"ustar", b"9x9x9x9\0"
+    noisy = tmp_path / "noisy.tar"
+    noisy.write_bytes(bytes(fake) + tar.read_bytes())
+    [found] = members(str(noisy), noisy.stat().st_size, 1 << 30)
+    assert found.data == data
 
 
 def test_parquet_image_bytes_by_row_group_with_ids(tmp_path: Path) -> None:

@@ -1,8 +1,10 @@
 """Containers as INPUT: WebDataset tar shards and Parquet tables of image bytes, read a piece at a time.
 
 A container is cut into pieces of PIECE_BYTES by byte range, from its size alone (no request): the
-listing names each piece `<container>#bytes=<start>-<end>` (12 digits each, so pieces sort in order), and
-each piece is one shard, read with one or two ranged GETs, never one request per image:
+listing names each piece `<container>#bytes=<start>-<end>` (12 digits each, so pieces sort in order;
+`end` is `start` + PIECE_BYTES even for the last piece, so a container that grows keeps the names of
+the pieces it had, and the reader stops at the container's end), and each piece is one shard, read
+with one or two ranged GETs, never one request per image:
 
 - tar (`.tar`): a piece holds the members whose first header (a pax or GNU long-name header included)
   starts in its range. Tar headers sit on 512-byte blocks, so a piece finds its first header by scanning
@@ -26,6 +28,7 @@ import gzip
 import io
 import re
 import tarfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -34,9 +37,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from workers.errors import ErrorKind, ImageFailure
+from workers.errors import ErrorKind, ImageError, ImageFailure
 from workers.images import IMAGE_EXTENSIONS
-from workers.storage import RangedFile, storage_for
+from workers.storage import ObjectError, RangedFile, StorageError, storage_for
 
 TAR_SUFFIXES = (".tar",)
 GZIP_TAR_SUFFIXES = (".tar.gz", ".tgz")
@@ -48,6 +51,9 @@ LOOKBACK = 64 * 1024
 """Bytes before a piece's start scanned for headers: a member's pax or long-name headers that begin
 before the piece belong to the piece before it, which must see them whole."""
 BLOCK = 512
+WHOLE = 10**12 - 1
+"""The end a `.tar.gz` piece is named with: it is always the whole container (a gzip stream cannot be
+entered mid-way), whatever the container's size."""
 PIECE = re.compile(r"#bytes=(\d{12})-(\d{12})$")
 
 
@@ -102,41 +108,68 @@ def expand(listing: pa.Table, piece_bytes: int = PIECE_BYTES) -> pa.Table:
     rows: dict[str, list] = {"uri": [], "etag": [], "size": []}
     for uri, etag, size in zip(*(containers[c].to_pylist() for c in ("uri", "etag", "size")), strict=True):
         size = storage_for(uri).size(uri) if size is None else size
-        step = size if uri.lower().endswith(GZIP_TAR_SUFFIXES) else piece_bytes
-        starts = range(0, max(size, 1), max(step, 1))
-        rows["uri"] += [piece_uri(uri, s, min(s + step, size)) for s in starts]
-        rows["etag"] += [etag] * len(starts)
-        rows["size"] += [size] * len(starts)
+        if uri.lower().endswith(GZIP_TAR_SUFFIXES):
+            names = [piece_uri(uri, 0, WHOLE)]
+        else:
+            names = [piece_uri(uri, s, s + piece_bytes) for s in range(0, max(size, 1), piece_bytes)]
+        rows["uri"] += names
+        rows["etag"] += [etag] * len(names)
+        rows["size"] += [size] * len(names)
     pieces = pa.table(rows, schema=listing.schema)
     return pa.concat_tables([rest, pieces]).sort_by("uri")
 
 
 def fetch_members(pieces: Mapping[str, str], settings: ContainerSettings) -> dict[str, Member]:
     """Container images by uri, `pieces` naming each uri's piece (the output's `container`): each piece
-    read once (`facesweep show`)."""
+    read once (`facesweep show`); an image that cannot be read now has its failure."""
     wanted: dict[str, set[str]] = {}
     for uri, piece in pieces.items():
         wanted.setdefault(piece, set()).add(uri)
     found = {}
     for piece, uris in wanted.items():
         container = (parse_piece(piece) or (piece,))[0]
-        for member in read_piece(piece, storage_for(container).size(container), settings):
-            if member.name in uris:
-                found[member.name] = member
+        try:
+            members = read_piece(piece, storage_for(container).size(container), settings)
+        except StorageError as error:
+            members = [Member(piece, None, failure=ImageFailure(ErrorKind.FETCH, str(error)))]
+        by_name = {m.name: m for m in members}  # a failure of the whole piece is named after it
+        absent = ImageFailure(ErrorKind.FETCH, f"not in {piece}")
+        gone = by_name.get(piece) or Member(piece, None, failure=absent)
+        found |= {uri: by_name.get(uri, gone) for uri in uris}
     return found
 
 
 def read_piece(piece: str, size: int, settings: ContainerSettings) -> list[Member]:
-    """The image members of a piece (its uri from `piece_uri`) of a container of `size` bytes."""
+    """The image members of a piece (its uri from `piece_uri`) of a container of `size` bytes. A piece
+    that cannot be read at all (the container gone or forbidden, not a gzip or Parquet file, without the
+    columns asked for) is one error row named after the piece; the store failing raises StorageError
+    (the shard is retried, nothing is recorded)."""
     container, start, end = parse_piece(piece) or (piece, 0, size)
+    try:
+        return _members(piece, container, start, min(end, size), size, settings)
+    except ImageError as error:
+        return [Member(piece, None, failure=error.failure)]
+    except ObjectError as error:
+        return [Member(piece, None, failure=ImageFailure(ErrorKind.FETCH, str(error)))]
+    except StorageError:
+        raise
+    except EOFError as error:
+        failure = ImageFailure(ErrorKind.TRUNCATED, f"{container} is cut short: {error}")
+        return [Member(piece, None, failure=failure)]
+    except (zlib.error, gzip.BadGzipFile, pa.ArrowException) as error:
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        failure = ImageFailure(ErrorKind.CORRUPT, f"{container} cannot be read: {reason}")
+        return [Member(piece, None, failure=failure)]
+
+
+def _members(
+    piece: str, container: str, start: int, end: int, size: int, settings: ContainerSettings
+) -> list[Member]:
     lower = container.lower()
     if lower.endswith(PARQUET_SUFFIXES):
         return _parquet_members(piece, container, start, end, size, settings)
     if lower.endswith(GZIP_TAR_SUFFIXES):
-        try:
-            data = gzip.decompress(storage_for(container).get(container))
-        except (EOFError, gzip.BadGzipFile, OSError) as error:
-            return [Member(piece, None, failure=ImageFailure(ErrorKind.TRUNCATED, f"bad tar.gz: {error}"))]
+        data = gzip.decompress(storage_for(container).get(container))
         return _tar_members(piece, container, data, 0, 0, len(data), len(data))
     first = max(0, start - LOOKBACK) // BLOCK * BLOCK
     last = min(end + LOOKBACK, size)  # a member's headers that straddle `end`, whole
@@ -157,7 +190,7 @@ def _tar_members(
     members, wanted = [], []
     reach = base  # where the last member parsed ends: the next header's block
     try:
-        for info in tarfile.TarFile(fileobj=stream):
+        for info in tarfile.TarFile(fileobj=stream, encoding="utf-8", errors="replace"):
             offset = base + info.offset
             if offset >= end:
                 break
@@ -202,9 +235,14 @@ def _first_header(data: bytes) -> int | None:
     for index in np.flatnonzero(magic):
         block = blocks[index]
         stored = bytes(block[148:156]).split(b"\0")[0].strip()
-        if stored and int(block[:148].sum()) + int(block[156:].sum()) + 8 * 32 == int(stored, 8):
+        if re.fullmatch(rb"[0-7]+", stored) and _checksum(block) == int(stored, 8):
             return int(index) * BLOCK
     return None
+
+
+def _checksum(block: np.ndarray) -> int:
+    """A tar header's checksum: its bytes summed with the checksum field counted as spaces."""
+    return int(block[:148].sum()) + int(block[156:].sum()) + 8 * ord(" ")
 
 
 def _sample_key(name: str) -> str:
@@ -219,10 +257,7 @@ def _parquet_members(
 ) -> list[Member]:
     """The rows of the row groups whose first column chunk starts in [start, end)."""
     file = pq.ParquetFile(RangedFile(container, size))
-    try:
-        column, path_field = _image_column(file.schema_arrow, settings.image_column)
-    except ValueError as error:
-        return [Member(piece, None, failure=ImageFailure(ErrorKind.NOT_AN_IMAGE, f"{container}: {error}"))]
+    column, path_field = _image_column(container, file.schema_arrow, settings)
     metadata = file.metadata
     first_row, members = 0, []
     columns = [column, *([settings.id_column] if settings.id_column else [])]
@@ -237,8 +272,12 @@ def _parquet_members(
     return members
 
 
-def _image_column(schema: pa.Schema, wanted: str | None) -> tuple[str, str | None]:
-    """The image column (and, for a Hugging Face image struct, its `path` field's name) of `schema`."""
+def _image_column(container: str, schema: pa.Schema, settings: ContainerSettings) -> tuple[str, str | None]:
+    """The image column (and, for a Hugging Face image struct, its `path` field's name) of `schema`;
+    ImageError when it has none, or not the columns `settings` name."""
+    wanted, id_column = settings.image_column, settings.id_column
+    if id_column is not None and id_column not in schema.names:
+        raise ImageError(f"{container}: no column {id_column!r} (--id-column)", ErrorKind.NOT_AN_IMAGE)
 
     def kind(field: pa.Field) -> str | None:
         if pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
@@ -249,12 +288,14 @@ def _image_column(schema: pa.Schema, wanted: str | None) -> tuple[str, str | Non
 
     if wanted is not None:
         if wanted not in schema.names or kind(schema.field(wanted)) is None:
-            raise ValueError(f"--image-column {wanted!r} is not a binary or image column")
+            reason = f"{container}: --image-column {wanted!r} is not a binary or image column"
+            raise ImageError(reason, ErrorKind.NOT_AN_IMAGE)
         return wanted, "path" if kind(schema.field(wanted)) == "struct" else None
     found = [f.name for f in schema if kind(f) is not None]
     if len(found) != 1:
         what = f"several: {', '.join(found)}" if found else "none"
-        raise ValueError(f"no single image-bytes column ({what}): give --image-column")
+        reason = f"{container}: no single image-bytes column ({what}): give --image-column"
+        raise ImageError(reason, ErrorKind.NOT_AN_IMAGE)
     return found[0], "path" if kind(schema.field(found[0])) == "struct" else None
 
 
