@@ -18,7 +18,7 @@ from workers import inputs, sorted_runs
 from workers.detector import DetectorSettings
 from workers.driver import JobConfig, dry_run
 from workers.inputs import InputError, list_images, list_uris
-from workers.storage import request_counts, storage_for
+from workers.storage import ObjectError, request_counts, storage_for
 
 
 def put(client, bucket: str, keys: list[str]) -> None:
@@ -48,6 +48,25 @@ def test_s3_prefix_is_listed_by_sub_folder_in_key_order(
     assert all(etag.startswith('"') for etag in listed["etag"].to_pylist())
     # one delimited LIST of the prefix, then one LIST per sub-folder (each fits a 1,000-key page)
     assert request_counts()["LIST"] - before == 1 + len(folders) + 2  # and in/b/, in/c/
+
+
+def test_keys_object_store_cannot_name_are_listed_and_read_through_boto3(s3_env: LocalS3) -> None:
+    """S3 allows `a//b` and `.` segments; object_store refuses them (a whole listing with one of them).
+    SeaweedFS stores `in//x.jpg` as `in/x.jpg` and refuses `.` segments, so the GETs below can only show
+    that such a key reaches the store (and what it answers) instead of failing in the client."""
+    client = s3_env.client()
+    client.create_bucket(Bucket="odd-keys")
+    put(client, "odd-keys", ["in//x.jpg", "in/y.jpg"])
+    storage = storage_for("s3://odd-keys/")
+    assert storage.get("s3://odd-keys/in//x.jpg") == b"in//x.jpg"
+    assert storage.get_range("s3://odd-keys/in//x.jpg", 3, 2) == b"/x"
+    assert storage.head("s3://odd-keys/in//x.jpg").size == len("in//x.jpg")
+    with pytest.raises(ObjectError, match=r"s3://odd-keys/in/\./y\.jpg: InvalidRequest"):
+        storage.get("s3://odd-keys/in/./y.jpg")  # an error row for this image, not a failed shard
+    assert [info.uri for info in storage.list_objects("s3://odd-keys/in/")] == [
+        "s3://odd-keys/in/x.jpg",
+        "s3://odd-keys/in/y.jpg",
+    ]
 
 
 def test_local_directory_lists_in_path_order(tmp_path: Path) -> None:

@@ -74,11 +74,10 @@ def _list(source: str, include: str | None) -> Iterator[pa.Table]:
         return sort_unsorted(_read_inventory(source, include), LISTING_SCHEMA)
     if is_manifest(source) and not _holds_images(source):
         return sort_unsorted(_read_manifest(source), LISTING_SCHEMA)
-    if not is_s3_uri(source) and Path(source).is_file():
-        path = Path(source).absolute()
-        return iter([_table([ObjectInfo(str(path), str(path.stat().st_mtime_ns), path.stat().st_size)])])
+    if not is_s3_uri(source) and Path(source).is_file():  # one image or container
+        return iter([_table([storage_for(source).head(str(Path(source).absolute()))])])
     if is_s3_uri(source) and is_container(source):  # one tar or Parquet object
-        return iter([_table([ObjectInfo(source, None, storage_for(source).size(source))])])
+        return iter([_table([storage_for(source).head(source)])])
     if not is_s3_uri(source) and not Path(source).is_dir():
         raise InputError(
             f"INPUT {source} does not exist: give an s3://bucket/prefix, a directory, a manifest "

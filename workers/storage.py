@@ -1,7 +1,8 @@
 """Object storage behind one small interface (list, get, put, exists): obstore for s3://, else local files.
 
 S3 endpoint and credentials come the standard boto3 way (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, profiles...),
-read by boto3 and used by obstore for every request; this is the one place a client is built.
+read by boto3 and used by obstore for the data requests (boto3 lists); this is the one place clients are
+built.
 Writes are atomic: an S3 PUT of the whole body, or a hidden temporary file renamed into place locally.
 Every request is counted by kind (LIST, GET, PUT, HEAD, DELETE) in this process: `request_counts()`.
 """
@@ -96,6 +97,10 @@ class Storage(Protocol):
         """`length` bytes of the object from offset `start` (fewer at its end)."""
         ...
 
+    def head(self, uri: str) -> ObjectInfo:
+        """The object's version tag and size (one HEAD)."""
+        ...
+
     def size(self, uri: str) -> int: ...
 
     def put(self, uri: str, data: bytes) -> None: ...
@@ -144,12 +149,13 @@ def _local() -> LocalStorage:
 
 
 class S3Storage:
-    """obstore (the Rust `object_store`) for every data request: list, get, ranged get, head, put and
-    delete, signed with boto3's credential chain (environment, profiles, SSO, instance metadata) through
-    obstore's Boto3CredentialProvider, at the endpoint and region boto3 resolves (AWS_ENDPOINT_URL,
-    AWS_REGION, a profile's settings), so every request facesweep makes has one configuration. boto3
-    itself does only what obstore cannot: the credentials check, one reachability probe, and asking
-    whether a bucket exists. Measured client CPU per GET: docs/BENCHMARKS.md."""
+    """obstore (the Rust `object_store`) for the data requests: get, ranged get, head, put and delete,
+    signed with boto3's credential chain (environment, profiles, SSO, instance metadata) through obstore's
+    Boto3CredentialProvider, at the endpoint boto3 resolves (AWS_ENDPOINT_URL, a profile's settings) and
+    the bucket's own region, so every request facesweep makes has one configuration. boto3 does what
+    obstore cannot: the credentials check, one reachability probe, the bucket's region and existence,
+    LIST (object_store fails a whole listing on one key it cannot name as a path: `a//b`, `.`, `..`,
+    which S3 allows) and the GET of such a key. Measured client CPU per GET: docs/S3-CLIENTS.md."""
 
     def __init__(self, max_connections: int = 32) -> None:
         self._max_connections = max_connections
@@ -182,7 +188,7 @@ class S3Storage:
             if bucket not in self._stores:
                 endpoint = client.meta.endpoint_url
                 aws = urlsplit(endpoint).hostname.endswith(".amazonaws.com")
-                options = {"region": client.meta.region_name or "us-east-1"}
+                options = {"region": _bucket_region(client, bucket)}
                 if not aws:  # other stores: their URL, path-style addressing
                     options.update(endpoint=endpoint, virtual_hosted_style_request=False)
                 self._stores[bucket] = S3Store(
@@ -202,29 +208,39 @@ class S3Storage:
 
     def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
         bucket, folder = _folder(prefix)
-        try:
-            for page in obstore.list(self._store(bucket), folder or None, chunk_size=PAGE):
-                _count("LIST")
-                yield from (_info(bucket, meta) for meta in page)
-        except Exception as error:
-            raise _obstore_error(prefix, error) from None
+        for page in self._pages(prefix, Bucket=bucket, Prefix=folder):
+            yield from (_listed(bucket, item) for item in page.get("Contents", ()))
 
     def list_level(self, prefix: str) -> tuple[list[ObjectInfo], list[str]]:
         bucket, folder = _folder(prefix)
+        objects, folders = [], []
+        for page in self._pages(prefix, Bucket=bucket, Prefix=folder, Delimiter="/"):
+            objects += [_listed(bucket, item) for item in page.get("Contents", ())]
+            folders += [f"{S3_SCHEME}{bucket}/{p['Prefix']}" for p in page.get("CommonPrefixes", ())]
+        return objects, folders
+
+    def _pages(self, prefix: str, **request: str) -> Iterator[dict]:
+        """ListObjectsV2 pages, through boto3: object_store refuses a whole listing that holds one key
+        it cannot name as a path (`a//b`, a `.` or `..` segment), which S3 allows."""
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            **request, PaginationConfig={"PageSize": PAGE}
+        )
         try:
-            level = obstore.list_with_delimiter(self._store(bucket), folder or None)
-        except Exception as error:
-            raise _obstore_error(prefix, error) from None
-        entries = len(level["objects"]) + len(level["common_prefixes"])
-        _count("LIST", max(1, -(-entries // PAGE)))
-        folders = [f"{S3_SCHEME}{bucket}/{p.rstrip('/')}/" for p in level["common_prefixes"]]
-        return [_info(bucket, meta) for meta in level["objects"]], folders
+            for page in pages:
+                _count("LIST")
+                yield page
+        except ClientError as error:
+            raise _error(prefix, error) from None
+        except BotoCoreError as error:
+            raise StorageError(_describe(prefix, error)) from None
 
     def get(self, uri: str) -> bytes:
         bucket, key = split_s3_uri(uri)
         _count("GET")
         try:
             return bytes(obstore.get(self._store(bucket), key).bytes())
+        except (ValueError, InvalidPathError):  # a key object_store will not name: through boto3
+            return self._boto_get(uri)
         except Exception as error:
             raise _obstore_error(uri, error) from None
 
@@ -233,16 +249,40 @@ class S3Storage:
         _count("GET")
         try:
             return bytes(obstore.get_range(self._store(bucket), key, start=start, length=length))
+        except (ValueError, InvalidPathError):
+            return self._boto_get(uri, f"bytes={start}-{start + length - 1}")
         except Exception as error:
             raise _obstore_error(uri, error) from None
 
-    def size(self, uri: str) -> int:
+    def head(self, uri: str) -> ObjectInfo:
         bucket, key = split_s3_uri(uri)
         _count("HEAD")
         try:
-            return obstore.head(self._store(bucket), key)["size"]
+            return _info(bucket, obstore.head(self._store(bucket), key))
+        except (ValueError, InvalidPathError):
+            return self._boto_head(uri)
         except Exception as error:
             raise _obstore_error(uri, error) from None
+
+    def _boto_get(self, uri: str, byte_range: str = "") -> bytes:
+        """A GET through boto3, for a key S3 allows and object_store cannot name (`a//b`, `./a`)."""
+        bucket, key = split_s3_uri(uri)
+        try:
+            ranged = {"Range": byte_range} if byte_range else {}
+            return self._client.get_object(Bucket=bucket, Key=key, **ranged)["Body"].read()
+        except (ClientError, BotoCoreError) as error:
+            raise _error(uri, error) from None
+
+    def _boto_head(self, uri: str) -> ObjectInfo:
+        bucket, key = split_s3_uri(uri)
+        try:
+            found = self._client.head_object(Bucket=bucket, Key=key)
+        except (ClientError, BotoCoreError) as error:
+            raise _error(uri, error) from None
+        return ObjectInfo(uri, found.get("ETag"), found.get("ContentLength"))
+
+    def size(self, uri: str) -> int:
+        return self.head(uri).size
 
     def put(self, uri: str, data: bytes) -> None:
         bucket, key = split_s3_uri(uri)
@@ -302,6 +342,10 @@ def _folder(prefix: str) -> tuple[str, str]:
     return bucket, key if not key or key.endswith("/") else key + "/"
 
 
+def _listed(bucket: str, item: dict) -> ObjectInfo:
+    return ObjectInfo(f"{S3_SCHEME}{bucket}/{item['Key']}", item.get("ETag"), item.get("Size"))
+
+
 def _info(bucket: str, meta: dict) -> ObjectInfo:
     return ObjectInfo(f"{S3_SCHEME}{bucket}/{meta['path']}", meta.get("e_tag"), meta.get("size"))
 
@@ -322,11 +366,31 @@ def _obstore_error(uri: str, error: Exception) -> StorageError:
     return StorageError(f"{uri}: {text.splitlines()[0][:300] if text else type(error).__name__}")
 
 
+OBJECT_CODES = (
+    *("NoSuchKey", "404", "AccessDenied", "403"),
+    *("InvalidRequest", "InvalidArgument", "KeyTooLongError", "InvalidObjectState"),  # e.g. in Glacier
+)
+"""S3 error codes about the one object asked for: its row is an error, the work goes on."""
+
+
 def _error(uri: str, error: Exception) -> StorageError:
     """The one-line error for a boto3 failure: ObjectError when only this object is at fault."""
     code = error.response.get("Error", {}).get("Code", "") if isinstance(error, ClientError) else ""
-    cls = ObjectError if code in ("NoSuchKey", "404", "AccessDenied", "403") else StorageError
+    cls = ObjectError if code in OBJECT_CODES else StorageError
     return cls(_describe(uri, error))
+
+
+def _bucket_region(client, bucket: str) -> str:
+    """The bucket's own region as the store says it (`x-amz-bucket-region`, one HEAD per bucket and
+    process; boto3 follows AWS's redirect there, obstore does not), else the configured one."""
+    _count("HEAD")
+    try:
+        headers = client.head_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPHeaders"]
+    except ClientError as error:  # a refusal (403, 404) still names the region
+        headers = error.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    except BotoCoreError:
+        headers = {}
+    return headers.get("x-amz-bucket-region") or client.meta.region_name or "us-east-1"
 
 
 def _check_reachable(session: boto3.session.Session, endpoint: str) -> None:
@@ -362,6 +426,13 @@ def _describe(uri: str, error: Exception) -> str:
 
 def _missing_bucket(uri: str) -> str:
     return f"bucket {split_s3_uri(uri)[0]!r} does not exist ({uri}): create it or fix the URI"
+
+
+def _local_error(uri: str, error: OSError) -> StorageError:
+    """A local file that is missing, a folder or forbidden is the object's problem; anything else (a disk
+    error) the store's."""
+    one = isinstance(error, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError))
+    return (ObjectError if one else StorageError)(f"{uri}: {error.strerror or error}")
 
 
 class LocalStorage:
@@ -403,10 +474,8 @@ class LocalStorage:
         _count("GET")
         try:
             return Path(uri).read_bytes()
-        except (FileNotFoundError, IsADirectoryError, PermissionError) as error:
-            raise ObjectError(f"{uri}: {error.strerror or error}") from None
         except OSError as error:
-            raise StorageError(f"{uri}: {error.strerror or error}") from None
+            raise _local_error(uri, error) from None
 
     def get_range(self, uri: str, start: int, length: int) -> bytes:
         _count("GET")
@@ -415,14 +484,18 @@ class LocalStorage:
                 file.seek(start)
                 return file.read(length)
         except OSError as error:
-            raise StorageError(f"{uri}: {error.strerror or error}") from None
+            raise _local_error(uri, error) from None
 
-    def size(self, uri: str) -> int:
+    def head(self, uri: str) -> ObjectInfo:
         _count("HEAD")
         try:
-            return Path(uri).stat().st_size
+            stat = Path(uri).stat()
         except OSError as error:
-            raise StorageError(f"{uri}: {error.strerror or error}") from None
+            raise _local_error(uri, error) from None
+        return ObjectInfo(uri, str(stat.st_mtime_ns), stat.st_size)
+
+    def size(self, uri: str) -> int:
+        return self.head(uri).size
 
     def put(self, uri: str, data: bytes) -> None:
         _count("PUT")
