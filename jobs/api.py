@@ -110,12 +110,28 @@ class FaceDetector:
             raise ValueError(f"a batch needs a `bytes` or `image` column, not only {', '.join(batch)}")
         images = list(batch[column])
         if IMAGE_COLUMNS[column] == "RGB":
-            images = [cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR) for image in images]
+            images = [_rgb_to_bgr(np.asarray(image)) for image in images]
         else:
             images = [bytes(image) for image in images]
         table = self.detect_table(images)
         kept = {name: pa.array(list(values)) for name, values in batch.items() if name != column}
         return pa.table({**kept, **{name: table[name] for name in RESULT_COLUMNS}})
+
+
+RGB_TO_BGR = {
+    (2, 1): cv2.COLOR_GRAY2BGR,
+    (3, 1): cv2.COLOR_GRAY2BGR,
+    (3, 3): cv2.COLOR_RGB2BGR,
+    (3, 4): cv2.COLOR_RGBA2BGR,
+}
+"""OpenCV's conversion to BGR by (dimensions, channels): `read_images` gives grey, RGB or RGBA arrays."""
+
+
+def _rgb_to_bgr(image: np.ndarray) -> np.ndarray:
+    """A `read_images` array in OpenCV's BGR order; any other array as it is (its row says why not)."""
+    channels = image.shape[2] if image.ndim == 3 else 1
+    code = RGB_TO_BGR.get((image.ndim, channels))
+    return image if code is None or image.dtype != np.uint8 or 0 in image.shape else cv2.cvtColor(image, code)
 
 
 __all__ = ["SCHEMA", "FaceDetector", "ImageResult", "JobProgress", "job_config", "run"]

@@ -481,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.dry_run:
             print(dry_run_summary(dry_run(config, args.rate)))
             return 0
-    except (ConfigError, ValueError, *USER_ERRORS) as error:
+    except (ConfigError, ValueError, OSError, *USER_ERRORS) as error:  # OSError: a GROUND_TRUTH file
         return refuse(error)
     return run_command(args, config)
 

@@ -48,6 +48,23 @@ def test_detect_bytes_and_arrays_with_bad_images_as_their_own_errors(
     assert table.schema.equals(facesweep.SCHEMA) and table["uri"].to_pylist() == ["astronaut"]
 
 
+def test_a_ray_data_batch_of_grey_rgb_and_rgba_arrays(detector: facesweep.FaceDetector, photos: Path) -> None:
+    [astronaut] = photos.glob("*astronaut.png")
+    rgb = cv2.cvtColor(cv2.imread(str(astronaut)), cv2.COLOR_BGR2RGB)
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    batch = {"image": np.array([rgb, grey, rgba, np.zeros((2, 2, 2), np.uint8)], dtype=object)}
+    table = detector(batch)
+    assert table["status"].to_pylist() == ["ok", "ok", "ok", "error"]
+    assert table["error_kind"].to_pylist()[3] == "not_an_image"
+    faces = table["faces"].to_pylist()[:3]
+    boxes = [
+        np.array([[f["x1"], f["y1"], f["x2"], f["y2"]] for f in found[:1]], np.float32) for found in faces
+    ]
+    assert all(pairwise_iou(b, ASTRONAUT_FACE, plus_one=False)[0, 0] >= 0.8 for b in boxes)
+    np.testing.assert_array_equal(boxes[2], boxes[0])  # an opaque alpha channel changes nothing
+
+
 def test_a_job_through_the_api_finds_what_detect_finds(
     ray_local: None, detector: facesweep.FaceDetector, photos: Path, tmp_path: Path
 ) -> None:

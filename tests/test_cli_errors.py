@@ -243,3 +243,6 @@ def test_ground_truth_that_pairs_with_no_input_image_is_refused_before_the_job(
         result, f"--ground-truth {truth}: none of its 1 images pairs with an image of INPUT", "astronaut.png"
     )
     assert not (tmp_path / "out").exists()
+    missing = facesweep(str(photo), str(tmp_path / "out"), "--ground-truth", str(tmp_path / "nothing.txt"))
+    assert_one_line_error(missing, "nothing.txt")
+    assert not (tmp_path / "out").exists()
