@@ -7,6 +7,7 @@ naive loop a user writes first.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -14,9 +15,11 @@ import platform
 import re
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,6 +27,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from jobs.local_s3 import LocalS3
 
@@ -33,6 +38,7 @@ BUCKET = "bench"
 SUBSET = Path("data/widerface/val-subset-145/images")
 CLOCK_TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
 SHARD_LINE = re.compile(r"^shard \d+: (\d+)/")  # jobs.progress.LogProgress, one line per finished shard
+PARQUET_ROWS = 16  # images per row group of the benchmark's Parquet tables (about 2 MB of WIDER photos)
 ROLES = ("actor", "s3", "driver", "other", "idle")  # where the machine's core-time goes during a run
 
 
@@ -161,6 +167,36 @@ class Store:
         path = self.folder / f"{data.name}-{count}.txt"
         path.write_text("".join(f"s3://{BUCKET}/{key}\n" for key in data.keys(count)))
         return path
+
+    def containers(self, data: DataSet, count: int, kind: str) -> Path:
+        """A manifest of the containers (`tar`: WebDataset shards; `parquet`: tables of image bytes) holding
+        at least `count` images of the set, one copy of the set per container."""
+        copies = math.ceil(count / len(data.photos))
+        keys = [f"{data.name}/{kind}/c{copy:03d}.{kind}" for copy in range(copies)]
+        body = self._container(data, kind)
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda key: self.client.put_object(Bucket=BUCKET, Key=key, Body=body), keys))
+        path = self.folder / f"{data.name}-{kind}-{count}.txt"
+        path.write_text("".join(f"s3://{BUCKET}/{key}\n" for key in keys))
+        return path
+
+    @staticmethod
+    def _container(data: DataSet, kind: str) -> bytes:
+        """The set as one container: a WebDataset tar (each sample an image and its .json) or a Parquet
+        table of `key` and `image` bytes in row groups of PARQUET_ROWS."""
+        names = sorted(data.photos)
+        sink = io.BytesIO()
+        if kind == "parquet":
+            table = pa.table({"key": names, "image": [data.photos[n] for n in names]})
+            pq.write_table(table, sink, row_group_size=PARQUET_ROWS)
+            return sink.getvalue()
+        with tarfile.open(fileobj=sink, mode="w") as archive:
+            for i, name in enumerate(names):
+                for member, body in ((f"{i:06d}.jpg", data.photos[name]), (f"{i:06d}.json", b"{}")):
+                    info = tarfile.TarInfo(member)
+                    info.size = len(body)
+                    archive.addfile(info, io.BytesIO(body))
+        return sink.getvalue()
 
     def json(self, output: str, name: str) -> dict:
         prefix = output.removeprefix(f"s3://{BUCKET}/").rstrip("/")
@@ -351,8 +387,6 @@ def naive_loop(model: str, uris: list[str], seconds: float) -> dict:
     synchronous infer (compile_model's defaults), decode, append; then one Parquet write."""
     import boto3
     import openvino as ov
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from workers.detector import Detector, DetectorSettings
     from workers.runtime import read_model
@@ -369,9 +403,7 @@ def naive_loop(model: str, uris: list[str], seconds: float) -> dict:
     s3 = boto3.client("s3")
     results = []
     started = time.perf_counter()
-    for uri in uris:
-        bucket, _, key = uri.removeprefix("s3://").partition("/")
-        data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    for uri, data in naive_images(s3, uris):
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         prepared = detector.prepare(image)
         pixels = prepared.views[0].tensor
@@ -388,6 +420,24 @@ def naive_loop(model: str, uris: list[str], seconds: float) -> dict:
     s3.put_object(Bucket=BUCKET, Key="naive/out.parquet", Body=sink.getvalue().to_pybytes())
     elapsed = time.perf_counter() - started
     return {"images": len(results), "img_s": len(results) / elapsed}
+
+
+def naive_images(s3, uris: list[str]) -> Iterator[tuple[str, bytes]]:
+    """Each image as a user's loop reads it: an object by its GET; a container by one GET of all of it,
+    then its members (tarfile) or its `image` column (pyarrow)."""
+    for uri in uris:
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        if uri.endswith(".tar"):
+            with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+                for member in archive:
+                    if member.name.endswith(".jpg"):
+                        yield f"{uri}#{member.name}", archive.extractfile(member).read()
+        elif uri.endswith(".parquet"):
+            images = pq.read_table(io.BytesIO(data), columns=["image"])["image"].to_pylist()
+            yield from ((f"{uri}#row={n}", image) for n, image in enumerate(images))
+        else:
+            yield uri, data
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["naive"]:

@@ -4,8 +4,11 @@
 
 For each model (face-detection-0204 FP16, the insightface mnet.25 IR, the default model) and each data
 set (WIDER val-subset-145 as it is, and the same photos re-encoded to 1920x1080 JPEG), all in one run on
-one local SeaweedFS:
-- model_img_s: OpenVINO's own `benchmark_app -hint throughput`, same model, device and thread count;
+one local SeaweedFS, with the images as objects and, for the default model, also as WebDataset tar
+shards and as Parquet tables of image bytes:
+- model_img_s: OpenVINO's own `benchmark_app -hint throughput`, same model, device and thread count, right
+  before and right after each end-to-end run (their mean; the pair is measured again, with the run,
+  when the two differ by more than MODEL_DRIFT);
 - decode_s: single-threaded full-size `cv2.imdecode` per image of the set;
 - limit_img_s = 1 / (1/model_img_s + decode_s/cores): one JPEG decode and one inference per image;
 - e2e: `facesweep run` from SeaweedFS to Parquet in SeaweedFS, images/s from the job's own clock
@@ -14,7 +17,7 @@ one local SeaweedFS:
 - where the time goes: the job's per-stage CPU ms per image, and the machine's core-time by process;
 - the trend with 1 and 2 cores, and what it predicts for 16;
 - peak RSS of the driver and of each actor for 1,000 and 10,000 images.
-The last lines printed are one `RATIO ...` line per model and data set.
+The last lines printed are one `RATIO ...` line per model, data set and input kind.
 """
 
 from __future__ import annotations
@@ -25,13 +28,15 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 from harness import (
     DEFAULT,
     MODELS,
+    PARQUET_ROWS,
     REPO,
     ROLES,
     SUBSET,
@@ -56,6 +61,9 @@ STEADY_S = 30.0  # seconds of steady state (after start-up) per end-to-end run, 
 EXPECTED_VS_LIMIT = 0.8  # the first try's images: STEADY_S at this fraction of the limit
 NAIVE_S = 10.0  # seconds of the naive loop per model and set (its rate is steady from the first images)
 MODEL_S = 8  # benchmark_app duration
+MODEL_DRIFT = 0.10  # benchmark_app before and after a run differing by more: the run is measured again
+MODEL_TRIES = 3
+CONTAINER_INPUTS = ("tar", "parquet")  # besides objects, for the default model
 MEMORY_COUNTS = (1_000, 10_000)
 MEMORY_SIZE = (256, 170)  # thumbnails for the memory runs, so that 10,000 images take under a minute
 MEMORY_INPUT = "160x160"
@@ -78,10 +86,15 @@ class Run:
     model: BenchModel
     data: DataSet
     cores: int
-    model_img_s: float
+    input: str = "objects"  # objects | tar | parquet
+    model_rates: list[float] = field(default_factory=list)  # benchmark_app right before and after the run
     job: JobRun | None = None
     naive_img_s: float = 0.0
     naive_images: int = 0
+
+    @property
+    def model_img_s(self) -> float:
+        return sum(self.model_rates) / len(self.model_rates)
 
     @property
     def limit_img_s(self) -> float:
@@ -95,6 +108,12 @@ class Run:
     def core_ms(self) -> float:
         """The machine's core-milliseconds per image at the end-to-end rate."""
         return 1000 * self.cores / self.e2e_img_s
+
+    @property
+    def ceiling_img_s(self) -> float:
+        """What the cores allow for the model, a full-size decode and the store's CPU per image."""
+        model_ms, decode_ms = 1000 * self.cores / self.model_img_s, 1000 * self.data.decode_s
+        return 1000 * self.cores / (model_ms + decode_ms + self.job.core_ms["s3"])
 
     def rate_cells(self) -> list[object]:
         """The cells under RATE_HEADER."""
@@ -110,26 +129,39 @@ class Run:
 
     def ratio_line(self) -> str:
         return (
-            f"RATIO model={self.model.name} data={self.data.name} e2e_img_s={self.e2e_img_s:.1f} "
-            f"model_img_s={self.model_img_s:.1f} limit_img_s={self.limit_img_s:.1f} "
-            f"e2e_vs_limit={self.e2e_img_s / self.limit_img_s:.2f} "
+            f"RATIO model={self.model.name} data={self.data.name} input={self.input} "
+            f"e2e_img_s={self.e2e_img_s:.1f} model_img_s={self.model_img_s:.1f} "
+            f"limit_img_s={self.limit_img_s:.1f} e2e_vs_limit={self.e2e_img_s / self.limit_img_s:.2f} "
+            f"e2e_vs_ceiling={self.e2e_img_s / self.ceiling_img_s:.2f} "
             f"e2e_vs_naive={self.e2e_img_s / self.naive_img_s:.2f}"
         )
 
 
-def measure(store: Store, run: Run, shared: Path, tag: str) -> None:
-    """The e2e run (repeated with more images if its steady state came out shorter than STEADY_S) and
-    the naive loop."""
+def measure(store: Store, run: Run, shared: Path, tag: str, model_rate: Callable[[], float]) -> None:
+    """The e2e run between two benchmark_app runs (`model_rate`), repeated with more images if its steady
+    state came out shorter than STEADY_S, or when the model's rate drifted; then the naive loop."""
     model = run.model.argument(shared)
+    run.model_rates = [model_rate()]
     count = math.ceil(STEADY_S * EXPECTED_VS_LIMIT * run.limit_img_s)
-    while True:
-        manifest = store.manifest(run.data, count)
+    for _ in range(MODEL_TRIES):
+        manifest = (
+            store.manifest(run.data, count)
+            if run.input == "objects"
+            else store.containers(run.data, count, run.input)
+        )
         run.job = facesweep_run(store, manifest, f"s3://bench/out/{tag}/", model, run.cores)
+        run.model_rates.append(model_rate())
+        before, after = run.model_rates[-2:]
         steady = run.job.record["this_run"]["images"] / run.e2e_img_s
-        if steady >= STEADY_S:
+        if steady < STEADY_S:
+            count = math.ceil(count * 1.1 * STEADY_S / steady)
+            print(f"  {steady:.0f} s of steady state: again with {count} images", file=sys.stderr)
+        elif abs(before - after) > MODEL_DRIFT * max(before, after):
+            print(f"  benchmark_app {before:.1f} then {after:.1f} FPS: again", file=sys.stderr)
+        else:
             break
-        count = math.ceil(count * 1.1 * STEADY_S / steady)
-        print(f"  {steady:.0f} s of steady state: again with {count} images", file=sys.stderr)
+        run.model_rates = [after]
+    run.model_rates = run.model_rates[-2:]
     run.naive_images, run.naive_img_s = naive(store, model, manifest, run.cores, NAIVE_S)
     print(f"  {run.ratio_line()}", file=sys.stderr, flush=True)
 
@@ -160,7 +192,8 @@ def memory_runs(store: Store, shared: Path) -> list[tuple[int, JobRun]]:
 
 
 def ratio_table(runs: list[Run]) -> list[str]:
-    header = ["model", "data", *RATE_HEADER, "e2e images (s)", "start-up s", "faces"]
+    header = ["model", "data", "input", *RATE_HEADER, "model before / after", "e2e images (s)"]
+    header += ["start-up s", "faces"]
     rows = []
     for r in runs:
         this = r.job.record["this_run"]
@@ -169,7 +202,9 @@ def ratio_table(runs: list[Run]) -> list[str]:
             [
                 r.model.name,
                 r.data.name,
+                r.input,
                 *r.rate_cells(),
+                " / ".join(f"{rate:.1f}" for rate in r.model_rates),
                 f"{this['images']} ({steady:.0f})",
                 f"{this['startup_seconds']:.1f}",
                 this["faces"],
@@ -179,7 +214,8 @@ def ratio_table(runs: list[Run]) -> list[str]:
 
 
 def stage_table(runs: list[Run]) -> list[str]:
-    header = ["model", "data", *THREAD_STAGES, "inference and the rest", "actor total", "infer latency"]
+    header = ["model", "data", "input", *THREAD_STAGES, "inference and the rest", "actor total"]
+    header += ["infer latency"]
     rows = []
     for r in runs:
         stages = r.job.stage_ms()
@@ -190,6 +226,7 @@ def stage_table(runs: list[Run]) -> list[str]:
             [
                 r.model.name,
                 r.data.name,
+                r.input,
                 *(f"{stages.get(s, 0.0):.2f}" for s in THREAD_STAGES),
                 f"{rest:.2f}",
                 f"{actor:.2f}",
@@ -201,17 +238,20 @@ def stage_table(runs: list[Run]) -> list[str]:
 
 
 def machine_table(runs: list[Run]) -> list[str]:
-    header = ["model", "data", "cores", "core-ms per image", "model alone", "full-size JPEG decode", *ROLES]
-    header += ["window images (s)", "ceiling img/s", "e2e / ceiling"]
+    header = ["model", "data", "input", "cores", "core-ms per image", "model alone", "full-size JPEG decode"]
+    header += [*ROLES, "window images (s)", "ceiling img/s", "e2e / ceiling"]
     rows = []
     for r in runs:
         model_ms, decode_ms = 1000 * r.cores / r.model_img_s, 1000 * r.data.decode_s
-        ceiling = 1000 * r.cores / (model_ms + decode_ms + r.job.core_ms["s3"])
         rows.append(
-            [r.model.name, r.data.name, r.cores, f"{r.core_ms:.2f}", f"{model_ms:.2f}", f"{decode_ms:.2f}"]
-            + [f"{r.job.core_ms[role]:.2f}" for role in ROLES]
-            + [f"{r.job.window_images} ({r.job.window_seconds:.0f})", f"{ceiling:.1f}"]
-            + [f"{r.e2e_img_s / ceiling:.2f}"]
+            [
+                *(r.model.name, r.data.name, r.input, r.cores, f"{r.core_ms:.2f}", f"{model_ms:.2f}"),
+                f"{decode_ms:.2f}",
+                *(f"{r.job.core_ms[role]:.2f}" for role in ROLES),
+                f"{r.job.window_images} ({r.job.window_seconds:.0f})",
+                f"{r.ceiling_img_s:.1f}",
+                f"{r.e2e_img_s / r.ceiling_img_s:.2f}",
+            ]
         )
     return table(header, rows)
 
@@ -268,23 +308,31 @@ def report(runs: list[Run], one: Run, memory: list, started: float, sets: list[D
             for d in sets
         ],
         "",
+        "Inputs: `objects` (one S3 object per image, listed in a manifest); for the default model also "
+        "`tar` (WebDataset shards, one copy of the set per `.tar`, each sample a `.jpg` and a `.json`) and "
+        "`parquet` (one copy of the set per table, the JPEG bytes in an `image` column, row groups of "
+        f"{PARQUET_ROWS}); the containers are listed in a manifest and read by piece with ranged GETs.",
+        "",
         f"- model_img_s: `benchmark_app -d CPU -hint throughput -t {MODEL_S}` with `INFERENCE_NUM_THREADS` = "
-        "the cores and pinning off (as the actors run), same model and input size, run in this session;",
+        "the cores and pinning off (as the actors run), same model and input size, right before and right "
+        "after each e2e run (both shown; the figure is their mean, and a run whose two differ by more than "
+        f"{MODEL_DRIFT:.0%} is measured again);",
         "- limit_img_s = 1 / (1/model_img_s + decode_s/cores): one full-size JPEG decode and one inference "
         "per image (decoding at reduced scale, which facesweep does for big photos, can beat it);",
         f"- e2e: `facesweep run MANIFEST s3://bench/out/... --actors=1 --cpus-per-actor={cores}` (default "
         "options, score threshold 0.5), images/s from the job's own clock after start-up, at least "
         f"{STEADY_S:.0f} s of it;",
-        "- naive: per image a boto3 GET, `cv2.imdecode`, the same resize, NumPy to NCHW float, synchronous "
-        "infer (`compile_model` defaults), the same decode, append; one Parquet write at the end "
-        f"({NAIVE_S:.0f} s of it).",
+        "- naive: per image a boto3 GET (a container: one GET of all of it, then `tarfile` or pyarrow), "
+        "`cv2.imdecode`, the same resize, NumPy to NCHW float, synchronous infer (`compile_model` "
+        f"defaults), the same decode, append; one Parquet write at the end ({NAIVE_S:.0f} s of it).",
         "",
         *ratio_table(runs),
         "",
         "## Where the time goes",
         "",
         "Per image, from the e2e runs' `_job.json`: CPU milliseconds of the actor's threads in each stage "
-        "(fetch = the GET; decode = JPEG decode, at reduced scale where the photo allows; preprocess = "
+        "(fetch = the GET, or a container piece's ranged GETs and its members' parsing; decode = JPEG "
+        "decode, at reduced scale where the photo allows; preprocess = "
         "resize into the input tensor; decode+NMS = the raw outputs to faces; write = the shard's "
         "Parquet); the inference and the rest (the actor's CPU time less those stages: OpenVINO's "
         "threads, Ray, thread switches); the actor's total; the inference latency (ms per request; "
@@ -307,7 +355,9 @@ def report(runs: list[Run], one: Run, memory: list, started: float, sets: list[D
         f"The default model on the `{one.data.name}` set; 1 core = `taskset -c 0` around benchmark_app, the "
         "job (Ray and its actor) and the naive loop; SeaweedFS keeps both cores.",
         "",
-        *trend_lines(one, next(r for r in runs if r.model is one.model and r.data is one.data)),
+        *trend_lines(
+            one, next(r for r in runs if (r.model, r.data, r.input) == (one.model, one.data, "objects"))
+        ),
     ]
     if memory:
         lines += [
@@ -329,22 +379,27 @@ def main() -> int:
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
     parser.add_argument("--quick", action="store_true", help="the default model on one set, no memory runs")
-    parser.add_argument("--decode-nms", type=Path, help="a decode_nms.py table to add as a section")
+    parser.add_argument(
+        "--section", action="append", default=[], metavar="TITLE=FILE", help="a table to add as a section"
+    )
     args = parser.parse_args()
     require_shared(args.shared, "benchmarks/throughput.py")
     started = time.monotonic()
     cores = os.cpu_count() or 1
     sets = data_sets(args.shared)
     models = (DEFAULT,) if args.quick else MODELS
-    model_img_s: dict[tuple[str, int], float] = {}
-    for model in models:
+
+    def model_rate(model: BenchModel, n: int) -> Callable[[], float]:
         plan = inspect_model(DetectorSettings(model=model.argument(args.shared)))
         path = str(resolve_model(model.argument(args.shared)))
-        for n in sorted({cores, 1} if model is DEFAULT else {cores}):
-            model_img_s[model.name, n] = benchmark_app(path, plan.preprocess.input_size, n, MODEL_S)
-            print(
-                f"benchmark_app {model.name} {n} cores: {model_img_s[model.name, n]:.1f} FPS", file=sys.stderr
-            )
+
+        def rate() -> float:
+            fps = benchmark_app(path, plan.preprocess.input_size, n, MODEL_S)
+            print(f"benchmark_app {model.name} {n} cores: {fps:.1f} FPS", file=sys.stderr)
+            return fps
+
+        return rate
+
     with (
         tempfile.TemporaryDirectory(prefix="facesweep-bench-") as tmp,
         start_local_s3(Path(tmp) / "s3") as server,
@@ -352,16 +407,22 @@ def main() -> int:
         store = Store(server, Path(tmp))
         runs = []
         for model in models:
+            rate = model_rate(model, cores)
+            inputs = ("objects", *CONTAINER_INPUTS) if model is DEFAULT else ("objects",)
             for data in sets[:1] if args.quick else sets:
-                run = Run(model, data, cores, model_img_s[model.name, cores])
-                measure(store, run, args.shared, f"{model.name}/{data.name}")
-                runs.append(run)
-        one = Run(DEFAULT, sets[0], 1, model_img_s[DEFAULT.name, 1])
-        measure(store, one, args.shared, f"{DEFAULT.name}/{sets[0].name}-1core")
+                for kind in inputs:
+                    run = Run(model, data, cores, kind)
+                    measure(store, run, args.shared, f"{model.name}/{data.name}/{kind}", rate)
+                    runs.append(run)
+        one = Run(DEFAULT, sets[0], 1)
+        measure(store, one, args.shared, f"{DEFAULT.name}/{sets[0].name}-1core", model_rate(DEFAULT, 1))
         memory = [] if args.quick else memory_runs(store, args.shared)
     text = report(runs, one, memory, started, sets)
-    if args.decode_nms:
-        text += f"\n## Decode + NMS per format (`benchmarks/decode_nms.py`)\n\n{args.decode_nms.read_text()}"
+    for section in args.section:
+        title, _, path = section.partition("=")
+        body = Path(path).read_text()
+        body = body.split("\n", 1)[1].lstrip() if body.startswith("# ") else body  # its own title
+        text += f"\n## {title}\n\n{body}"
     args.out.write_text(text)
     print(f"wrote {args.out}", file=sys.stderr)
     for run in runs:
