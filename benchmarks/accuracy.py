@@ -25,11 +25,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from harness import cpu_name, facesweep_command
+
 from jobs.cli import build_parser, config_from_args
-from workers.detector import inspect_model
 from workers.evaluate import evaluate
-from workers.formats.base import Preprocess
+from workers.model_plan import inspect_model
 from workers.models import model_checksum, resolve_model
+from workers.preprocess import Preprocess
 
 REPO = Path(__file__).resolve().parents[1]
 SUBSET = Path("data/widerface/val-subset-145")
@@ -190,14 +192,6 @@ class Result:
         return self.job.get("this_run", self.job)
 
 
-def facesweep_command() -> str:
-    beside = Path(sys.executable).with_name("facesweep")
-    found = str(beside) if beside.is_file() else shutil.which("facesweep")
-    if not found:
-        sys.exit("accuracy: no `facesweep` command: run with the project's venv (.venv/bin/python)")
-    return found
-
-
 def command_line(variant: Variant, images: str, output: str, shared: Path | None = None) -> list[str]:
     model = variant.model_arg(shared) if shared else variant.shown_model()
     return ["facesweep", "run", images, output, f"--model={model}", *variant.options, *RUN_OPTIONS]
@@ -345,16 +339,6 @@ def run_notes(results: list[Result]) -> list[str]:
         f"{r.run['startup_seconds']:.1f} s"
         for r in results
     ]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def identical_builtins(shared: Path) -> list[str]:

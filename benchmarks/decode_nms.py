@@ -19,8 +19,11 @@ import time
 from pathlib import Path
 
 from jobs.demo import SHARED, WIDER_SUBSET, sample_photos
-from workers.detector import Detector, DetectorSettings
+from workers.detector import Detector
 from workers.images import decode_image
+from workers.model_plan import DetectorSettings
+from workers.runtime import infer
+from workers.views import in_original
 
 MODELS = SHARED / "models"
 MODEL_PER_FORMAT = {
@@ -47,7 +50,7 @@ def measure(model: str, images: list[Path]) -> dict[float, tuple[float, float]]:
     """{threshold: (median microseconds per image, faces per image)}."""
     detector = Detector(DetectorSettings(model=model, score_threshold=min(THRESHOLDS), threads=2))
     prepared = [detector.prepare(decode_image(path.read_bytes())) for path in images]
-    outputs = [detector.infer([p]) for p in prepared]
+    outputs = [[infer(detector.compiled, p.tensor)[i] for i in detector.plan.outputs] for p in prepared]
     results = {}
     for threshold in THRESHOLDS:
         settings = dataclasses.replace(detector.plan.decode, score_threshold=threshold)
@@ -56,10 +59,12 @@ def measure(model: str, images: list[Path]) -> dict[float, tuple[float, float]]:
             best = float("inf")
             for _ in range(REPEATS):
                 started = time.perf_counter()
-                found = detector.decode(raw, [image], settings)
+                (view,) = image.views
+                (tensors,) = detector.format.split(raw, 1)
+                found = in_original(detector.format.decode(tensors, view.net_size, settings), view)
                 best = min(best, time.perf_counter() - started)
             per_image.append(best)
-            faces += len(found[0])
+            faces += len(found)
         results[threshold] = (statistics.median(per_image) * 1e6, faces / len(images))
     return results
 

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,8 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.dataset as ds
+from harness import cpu_name, facesweep_command
 
-from workers.evaluate import match_by_suffix, read_ground_truth, read_predictions, recall
+from workers.annotations import read_ground_truth, read_predictions
+from workers.matching import match_by_suffix, recall
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,15 +65,6 @@ class Run:
     model: str
     wall_seconds: float
     job: dict
-
-
-def facesweep_command() -> str:
-    """The `facesweep` beside this Python (the venv's), else the one on PATH."""
-    beside = Path(sys.executable).with_name("facesweep")
-    found = str(beside) if beside.is_file() else shutil.which("facesweep")
-    if not found:
-        sys.exit("benchmark: no `facesweep` command: run with the project's venv (.venv/bin/python)")
-    return found
 
 
 def run_model(variant: tuple[str, ...], images: Path, output: Path) -> Run:
@@ -188,16 +180,6 @@ def report(shared: Path) -> str:
             *notes,
         ]
     )
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> int:

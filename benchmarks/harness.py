@@ -13,6 +13,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -67,6 +68,25 @@ def table(header: list[str], rows: list[list[object]]) -> list[str]:
         "|" + "---|" * len(header),
         *("| " + " | ".join(map(str, row)) + " |" for row in rows),
     ]
+
+
+def facesweep_command() -> str:
+    """The `facesweep` beside this Python (the venv's), else the one on PATH."""
+    beside = Path(sys.executable).with_name("facesweep")
+    found = str(beside) if beside.is_file() else shutil.which("facesweep")
+    if not found:
+        sys.exit("benchmark: no `facesweep` command: run with the project's venv (.venv/bin/python)")
+    return found
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def generated_by(target: str, script: str, started: float) -> str:
@@ -327,13 +347,12 @@ def facesweep_run(
     model: str,
     cores: int,
     *options: str,
-    launcher: tuple[str, ...] = (str(BIN / "facesweep"),),
 ) -> JobRun:
-    """Runs the real CLI (through `launcher`) on `cores` CPUs: one actor with them, unless `options` say
+    """Runs the real CLI on `cores` CPUs: one actor with them, unless `options` say
     otherwise."""
     command = [
         *pinned(cores),
-        *launcher,
+        str(BIN / "facesweep"),
         *("run", str(manifest), output, f"--model={model}", "--actors=1", f"--cpus-per-actor={cores}"),
         "--overwrite",
         *options,
@@ -388,13 +407,14 @@ def naive_loop(model: str, uris: list[str], seconds: float) -> dict:
     import boto3
     import openvino as ov
 
-    from workers.detector import Detector, DetectorSettings
-    from workers.runtime import read_model
+    from workers.model_plan import DetectorSettings, inspect_model
+    from workers.runtime import infer, read_model
     from workers.sink import ImageResult, results_table
+    from workers.views import image_views
 
-    detector = Detector(DetectorSettings(model=model))  # for its resize and its decode only
-    preprocess = detector.plan.preprocess
-    network = read_model(str(detector.plan.path), model)
+    plan = inspect_model(DetectorSettings(model=model))  # our resize rule and our decoder, no more
+    preprocess = plan.preprocess
+    network = read_model(str(plan.path), model)
     width, height = preprocess.input_size
     network.reshape({network.input(): ov.PartialShape([1, 3, height, width])})
     compiled = ov.Core().compile_model(network, "CPU")
@@ -405,13 +425,16 @@ def naive_loop(model: str, uris: list[str], seconds: float) -> dict:
     started = time.perf_counter()
     for uri, data in naive_images(s3, uris):
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        prepared = detector.prepare(image)
+        prepared = image_views(image, preprocess)
         pixels = prepared.views[0].tensor
         if preprocess.color == "RGB":
             pixels = pixels[..., ::-1]
         blob = ((pixels.astype(np.float32) - mean) / scale).transpose(0, 3, 1, 2)
-        result = compiled(blob)
-        faces = detector.decode([result[output] for output in compiled.outputs], [prepared])[0]
+        outputs = infer(compiled, blob)
+        (tensors,) = plan.format.split([outputs[i] for i in plan.outputs], 1)
+        faces = prepared.geometry.to_original(
+            plan.format.decode(tensors, prepared.views[0].net_size, plan.decode)
+        )
         results.append(ImageResult(uri, image.shape[1], image.shape[0], faces=faces))
         if time.perf_counter() - started > seconds:
             break

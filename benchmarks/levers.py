@@ -8,10 +8,10 @@ docs/LEVERS.md.
 the way to tell a lever's gain from the machine's drift.
 
 Every row is a real `facesweep run` from a local SeaweedFS to Parquet in it (benchmarks/harness.py), on
-all cores with one actor unless the row says otherwise. Levers the CLI has (`--batch`, `--precision`,
-`--full-decode`, `--actors`) are passed as options; levers that are constants of the code (requests in
-flight, shards per actor, fetch threads, CPU pinning) are changed for that run only, in the driver and in
-every Ray worker (a `worker_process_setup_hook`), through `levers.py patched SPEC facesweep-arguments...`.
+all cores with one actor unless the row says otherwise. Every lever is one of the CLI's options (`--batch`,
+`--precision`, `--full-decode`, `--actors`, and the throughput levers `--requests-per-stream`,
+`--shards-at-once`, `--fetch-threads`, `--cpu-pinning`: `workers/tuning.py`). The S3 clients are compared
+by benchmarks/s3_clients.py (`make bench`).
 Where a lever can change the faces found, the row also has the AP on val-subset-145 (official WIDER
 protocol, score threshold 0.02, from a `facesweep run --ground-truth` of the 145 photos with that lever).
 The preprocessing lever (resize in the OpenVINO graph against cv2.resize) is not in facesweep's code; it
@@ -50,7 +50,6 @@ from harness import (
 )
 
 COPIES = {"wider": 20, "1080p": 16}  # of the 145 photos per run: about 20 s each at the baseline's rate
-PATCH_ENV = "FACESWEEP_BENCH_PATCH"
 ZERO_FOUR = MODELS[0]
 ZERO_FOUR_INPUT = (448, 448)
 ZERO_FOUR_INT8 = BenchModel(
@@ -65,7 +64,6 @@ class Lever:
     model: BenchModel = DEFAULT
     data: str = "wider"
     options: tuple[str, ...] = ()
-    patch: tuple[tuple[str, object], ...] = ()  # (module.attribute or compile:KEY, value)
     accuracy: bool = False  # also measure AP on val-subset-145
     reference: str = "baseline (as shipped)"  # the label of the rows it is compared with
 
@@ -73,22 +71,16 @@ class Lever:
 BASELINE = "baseline (as shipped)"
 ZERO_FOUR_BASELINE = "face-detection-0204 FP16, as shipped"
 FULL_HD_BASELINE = "1080p photos, as shipped"
-SHARDS = ("workers.actor.CONCURRENT_SHARDS", "workers.driver.CONCURRENT_SHARDS")
 LEVERS = (  # the baseline first, in the middle and last: its spread is the noise
     Lever("noise", BASELINE, accuracy=True),
-    Lever(
-        "requests in flight", "1x the optimal number", patch=(("workers.runtime.REQUESTS_PER_OPTIMAL", 1),)
-    ),
-    Lever(
-        "requests in flight", "4x the optimal number", patch=(("workers.runtime.REQUESTS_PER_OPTIMAL", 4),)
-    ),
-    Lever("shards per actor", "1 shard at a time", patch=tuple((name, 1) for name in SHARDS)),
-    Lever("fetch threads per actor", "1 fetch thread", patch=(("fetchers", 1),)),
-    Lever("fetch threads per actor", "4 fetch threads", patch=(("fetchers", 4),)),
-    Lever("S3 client", "GETs through pyarrow's S3FileSystem (C++ AWS SDK)", patch=(("arrow_get", True),)),
+    Lever("requests in flight", "1x the optimal number", options=("--requests-per-stream=1",)),
+    Lever("requests in flight", "4x the optimal number", options=("--requests-per-stream=4",)),
+    Lever("shards per actor", "1 shard at a time", options=("--shards-at-once=1",)),
+    Lever("fetch threads per actor", "1 fetch thread", options=("--fetch-threads=1",)),
+    Lever("fetch threads per actor", "4 fetch threads", options=("--fetch-threads=4",)),
     Lever("actors and pinning", "2 actors x 1 CPU", options=("--actors=2", "--cpus-per-actor=1")),
     Lever("noise", BASELINE),
-    Lever("actors and pinning", "CPU pinning on", patch=(("compile:ENABLE_CPU_PINNING", True),)),
+    Lever("actors and pinning", "CPU pinning on", options=("--cpu-pinning",)),
     Lever("batching", "--batch 2", options=("--batch=2",)),
     Lever("batching", "--batch 4", options=("--batch=4",)),
     Lever(
@@ -125,107 +117,13 @@ LEVERS = (  # the baseline first, in the middle and last: its spread is the nois
 )
 
 
-def apply_patch(spec: list[tuple[str, object]]) -> None:
-    """Sets the constants a lever changes, in this process."""
-    import openvino as ov
-
-    from workers import actor, driver, runtime, storage
-
-    modules = {"workers.actor": actor, "workers.driver": driver, "workers.runtime": runtime}
-    compile_config = {}
-    for name, value in spec:
-        if name == "fetchers":
-            actor.ShardWorker.__init__.__defaults__ = (value,)
-        elif name == "arrow_get":
-            storage.S3Storage.get = _arrow_get
-        elif name.startswith("compile:"):
-            compile_config[name.removeprefix("compile:")] = value
-        else:
-            module, _, attribute = name.rpartition(".")
-            setattr(modules[module], attribute, value)
-    if compile_config:
-        original = ov.Core.compile_model
-
-        def compile_model(self, model, device_name=None, config=None):
-            return original(self, model, device_name, {**(config or {}), **compile_config})
-
-        ov.Core.compile_model = compile_model
-
-
-def _arrow_get(self, uri: str) -> bytes:
-    """S3Storage.get through pyarrow's S3FileSystem (the C++ AWS SDK), with boto3's endpoint and
-    credentials; boto3 again on any failure, for its retries and error classification."""
-    import pyarrow.fs
-
-    client = self._client
-    if getattr(self, "_arrow_fs", None) is None:
-        credentials = client._request_signer._credentials.get_frozen_credentials()
-        scheme, _, host = client.meta.endpoint_url.partition("://")
-        self._arrow_fs = pyarrow.fs.S3FileSystem(
-            access_key=credentials.access_key,
-            secret_key=credentials.secret_key,
-            session_token=credentials.token,
-            region=client.meta.region_name,
-            endpoint_override=host,
-            scheme=scheme,
-            retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(1),
-        )
-    try:
-        with self._arrow_fs.open_input_stream(uri.removeprefix("s3://")) as stream:
-            return stream.read()
-    except OSError:
-        bucket, _, key = uri.removeprefix("s3://").partition("/")
-        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
-
-
-def apply_patch_from_env() -> None:
-    """Ray's worker_process_setup_hook: the lever, in every worker process."""
-    apply_patch(json.loads(os.environ.get(PATCH_ENV, "[]")))
-
-
-def patched(spec: str, arguments: list[str]) -> int:
-    """`facesweep` with a lever's constants changed in the driver and in every Ray worker."""
-    import ray
-
-    from jobs.cli import main
-
-    apply_patch(json.loads(spec))
-    here = str(Path(__file__).parent)
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
-    ray.init(
-        _node_ip_address="127.0.0.1",
-        include_dashboard=False,
-        object_store_memory=256 * 1024**2,
-        runtime_env={
-            "worker_process_setup_hook": "levers.apply_patch_from_env",
-            "env_vars": {
-                PATCH_ENV: spec,
-                "PYTHONPATH": os.environ["PYTHONPATH"],
-                "RAY_USAGE_STATS_ENABLED": "0",
-            },
-        },
-        logging_level="WARNING",
-        log_to_driver=False,
-    )
-    try:
-        return main(arguments)
-    finally:
-        ray.shutdown()
-
-
-def launcher(lever: Lever) -> tuple[str, ...]:
-    if not lever.patch:
-        return (str(BIN / "facesweep"),)
-    return (sys.executable, __file__, "patched", json.dumps(lever.patch))
-
-
 def accuracy(lever: Lever, shared: Path) -> dict:
     """WIDER easy / medium / hard AP of the lever's `facesweep run` on val-subset-145 (local files)."""
     subset = shared / SUBSET.parent
     with tempfile.TemporaryDirectory(prefix="facesweep-levers-") as folder:
         figures = Path(folder) / "eval.json"
         command = [
-            *launcher(lever),
+            str(BIN / "facesweep"),
             *(
                 "run",
                 str(subset / "images"),
@@ -312,7 +210,6 @@ def measure(levers: tuple[Lever, ...], shared: Path, sets: dict[str, DataSet], s
             lever.model.argument(shared),
             os.cpu_count() or 1,
             *lever.options,
-            launcher=launcher(lever),
         )
         measured = any(row.ap is not None and row.lever == lever for row in rows)
         ap = accuracy(lever, shared) if lever.accuracy and not measured else None  # once per lever
@@ -401,8 +298,6 @@ def report(rows_in: list[Row], preprocessing: list, sets: dict[str, DataSet], st
 
 
 def main() -> int:
-    if sys.argv[1:2] == ["patched"]:
-        return patched(sys.argv[2], sys.argv[3:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "LEVERS.md")

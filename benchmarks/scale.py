@@ -53,14 +53,15 @@ FACE = Faces(
     np.array([[10, 20, 110, 140]], np.float32), np.array([0.9], np.float32), np.zeros((1, 5, 2), np.float32)
 )
 
+SHARDS_AT_ONCE = 32  # SimulatedWorker's calls at once
+
 
 class SimulatedWorker(ShardCalls):
     """Stands in for ShardWorker with negligible per-image work: one face per image, the shard written
-    through the product's sink. Many shards at once, so that a few actors keep up with the driver."""
+    through the product's sink. Many shards at once (SHARDS_AT_ONCE), so that a few actors keep up with
+    the driver."""
 
-    CONCURRENCY = 32
-
-    def __init__(self, settings: object, output: str, containers: object = None) -> None:
+    def __init__(self, settings: object, output: str, containers: object, tuning: object) -> None:
         self.start_calls(output, "simulated")
 
     def ready(self) -> ActorInfo:
@@ -78,8 +79,9 @@ class SimulatedWorker(ShardCalls):
 
 def child_job(manifest: str, output: str, actors: int, rows_per_file: int) -> dict:
     """One job in this process (run as a child, so its peak RSS is the driver's own)."""
-    from workers.detector import DetectorSettings
     from workers.driver import JobConfig, run_job
+    from workers.model_plan import DetectorSettings
+    from workers.tuning import Tuning
 
     marks: list[tuple[int, float, float]] = []
 
@@ -94,6 +96,7 @@ def child_job(manifest: str, output: str, actors: int, rows_per_file: int) -> di
         0.5,
         shard_size=64,
         rows_per_file=rows_per_file,
+        tuning=Tuning(shards_at_once=SHARDS_AT_ONCE),
     )
     cpu, wall = time.process_time(), time.monotonic()
     progress = run_job(config, mark, worker=SimulatedWorker)
@@ -117,8 +120,8 @@ def child_job(manifest: str, output: str, actors: int, rows_per_file: int) -> di
 
 def child_decide(manifest: str, output: str, rows_per_file: int) -> dict:
     """What a re-run decides now (the product's dry run: listing, ledger, comparison, plan)."""
-    from workers.detector import DetectorSettings
     from workers.driver import JobConfig, dry_run
+    from workers.model_plan import DetectorSettings
 
     config = JobConfig(
         manifest, output, DetectorSettings(model=DEFAULT_MODEL), shard_size=64, rows_per_file=rows_per_file

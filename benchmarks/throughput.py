@@ -54,7 +54,7 @@ from harness import (
 )
 
 from jobs.local_s3 import start_local_s3
-from workers.detector import DetectorSettings, inspect_model
+from workers.model_plan import DetectorSettings, inspect_model
 from workers.models import resolve_model
 
 STEADY_S = 30.0  # seconds of steady state (after start-up) per end-to-end run, at least

@@ -27,16 +27,26 @@ import numpy as np
 import pyarrow as pa
 
 from workers.containers import ContainerSettings
-from workers.detector import Detector, DetectorSettings, Timings
-from workers.driver import JobConfig, JobProgress, run_job
+from workers.detector import Detector, Timings
+from workers.driver import JobConfig, run_job
+from workers.job_progress import JobProgress
+from workers.model_plan import DetectorSettings
 from workers.models import DEFAULT_MODEL
 from workers.pipeline import ImagePipeline, Loaded
 from workers.sink import SCHEMA, ImageResult, results_table
+from workers.tuning import Tuning
 
 DETECTOR_OPTIONS = frozenset(f.name for f in fields(DetectorSettings)) - {"model"}
 CONTAINER_OPTIONS = frozenset(f.name for f in fields(ContainerSettings))
-JOB_OPTIONS = frozenset(f.name for f in fields(JobConfig)) - {"input", "output", "detector", "containers"}
-OPTIONS = DETECTOR_OPTIONS | CONTAINER_OPTIONS | JOB_OPTIONS
+TUNING_OPTIONS = frozenset(f.name for f in fields(Tuning))
+JOB_OPTIONS = frozenset(f.name for f in fields(JobConfig)) - {
+    "input",
+    "output",
+    "detector",
+    "containers",
+    "tuning",
+}
+OPTIONS = DETECTOR_OPTIONS | CONTAINER_OPTIONS | TUNING_OPTIONS | JOB_OPTIONS
 RESULT_COLUMNS = ("width", "height", "status", "error", "error_kind", "model", "faces")
 """What `FaceDetector` adds to a Ray Data batch: the output contract's columns but the uri and version."""
 IMAGE_COLUMNS = {"bytes": "BGR", "image": "RGB"}
@@ -51,8 +61,9 @@ def job_config(input: str, output: str, model: str = DEFAULT_MODEL, **options: A
         raise TypeError(f"unknown job options: {', '.join(sorted(unknown))}")
     detector = DetectorSettings(model, **{k: v for k, v in options.items() if k in DETECTOR_OPTIONS})
     containers = ContainerSettings(**{k: v for k, v in options.items() if k in CONTAINER_OPTIONS})
+    tuning = Tuning(**{k: v for k, v in options.items() if k in TUNING_OPTIONS})
     job = {k: v for k, v in options.items() if k in JOB_OPTIONS}
-    return JobConfig(input, output, detector, containers=containers, **job)
+    return JobConfig(input, output, detector, containers=containers, tuning=tuning, **job)
 
 
 def run(

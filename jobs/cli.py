@@ -16,23 +16,18 @@ from jobs.config import ConfigError, run_arguments
 from jobs.export import DEFAULT_FILES, export
 from jobs.progress import progress_for
 from jobs.report import write_report
+from workers.cluster import STARTUP_TIMEOUT
 from workers.containers import PIECE_BYTES
-from workers.driver import (
-    ROWS_PER_FILE,
-    STARTUP_TIMEOUT,
-    DryRun,
-    JobConfig,
-    JobError,
-    JobProgress,
-    dry_run,
-)
-from workers.errors import ErrorKind
+from workers.driver import ROWS_PER_FILE, DryRun, JobConfig, dry_run
+from workers.errors import ErrorKind, JobError
 from workers.evaluate import check_pairing, evaluate, format_report
 from workers.formats import FORMATS, UnknownFormatError
 from workers.inputs import InputError, list_images
+from workers.job_progress import JobProgress
 from workers.ledger import OutputConflictError
 from workers.models import BUILTIN_MODELS, DEFAULT_MODEL, ModelError
 from workers.storage import StorageError
+from workers.tuning import Tuning
 
 DEFAULT_MAX_ERROR_RATE = 0.1
 DEFAULT_REPORT = "facesweep-report"
@@ -211,6 +206,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=ROWS_PER_FILE,
         help=f"images per output Parquet file; committed shards are compacted into them ({ROWS_PER_FILE})",
+    )
+    tuning = run.add_argument_group("throughput levers (never change the faces; measured in docs/LEVERS.md)")
+    for flag, what in (
+        ("--requests-per-stream", "inference requests in flight per device stream"),
+        ("--shards-at-once", "shards each actor works on at once"),
+        ("--fetch-threads", "threads per actor fetching and decoding images"),
+    ):
+        default = getattr(Tuning, flag[2:].replace("-", "_"))
+        described = f"{what} ({default})"
+        tuning.add_argument(flag, type=_positive_int, default=default, metavar="N", help=described)
+    tuning.add_argument(
+        "--cpu-pinning", action="store_true", help="pin OpenVINO's threads to cores (off: they share them)"
     )
     run.add_argument(
         "--include", metavar="GLOB", help="take keys matching GLOB (default: image and container extensions)"

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from workers.ledger import read_record
+from workers.job_record import read_record
 
 NOT_FROM_FILE = {"help", "config", "resume"}
 TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", None: "a string"}
@@ -92,12 +92,13 @@ def resume_values(output: str, run: argparse.ArgumentParser) -> dict[str, Any]:
     """`facesweep run --resume OUTPUT`: the settings of the run that wrote OUTPUT (its `_job.json`), as
     `run`'s values by dest (a spec's keys are the dests too), --reprocess-changed left out."""
     record = read_record(output)
-    if record is None or "config" not in record:
+    if record is None or record.config is None:
         raise ConfigError(
             f"--resume {output}: no _job.json there: give the OUTPUT of an earlier `facesweep run`"
         )
-    config = dict(record["config"])
-    values = {**config.pop("detector"), **config.pop("containers", {}), **config, "output": output}
+    config = dict(record.config)
+    nested = {**config.pop("detector"), **config.pop("containers", {}), **config.pop("tuning", {})}
+    values = {**nested, **config, "output": output}
     dests = {action.dest for action in spec_actions(run).values()} - {"reprocess_changed"}
     return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in dests}
 

@@ -20,9 +20,10 @@ from jobs.cli import summary
 from jobs.local_s3 import start_local_s3
 from jobs.progress import progress_for
 from jobs.report import write_report
-from workers.detector import DetectorSettings
 from workers.driver import JobConfig, run_job
+from workers.model_plan import DetectorSettings
 from workers.models import DEFAULT_MODEL
+from workers.storage import storage_for
 
 SKIMAGE_PHOTOS = (
     "astronaut.png",
@@ -71,21 +72,21 @@ def main(argv: list[str] | None = None) -> int:
         result = run_job(config, view)
         view.close()
         print(summary(result, config.output))
-        _copy_output(client, args.copy_to)
+        _copy_output(config.output, args.copy_to)
         print(f"local copy: {args.copy_to}/ (query it with DuckDB, pandas or pyarrow.dataset)")
         print(f"report: {write_report(config.output, args.copy_to / '_report')} (open it in a browser)")
     return 1 if result.failed_shards else 0
 
 
-def _copy_output(client: object, target: Path) -> None:
+def _copy_output(output: str, target: Path) -> None:
+    """Every file of OUTPUT (an s3:// prefix) below `target`, through the job's own storage client."""
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="detections/")
-    for page in pages:
-        for obj in page.get("Contents", ()):
-            local = target / obj["Key"].removeprefix("detections/")
-            local.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(BUCKET, obj["Key"], str(local))
+    storage, root = storage_for(output), output.rstrip("/") + "/"
+    for info in storage.list_objects(root):
+        local = target / info.uri[len(root) :]
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes(storage.get(info.uri))
 
 
 if __name__ == "__main__":

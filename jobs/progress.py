@@ -7,7 +7,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from workers.driver import JobProgress
+from workers.job_progress import JobProgress
 
 
 class TerminalProgress:

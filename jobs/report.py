@@ -30,12 +30,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from workers.annotations import read_ground_truth
 from workers.containers import ContainerSettings, Member, fetch_members
-from workers.evaluate import OMZ_HEIGHT_RANGE, evaluate, match_by_suffix, read_ground_truth
+from workers.errors import line_of
+from workers.evaluate import OMZ_HEIGHT_RANGE, evaluate
 from workers.faces import Faces
 from workers.images import decode_image
-from workers.ledger import read_record
-from workers.nms import pairwise_iou
+from workers.job_record import read_record
+from workers.matching import match_by_suffix, match_faces
 from workers.output import faces_per_image, read_output
 from workers.storage import storage_for
 
@@ -132,8 +134,8 @@ def _container_images(output: str, rows: pa.Table) -> dict[str, Member]:
     }
     if not pieces:
         return {}
-    config = ((read_record(output) or {}).get("config") or {}).get("containers") or {}
-    return fetch_members(pieces, ContainerSettings(**config))
+    record = read_record(output)
+    return fetch_members(pieces, record.containers if record else ContainerSettings())
 
 
 def _render(
@@ -152,14 +154,14 @@ def _render(
             raise ValueError(held.failure.message)
         image = decode_image(held.data if held is not None else storage_for(uri).get(uri))
     except (OSError, ValueError) as error:  # StorageError, ImageError
-        return Tile(uri, 0, note=str(error).splitlines()[0])
+        return Tile(uri, 0, note=line_of(error))
     shown = faces.take(faces.scores >= min_score)
     colors = np.tile(np.array(DETECTED), (len(shown), 1))
     missed = np.zeros((0, 4), np.float32)
     counts: dict[str, int] = {}
     if truth is not None:
         truth = truth[(truth[:, 2] > truth[:, 0]) & (truth[:, 3] > truth[:, 1])]  # WIDER's `0 0 0 0`: none
-        matched, found = match_faces(shown.boxes, truth)
+        matched, found = match_faces(shown.boxes, truth, MATCH_IOU)
         colors = np.where(matched[:, None], np.array(MATCHED), np.array(FALSE))
         missed = truth[~found]
         counts = {"matched": int(matched.sum()), "false": int((~matched).sum()), "missed": len(missed)}
@@ -171,20 +173,6 @@ def _render(
         if not cv2.imwrite(str(folder / sub / name), picture, [cv2.IMWRITE_JPEG_QUALITY, 85]):
             raise OSError(f"cannot write {folder / sub / name}")
     return Tile(uri, len(shown), f"thumbs/{name}", f"full/{name}", **counts)
-
-
-def match_faces(
-    boxes: np.ndarray, truth: np.ndarray, iou: float = MATCH_IOU
-) -> tuple[np.ndarray, np.ndarray]:
-    """`(matched [N], found [M])`: greedy one-to-one matching of detections (best first) to faces at `iou`."""
-    overlaps = pairwise_iou(boxes.astype(np.float64), truth.astype(np.float64), plus_one=False)
-    matched, found = np.zeros(len(boxes), bool), np.zeros(len(truth), bool)
-    for i in np.flatnonzero((overlaps >= iou).any(axis=1)):
-        free = np.where(found, -1.0, overlaps[i])
-        best = int(np.argmax(free))
-        if free[best] >= iou:
-            matched[i] = found[best] = True
-    return matched, found
 
 
 def draw_faces(

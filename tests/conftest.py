@@ -1,9 +1,11 @@
-"""Shared pytest fixtures: a real local S3 server (SeaweedFS) and an AWS environment pointing at it."""
+"""Shared pytest fixtures: a real local S3 server (SeaweedFS), an AWS environment pointing at it, one local
+Ray, and one small real job's output for the tests of what reads outputs."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +57,15 @@ def ray_local(local_s3: LocalS3) -> Iterator[None]:
     )
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def output(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real job's local output over the sample photos, a broken JPEG and, with ../shared, a few WIDER
+    photos (`tests/outputs.py`); read-only for the tests that share it."""
+    from tests.outputs import photo_folder, run_small_job
+
+    photos = photo_folder(tmp_path_factory.mktemp("small-job-photos"))
+    output = tmp_path_factory.mktemp("small-job-output")
+    run_small_job(str(photos), str(output))
+    return output

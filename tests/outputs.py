@@ -10,8 +10,8 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from jobs.demo import WIDER_SUBSET, sample_photos
-from workers.detector import DetectorSettings
 from workers.driver import JobConfig, run_job
+from workers.model_plan import DetectorSettings
 from workers.models import DEFAULT_MODEL
 from workers.sink import SCHEMA
 

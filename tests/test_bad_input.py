@@ -16,10 +16,10 @@ from jobs.demo import sample_photos
 from jobs.local_s3 import LocalS3
 from tests.outputs import read_rows
 from tests.photos import ASTRONAUT_FACE, astronaut, encode, exif_jpeg
-from workers.detector import DetectorSettings
 from workers.driver import JobConfig, run_job
 from workers.images import MAX_PIXELS, ImageError, decode_image, image_format, image_size
 from workers.inputs import InputError, list_uris
+from workers.model_plan import DetectorSettings
 from workers.nms import pairwise_iou
 from workers.storage import ObjectError, storage_for
 

@@ -26,8 +26,9 @@ import pytest
 from jobs.demo import sample_photos
 from jobs.local_s3 import LocalS3, _PortPicker
 from tests.paths import MODELS
-from workers.detector import DetectorSettings
-from workers.driver import JobConfig, JobError, run_job
+from workers.driver import JobConfig, run_job
+from workers.errors import JobError
+from workers.model_plan import DetectorSettings
 from workers.models import ModelError, model_checksum, resolve_model
 
 RAY = Path(sys.executable).with_name("ray")

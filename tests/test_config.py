@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from jobs.config import ConfigError, run_arguments, spec_actions, subcommand
 from tests.paths import ROOT, WIDER_SUBSET
 from workers.driver import JobConfig
 from workers.evaluate import evaluate
+from workers.job_record import job_identity
+from workers.tuning import Tuning
 
 SPECS = sorted((ROOT / "jobs").glob("*.yaml"))
 WIDER = WIDER_SUBSET
@@ -49,6 +52,9 @@ EVERY_KEY: dict[str, Any] = {
     "ground_truth": "annotations.txt",
     "eval_json": "ap.json",
     "model_sha256": "ab" * 32,
+    "requests_per_stream": 3,
+    "shards_at_once": 4,
+    "fetch_threads": 8,
 }
 EVERY_FLAG = [
     "s3://photos/2026-11/",
@@ -59,6 +65,7 @@ EVERY_FLAG = [
     *["--actors", "3", "--cpus-per-actor", "1.5", "--device", "GPU", "--batch", "4", "--precision", "f32"],
     *["--shard-size", "128", "--include", "*.jpg", "--ray-address", "ray://head:10001", "--overwrite"],
     *["--ground-truth", "annotations.txt", "--eval-json", "ap.json", "--model-sha256", "ab" * 32],
+    *["--requests-per-stream", "3", "--shards-at-once", "4", "--fetch-threads", "8"],
 ]
 
 
@@ -277,3 +284,23 @@ def test_evaluation_spec_runs_and_scores(
         k: v for k, v in direct.items() if k != "seconds"
     }
     assert written["wider_ap"]["easy"] > 0.5
+
+
+def test_throughput_levers_are_settings_outside_the_identity() -> None:
+    """`--fetch-threads` and the other levers reach the job's Tuning, and a re-run may change them: they
+    are no part of the identity a re-run into the same OUTPUT must match."""
+    tuned = config_from_args(
+        parse(
+            "in/",
+            "out/",
+            "--requests-per-stream=1",
+            "--shards-at-once=3",
+            "--fetch-threads=4",
+            "--cpu-pinning",
+        )
+    )
+    assert tuned.tuning == Tuning(requests_per_stream=1, shards_at_once=3, fetch_threads=4, cpu_pinning=True)
+    plain = config_from_args(parse("in/", "out/"))
+    assert plain.tuning == Tuning()
+    assert job_identity(tuned, "c" * 64) == job_identity(plain, "c" * 64)
+    assert job_identity(plain, "c" * 64) != job_identity(replace(plain, include="*.png"), "c" * 64)

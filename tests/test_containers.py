@@ -19,11 +19,11 @@ from jobs.export import export
 from jobs.local_s3 import LocalS3
 from jobs.report import write_report
 from workers.containers import ContainerSettings, expand, fetch_members, piece_uri, read_piece
-from workers.detector import DetectorSettings
 from workers.driver import JobConfig, run_job
 from workers.evaluate import evaluate
 from workers.inputs import list_images
 from workers.ledger import OutputConflictError
+from workers.model_plan import DetectorSettings
 from workers.sink import SCHEMA
 from workers.storage import request_counts
 

@@ -16,22 +16,18 @@ import pytest
 from jobs.cli import main
 from jobs.local_s3 import LocalS3
 from tests.paths import SHARED
-from workers.evaluate import (
+from workers.annotations import (
     SETTINGS,
     GroundTruth,
     Predictions,
-    evaluate,
-    match_by_suffix,
-    omz_ap,
     read_ground_truth,
     read_ground_truth_with_settings,
     read_predictions,
     read_wider_txt,
-    recall,
-    voc_ap,
-    wider_ap,
 )
+from workers.evaluate import evaluate, omz_ap, voc_ap, wider_ap
 from workers.faces import Faces
+from workers.matching import match_by_suffix, match_faces, recall
 from workers.nms import pairwise_iou
 from workers.sink import ImageResult, results_table, write_parquet
 from workers.storage import storage_for
@@ -120,6 +116,17 @@ def test_iou_matrix_hand_computed() -> None:
     # (0,0,10,10) vs (5,0,15,10): intersection 50, union 150
     np.testing.assert_allclose(pairwise_iou(a, b, plus_one=False), [[1, 1 / 3, 0], [0, 0, 0]])
     assert pairwise_iou(boxes(), b, plus_one=False).shape == (0, 3)
+
+
+def test_match_faces_is_greedy_and_one_to_one_in_the_given_order() -> None:
+    truth = boxes((0, 0, 10, 10), (4, 0, 14, 10))
+    # 0 takes the first face (IoU 1); 1 overlaps it more (0.82) than the second (0.54) but it is taken,
+    # so 1 falls back to the second; 2 overlaps only the taken first face enough; 3 overlaps nothing
+    detections = boxes((0, 0, 10, 10), (1, 0, 11, 10), (0, 0, 10, 11), (50, 50, 60, 60))
+    matched, found = match_faces(detections, truth, 0.5)
+    assert matched.tolist() == [True, True, False, False] and found.tolist() == [True, True]
+    matched, found = match_faces(detections[[1, 0]], truth[:1], 0.5)  # the order decides
+    assert matched.tolist() == [True, False] and found.tolist() == [True]
 
 
 def test_recall_perfect_match() -> None:

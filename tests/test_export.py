@@ -16,20 +16,11 @@ import pytest
 from jobs.cli import main
 from jobs.export import DEFAULT_FILES, export
 from jobs.local_s3 import LocalS3
-from tests.outputs import BROKEN, photo_folder, run_small_job
+from tests.outputs import BROKEN
 from workers.faces import Faces
 from workers.output import FLAT_SCHEMA, LANDMARK_NAMES, faces_per_image, read_output
 from workers.sink import ImageResult, results_table, write_parquet
 from workers.storage import storage_for
-
-
-@pytest.fixture(scope="module")
-def output(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real job's local output over the sample photos and a broken JPEG."""
-    photos = photo_folder(tmp_path_factory.mktemp("export-photos"))
-    output = tmp_path_factory.mktemp("export-output")
-    run_small_job(str(photos), str(output))
-    return output
 
 
 def rows_of(output: Path) -> list[dict]:

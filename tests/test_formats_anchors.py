@@ -8,13 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.detection import detect, raw_outputs
 from tests.paths import SHARED
 from tests.references import insightface_anchor_reference
-from workers.detector import Detector, DetectorSettings
+from workers.detector import Detector
 from workers.formats import detect_format
-from workers.formats.anchors import RETINAFACE, RETINAFACE_RULE, SSH, SSH_RULE, anchors
+from workers.formats.anchors import RETINAFACE, RETINAFACE_DECODER, SSH, SSH_DECODER, anchors
 from workers.formats.base import DecodeSettings, OutputInfo
 from workers.images import decode_image
+from workers.model_plan import DetectorSettings
 from workers.runtime import output_infos, read_model
 
 MODELS = SHARED / "models"
@@ -37,7 +39,7 @@ def by_stride(outputs: list[np.ndarray], landmarks: bool) -> list[tuple]:
 
 def golden() -> tuple[np.ndarray, list[np.ndarray]]:
     data = np.load(MNET / "mnet.25.onnx.ref.npz")
-    return data["x"], [data[f"{name}_output"] for name in RETINAFACE_RULE.names()]
+    return data["x"], [data[f"{name}_output"] for name in RETINAFACE_DECODER.names()]
 
 
 def run(model: Path, images: list[np.ndarray], **settings) -> tuple[Detector, list[list[np.ndarray]], list]:
@@ -46,10 +48,9 @@ def run(model: Path, images: list[np.ndarray], **settings) -> tuple[Detector, li
     raw, faces = [], []
     for start in range(0, len(images), detector.plan.batch):
         prepared = [detector.prepare(image) for image in images[start : start + detector.plan.batch]]
-        outputs = detector.infer(prepared)
-        picked = [outputs[i] for i in detector.plan.outputs]
+        picked = raw_outputs(detector, prepared)
         raw += [[o[i : i + 1] for o in picked] for i in range(len(prepared))]
-        faces += detector.decode(outputs, prepared)
+        faces += detect(detector, prepared)
     return detector, raw, faces
 
 
@@ -93,7 +94,7 @@ def test_detect_format_picks_retinaface_and_ssh_by_name() -> None:
         infos = output_infos(read_model(str(model), model.name))
         fmt, indices = detect_format(infos, model.name)
         assert fmt.name == name
-        rule = RETINAFACE_RULE if name == "retinaface" else SSH_RULE
+        rule = RETINAFACE_DECODER if name == "retinaface" else SSH_DECODER
         assert [next(iter(infos[i].names)) for i in indices] == rule.names()
 
 
@@ -107,7 +108,7 @@ def test_shape_fallback_sorts_by_height_and_leaves_other_formats_alone() -> None
     assert RETINAFACE.match(infos) == [5, 4, 3, 8, 7, 6, 2, 1, 0]
     assert SSH.match(infos) is None  # landmark outputs: RetinaFace's
     assert SSH.match([o for o in infos if "landmark" not in next(iter(o.names))]) == [3, 2, 5, 4, 1, 0]
-    named = [OutputInfo(frozenset({n}), (1, 6, 20, 20)) for n in SSH_RULE.names()]
+    named = [OutputInfo(frozenset({n}), (1, 6, 20, 20)) for n in SSH_DECODER.names()]
     assert SSH.match(named) is None  # 3 anchors per cell: not the settings we decode
     for other in sorted(MODELS.rglob("*.xml")) + sorted(MODELS.rglob("*.onnx")):
         if other.parent.name in ("retinaface-mnet025-insightface", "ssh-format-mnet025"):

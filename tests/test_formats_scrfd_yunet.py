@@ -15,15 +15,18 @@ import openvino as ov
 import pytest
 
 from jobs.demo import sample_photos
+from tests.detection import detect, raw_outputs
 from tests.paths import SHARED
 from tests.references import reference_loop
-from workers.detector import Detector, DetectorSettings, Prepared, inspect_model
+from workers.detector import Detector
 from workers.formats import FORMATS, detect_format, scrfd, yunet
 from workers.formats.base import DecodeSettings, OutputInfo
 from workers.images import decode_image
+from workers.model_plan import DetectorSettings, inspect_model
 from workers.models import ModelError
 from workers.nms import pairwise_iou
 from workers.runtime import output_infos, read_model
+from workers.views import Prepared
 
 MODELS = SHARED / "models"
 SCRFD_500M = MODELS / "scrfd" / "scrfd_500m_bnkps.onnx"
@@ -52,8 +55,10 @@ def photo(key: str) -> np.ndarray:
 
 
 @cache
-def detector(model: Path, batch: int = 1, input_size: tuple[int, int] | None = None) -> Detector:
-    return Detector(DetectorSettings(model=str(model), precision="f32", batch=batch, input_size=input_size))
+def detector(model: Path, batch: int = 1, input_size: tuple[int, int] | None = None, **settings) -> Detector:
+    return Detector(
+        DetectorSettings(model=str(model), precision="f32", batch=batch, input_size=input_size, **settings)
+    )
 
 
 @cache
@@ -61,8 +66,7 @@ def raw(model: Path, key: str) -> tuple[Prepared, list[np.ndarray]]:
     """The prepared photo and the outputs the format decodes, in its order."""
     found = detector(model)
     prepared = found.prepare(photo(key))
-    outputs = found.infer([prepared])
-    return prepared, [outputs[i] for i in found.plan.outputs]
+    return prepared, raw_outputs(found, [prepared])
 
 
 def scrfd_reference(outputs, width, height, threshold, nms_threshold=0.4):
@@ -186,8 +190,7 @@ def test_scrfd_end_to_end_as_insightface_detect(key: str) -> None:
     boxes, scores, points = scrfd_reference(list(plain(blob).values()), 640, 640, 0.5)
     det_scale = new_h / image.shape[0]
     found = detector(SCRFD_25G)
-    prepared = found.prepare(image)
-    faces = found.decode(found.infer([prepared]), [prepared])[0]
+    (faces,) = detect(found, [found.prepare(image)])
     assert len(faces) > 0
     assert_same_faces(faces, clipped(boxes / det_scale, image), scores, points / det_scale)
 
@@ -200,9 +203,8 @@ def test_yunet_end_to_end_as_opencv_face_detector_yn(key: str) -> None:
     image = np.ascontiguousarray(photo(key)[:-5, :-19])
     opencv = cv2.FaceDetectorYN.create(str(YUNET), "", (image.shape[1], image.shape[0]), 0.6, 0.3, 5000)
     expected = opencv.detect(image)[1]
-    found = detector(YUNET)
-    prepared = found.prepare(image)
-    faces = found.decode(found.infer([prepared]), [prepared], DecodeSettings(0.6, 0.3))[0]
+    found = detector(YUNET, score_threshold=0.6, nms_threshold=0.3)
+    (faces,) = detect(found, [found.prepare(image)])
     assert len(faces) == len(expected) > 0
     boxes = np.hstack([expected[:, :2], expected[:, :2] + expected[:, 2:4]])
     np.testing.assert_allclose(faces.boxes, clipped(boxes, image), atol=1e-2)
@@ -220,8 +222,7 @@ def test_yunet_end_to_end_as_opencv_face_detector_yn(key: str) -> None:
 )
 def test_astronaut_face(model: Path) -> None:
     found = detector(model)
-    prepared = found.prepare(photo(ASTRONAUT))
-    faces = found.decode(found.infer([prepared]), [prepared])[0]
+    (faces,) = detect(found, [found.prepare(photo(ASTRONAUT))])
     assert len(faces) >= 1
     assert pairwise_iou(faces.boxes[:1], np.array([[180, 62, 270, 180]], np.float32), False)[0, 0] >= 0.8
 
@@ -277,11 +278,9 @@ def test_scrfd_batch_without_batch_axis_splits_per_image() -> None:
     images = [photo(ASTRONAUT), photo(WIDER)]
     single, batched = detector(SCRFD_25G), detector(SCRFD_25G, batch=2, input_size=(640, 640))
     prepared = [batched.prepare(image) for image in images]
-    outputs = batched.infer(prepared)
-    assert outputs[0].ndim == 2  # rows of both images interleaved, no batch axis
-    for faces, image in zip(batched.decode(outputs, prepared), images, strict=True):
-        alone = single.prepare(image)
-        expected = single.decode(single.infer([alone]), [alone])[0]
+    assert raw_outputs(batched, prepared)[0].ndim == 2  # rows of both images interleaved, no batch axis
+    for faces, image in zip(detect(batched, prepared), images, strict=True):
+        (expected,) = detect(single, [single.prepare(image)])
         assert len(faces) == len(expected) > 0
         np.testing.assert_allclose(faces.boxes, expected.boxes, atol=1e-2)
 
@@ -297,8 +296,7 @@ def test_yunet_batch_splits_per_image() -> None:
     images = [photo(ASTRONAUT), photo(WIDER)]
     single, batched = detector(YUNET, input_size=(640, 640)), detector(YUNET, batch=2, input_size=(640, 640))
     prepared = [batched.prepare(image) for image in images]
-    for faces, image in zip(batched.decode(batched.infer(prepared), prepared), images, strict=True):
-        alone = single.prepare(image)
-        expected = single.decode(single.infer([alone]), [alone])[0]
+    for faces, image in zip(detect(batched, prepared), images, strict=True):
+        (expected,) = detect(single, [single.prepare(image)])
         assert len(faces) == len(expected) > 0
         np.testing.assert_allclose(faces.boxes, expected.boxes, atol=1e-2)

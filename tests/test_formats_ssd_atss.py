@@ -8,14 +8,17 @@ import numpy as np
 import pytest
 
 from jobs.demo import sample_photos
+from tests.detection import detect, raw_outputs
 from tests.paths import SHARED
-from workers.detector import Detector, DetectorSettings, Prepared
+from workers.detector import Detector
 from workers.faces import Faces
 from workers.formats import FORMATS, boxes_labels, detect_format, ssd
 from workers.formats.base import DecodeSettings, OutputInfo
 from workers.images import decode_image
+from workers.model_plan import DetectorSettings
 from workers.models import ModelError
 from workers.runtime import output_infos, read_model
+from workers.views import Prepared
 
 MODELS = SHARED / "models"
 WIDER = SHARED / "data" / "widerface" / "val-subset-145" / "images"
@@ -58,12 +61,11 @@ def run(
     """The detector, the prepared photo, the decoder's raw outputs, faces in input and in original pixels."""
     det = detector(model, threshold)
     prepared = det.prepare(decode_image(photo_bytes(photo)))
-    outputs = det.infer([prepared])
-    picked = [outputs[i] for i in det.plan.outputs]
+    picked = raw_outputs(det, [prepared])
     net_size = (prepared.tensor.shape[2], prepared.tensor.shape[1])
     (mine,) = det.format.split(picked, 1)
     in_input = det.format.decode(mine, net_size, det.plan.decode)
-    (in_original,) = det.decode(outputs, [prepared])
+    (in_original,) = detect(det, [prepared])
     return det, prepared, picked, in_input, in_original
 
 
@@ -145,9 +147,9 @@ def test_ssd_batch_of_two_gives_the_faces_of_batch_one() -> None:
     single = [run(model, photo, 0.05)[4] for photo in pair]
     det = detector(model, 0.05, batch=2)
     prepared = [det.prepare(decode_image(photo_bytes(photo))) for photo in pair]
-    batched = det.decode(det.infer(prepared), prepared)
+    batched = detect(det, prepared)
     # A short last batch is padded with copies of its last image; those rows must not leak in.
-    (alone,) = det.decode(det.infer(prepared[:1]), prepared[:1])
+    (alone,) = detect(det, prepared[:1])
     for mine, expected in zip([*batched, alone], [*single, single[0]], strict=True):
         assert len(mine) == len(expected) > 0
         np.testing.assert_allclose(mine.scores, expected.scores, atol=1e-5)

@@ -15,9 +15,9 @@ import pytest
 
 from jobs.local_s3 import LocalS3
 from workers import inputs, sorted_runs
-from workers.detector import DetectorSettings
 from workers.driver import JobConfig, dry_run
 from workers.inputs import InputError, list_images, list_uris
+from workers.model_plan import DetectorSettings
 from workers.storage import ObjectError, request_counts, storage_for
 
 

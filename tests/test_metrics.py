@@ -59,7 +59,7 @@ def test_error_kinds_are_typed_values_carried_with_the_result() -> None:
 METRICS_JOB = """
 import json, re, socket, sys, time, urllib.request
 import ray
-from workers.detector import DetectorSettings
+from workers.model_plan import DetectorSettings
 from workers.driver import JobConfig, run_job
 
 with socket.socket() as s:

@@ -10,9 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.detection import detect
 from tests.paths import SHARED
-from workers.detector import Detector, DetectorSettings, Timings
+from workers.detector import Detector
 from workers.faces import Faces
+from workers.model_plan import DetectorSettings
 from workers.nms import pairwise_intersection, pairwise_iou
 
 IMAGES = SHARED / "data" / "widerface" / "val-subset-145" / "images"
@@ -44,9 +46,7 @@ def detector(**settings: object) -> Detector:
 
 
 def faces_of(found: Detector, image: np.ndarray) -> Faces:
-    result = found.detect([(0, found.prepare(image))], Timings())[0]
-    assert isinstance(result, Faces), result
-    return result
+    return detect(found, [found.prepare(image)])[0]
 
 
 def best_iou(boxes: np.ndarray, faces: Faces) -> np.ndarray:

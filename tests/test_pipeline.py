@@ -13,8 +13,8 @@ from jobs.demo import sample_photos
 from jobs.local_s3 import LocalS3
 from tests.outputs import read_rows
 from tests.photos import ASTRONAUT_FACE, ASTRONAUT_LANDMARKS
-from workers.detector import DetectorSettings
 from workers.driver import JobConfig, run_job
+from workers.model_plan import DetectorSettings
 from workers.nms import pairwise_iou
 
 FACELESS = ("skimage/coffee.png", "skimage/rocket.jpg")

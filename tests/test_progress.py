@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from jobs.progress import TerminalProgress
-from workers.driver import JobProgress
+from workers.job_progress import JobProgress
 from workers.shards import Shard, read_ahead
 
 

@@ -7,11 +7,13 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.detection import detect
 from tests.paths import MODELS, WIDER_SUBSET
 from tests.photos import astronaut, exif_jpeg
-from workers.detector import Detector, DetectorSettings, Timings
+from workers.detector import Detector
 from workers.faces import Faces
 from workers.images import decode_image, decode_reduced
+from workers.model_plan import DetectorSettings
 from workers.nms import pairwise_iou
 
 SUBSET = WIDER_SUBSET / "images"
@@ -25,9 +27,7 @@ def jpeg(image: np.ndarray) -> bytes:
 
 def faces(detector: Detector, data: bytes) -> tuple[Faces, tuple[int, int]]:
     image, size = decode_reduced(data, detector.reduction)
-    found = detector.detect([(0, detector.prepare(image, size))], Timings())[0]
-    assert isinstance(found, Faces), found
-    return found, size
+    return detect(detector, [detector.prepare(image, size)])[0], size
 
 
 def test_a_jpeg_decodes_reduced_with_its_full_size() -> None:

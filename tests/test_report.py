@@ -17,7 +17,8 @@ from jobs.cli import main
 from jobs.local_s3 import LocalS3
 from jobs.report import write_report
 from tests.outputs import BROKEN, SUBSET_ANNOTATIONS, photo_folder, run_small_job
-from workers.evaluate import evaluate, read_ground_truth
+from workers.annotations import read_ground_truth
+from workers.evaluate import evaluate
 from workers.images import decode_image
 from workers.output import read_output
 from workers.sink import write_parquet
@@ -27,15 +28,6 @@ TILE = re.compile(r"<figure class=tile title='([^']*)'([^>]*)>(.*?)</figure>", r
 needs_shared = pytest.mark.skipif(
     not SUBSET_ANNOTATIONS.is_file(), reason="needs ../shared (WIDER FACE subset)"
 )
-
-
-@pytest.fixture(scope="module")
-def output(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real job's local output over the sample photos, a broken JPEG and a few WIDER photos."""
-    photos = photo_folder(tmp_path_factory.mktemp("report-photos"))
-    output = tmp_path_factory.mktemp("report-output")
-    run_small_job(str(photos), str(output))
-    return output
 
 
 @pytest.fixture(scope="module")

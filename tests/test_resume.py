@@ -17,9 +17,9 @@ import pytest
 from jobs.cli import build_parser, config_from_args
 from jobs.config import run_arguments
 from jobs.demo import sample_photos
-from workers.detector import DetectorSettings
 from workers.driver import JobConfig, run_job
 from workers.ledger import OutputConflictError
+from workers.model_plan import DetectorSettings
 from workers.models import model_checksum, resolve_model
 from workers.sink import SHARDS_KEY, shard_path, write_parquet
 from workers.storage import storage_for

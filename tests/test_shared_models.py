@@ -15,7 +15,10 @@ import pytest
 
 from jobs.cli import main as facesweep
 from tests.paths import SHARED
-from workers.evaluate import match_by_suffix, read_ground_truth, read_predictions, recall
+from workers.annotations import read_ground_truth, read_predictions
+from workers.formats.known import recognise
+from workers.matching import match_by_suffix, recall
+from workers.models import model_checksum, resolve_model
 
 SUBSET = SHARED / "data" / "widerface" / "val-subset-145"
 MODELS = SHARED / "models"
@@ -79,3 +82,27 @@ def test_model_runs_through_the_cli(
     print(f"{model}: {format_name}, recall of faces >= {MIN_HEIGHT} px {found}/{total} = {found / total:.3f}")
     if seed:
         assert found / total >= 0.9
+
+
+@pytest.mark.skipif(not MODELS.is_dir(), reason="needs ../shared/models")
+def test_known_models_are_recognised_by_their_checksum_under_any_name(tmp_path: Path) -> None:
+    """Every model file here that is known by its name is known by its checksum (`model_checksum`, the
+    one convention: .onnx, or .xml then .bin) once renamed."""
+    files = [
+        *sorted(MODELS.rglob("*.xml")),
+        *sorted(MODELS.rglob("*.onnx")),
+        resolve_model("retinaface-mnet025"),
+    ]
+    recognised = []
+    for index, path in enumerate(files):
+        by_name = recognise(path, "0" * 64)
+        if by_name is None:
+            continue
+        renamed = tmp_path / f"model-{index}{path.suffix}"
+        renamed.symlink_to(path)
+        if path.suffix == ".xml":
+            renamed.with_suffix(".bin").symlink_to(path.with_suffix(".bin"))
+        found = recognise(renamed, model_checksum(renamed))
+        assert found is not None and found.name == by_name.name, path
+        recognised.append(found.name)
+    assert len(recognised) >= 12, recognised

@@ -14,18 +14,10 @@ import pytest
 
 from jobs.cli import main
 from tests.paths import WIDER
-from workers.evaluate import (
-    GroundTruth,
-    Predictions,
-    match_by_suffix,
-    omz_ap,
-    omz_difficult,
-    omz_faces,
-    read_ground_truth_with_settings,
-    read_wider_txt,
-    wider_ap,
-)
+from workers.annotations import GroundTruth, Predictions, read_ground_truth_with_settings, read_wider_txt
+from workers.evaluate import omz_ap, omz_difficult, omz_faces, wider_ap
 from workers.faces import Faces
+from workers.matching import match_by_suffix
 from workers.sink import ImageResult, results_table, write_parquet
 from workers.storage import storage_for
 

@@ -2,8 +2,8 @@
 
 Wiring only: `pipeline` fetches (storage), decodes and prepares images in the actor's thread pool while
 `Detector` runs the model and decodes its outputs; `sink` writes. The actor runs
-CONCURRENT_SHARDS shards at once (a threaded Ray actor): the next shard is fetched and decoded while the
-last images of the previous one are inferred and its Parquet file written, so the model never drains.
+`Tuning.shards_at_once` shards at once (a threaded Ray actor): the next shard is fetched and decoded while
+the last images of the previous one are inferred and its Parquet file written, so the model never drains.
 """
 
 from __future__ import annotations
@@ -18,16 +18,15 @@ import pyarrow.parquet as pq
 import ray
 
 from workers.containers import ContainerSettings, parse_piece, read_piece
-from workers.detector import Detector, DetectorSettings, Timings
+from workers.detector import Detector, Timings
 from workers.errors import ImageError, take_tracebacks
 from workers.metrics import error_kinds, shard_metrics
+from workers.model_plan import DetectorSettings
 from workers.pipeline import ImagePipeline
 from workers.shards import Shard
 from workers.sink import ImageResult, Piece, ShardCounts, read_footer, results_table, write_parquet
 from workers.storage import RangedFile, join, request_counts, storage_for
-
-CONCURRENT_SHARDS = 2
-"""Shards one actor works on at once (its Ray `max_concurrency`; the driver queues as many per actor)."""
+from workers.tuning import Tuning
 
 
 @dataclass(frozen=True)
@@ -101,7 +100,7 @@ class ShardCalls:
 
 
 class ShardWorker(ShardCalls):
-    """Holds one compiled detector; processes shards into OUTPUT, CONCURRENT_SHARDS calls at a time
+    """Holds one compiled detector; processes shards into OUTPUT, `Tuning.shards_at_once` calls at a time
     (thread-safe: each shard has its own requests and timings). Ray wraps it as a threaded actor."""
 
     def __init__(
@@ -109,13 +108,14 @@ class ShardWorker(ShardCalls):
         settings: DetectorSettings,
         output: str,
         containers: ContainerSettings = ContainerSettings(),  # noqa: B008 (frozen)
-        fetchers: int = 16,
+        tuning: Tuning = Tuning(),  # noqa: B008 (frozen)
     ) -> None:
         cv2.setNumThreads(1)  # the model owns the actor's cores; many images decode in parallel instead
-        self.detector = Detector(settings)
+        self.detector = Detector(settings, tuning)
         self.containers = containers
-        pool = ThreadPoolExecutor(fetchers, thread_name_prefix="fetch")
-        self.pipeline = ImagePipeline(self.detector, pool, in_flight=max(2 * fetchers, 8))  # per shard
+        threads = tuning.fetch_threads
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="fetch")
+        self.pipeline = ImagePipeline(self.detector, pool, in_flight=max(2 * threads, 8))  # per shard
         self.start_calls(output, self.detector.format.name)
 
     def ready(self) -> ActorInfo:

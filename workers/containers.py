@@ -19,7 +19,8 @@ Every image member is one row: `uri` is `<container>#<member path>` (tar) or `<c
 after the last `/`) or the Parquet row's id (`--id-column`, or the Hugging Face image struct's `path`).
 Other members (`.json`, `.txt`, `.cls`, ...) make no row. What cannot be read becomes an error row: a
 member cut short, a header cut short (a row named after the piece), a piece of a Parquet file without an
-image column.
+image column. (Two container kinds with their piece rules: a little over 300 lines, kept in one module
+since both share the piece naming, the listing expansion and the error rows.)
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from workers.errors import ErrorKind, ImageError, ImageFailure
+from workers.errors import ErrorKind, ImageError, ImageFailure, line_of
 from workers.images import IMAGE_EXTENSIONS
 from workers.storage import ObjectError, RangedFile, StorageError, storage_for
 
@@ -157,7 +158,7 @@ def read_piece(piece: str, size: int, settings: ContainerSettings) -> list[Membe
         failure = ImageFailure(ErrorKind.TRUNCATED, f"{container} is cut short: {error}")
         return [Member(piece, None, failure=failure)]
     except (zlib.error, gzip.BadGzipFile, pa.ArrowException) as error:
-        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        reason = line_of(error, limit=200)
         failure = ImageFailure(ErrorKind.CORRUPT, f"{container} cannot be read: {reason}")
         return [Member(piece, None, failure=failure)]
 

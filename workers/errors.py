@@ -17,6 +17,10 @@ from enum import StrEnum
 log = logging.getLogger("facesweep")
 
 
+class JobError(RuntimeError):
+    """A job that could not run; the message says why in one line."""
+
+
 class ErrorKind(StrEnum):
     FETCH = "fetch"  # the object is missing or forbidden
     NOT_AN_IMAGE = "not_an_image"  # empty, unrecognised or unsupported format
@@ -57,9 +61,18 @@ def internal_failure(stage: str, error: Exception) -> ImageFailure:
     log.error("internal error in %s", stage, exc_info=error)
     with _lock:
         _first_tracebacks.setdefault(stage, "".join(traceback.format_exception(error)))
+    reason = f"{type(error).__name__}: {line_of(error, last=True, limit=200)}" if str(error).strip() else ""
+    return ImageFailure(ErrorKind.INTERNAL, f"{stage} failed: {reason or type(error).__name__}")
+
+
+def line_of(error: Exception | str, last: bool = False, limit: int = 300) -> str:
+    """An error's text in one line, for a one-line message: its first non-blank line (`last`: its last,
+    where Ray and Python put the cause), at most `limit` characters; the error's type name when it
+    has no text."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    reason = f"{type(error).__name__}: {lines[-1][:200]}" if lines else type(error).__name__
-    return ImageFailure(ErrorKind.INTERNAL, f"{stage} failed: {reason}")
+    if not lines:
+        return type(error).__name__ if isinstance(error, Exception) else ""
+    return lines[-1 if last else 0][:limit]
 
 
 def take_tracebacks() -> dict[str, str]:

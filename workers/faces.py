@@ -1,8 +1,8 @@
-"""Faces as NumPy arrays, and the geometry that maps network-input pixels back to the original image."""
+"""Faces as NumPy arrays: boxes, scores and landmarks of one image."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -38,38 +38,3 @@ class Faces:
         return Faces(
             np.concatenate([p.boxes for p in parts]), np.concatenate([p.scores for p in parts]), landmarks
         )
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """How an image of `width` x `height` was scaled into the network input.
-
-    The image, scaled by `scale_x` x `scale_y`, lies at the input's top-left; or, for a tile, the input's
-    top-left is the point (`offset_x`, `offset_y`) of the scaled image (in scaled pixels)."""
-
-    width: int
-    height: int
-    scale_x: float
-    scale_y: float
-    offset_x: float = 0.0
-    offset_y: float = 0.0
-
-    def of_full_size(self, width: int, height: int) -> Geometry:
-        """This geometry of a reduced decode, for the full image of `width` x `height` it was decoded from."""
-        if (width, height) == (self.width, self.height):
-            return self
-        ratio_x, ratio_y = self.width / width, self.height / height
-        return replace(
-            self, width=width, height=height, scale_x=self.scale_x * ratio_x, scale_y=self.scale_y * ratio_y
-        )
-
-    def to_original(self, faces: Faces) -> Faces:
-        """Maps boxes and landmarks from network-input pixels to the original image, boxes clipped to it."""
-        scale = np.array([self.scale_x, self.scale_y], np.float32)
-        offset = np.array([self.offset_x, self.offset_y], np.float32)
-        boxes = ((faces.boxes.reshape(-1, 2, 2) + offset) / scale).reshape(-1, 4)
-        np.maximum(np.minimum(boxes, [self.width, self.height] * 2, out=boxes), 0, out=boxes)  # clipped
-        landmarks = (
-            None if faces.landmarks is None else ((faces.landmarks + offset) / scale).astype(np.float32)
-        )
-        return Faces(boxes.astype(np.float32), faces.scores.astype(np.float32), landmarks)

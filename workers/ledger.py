@@ -1,8 +1,8 @@
 """The job's ledger: what OUTPUT already holds, read in a few requests, so a re-run does exactly what is
 missing, and new images are found without holding the set of done ones.
 
-- `OUTPUT/_job.json`: the job record: its identity (what decides which faces come out: input, include
-  rule, the model's checksum and every decoding setting), its config, totals and request counts.
+- `OUTPUT/_job.json`: the job record (`workers/job_record.py`), read here for the identity a re-run
+  must match.
 - `OUTPUT/part-NNNNNN.parquet`: compacted results; `OUTPUT/_shards/shard-NNNNNNNNN.parquet`: committed
   shards not yet compacted (sink.py). The data files are the ledger: an image is done exactly when its
   row is in one of them. Their footers hold their counts (and a part's shards), their rows are sorted by
@@ -12,7 +12,6 @@ missing, and new images are found without holding the set of done ones.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -23,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from workers.job_record import JOB_FILE, JobRecord, encode_record, parse_record
 from workers.shards import DONE_SCHEMA
 from workers.sink import (
     NO_COUNTS,
@@ -34,9 +34,8 @@ from workers.sink import (
     write_parquet,
 )
 from workers.sorted_runs import Prefetched, merge_sorted
-from workers.storage import ObjectError, ObjectInfo, RangedFile, Storage, is_s3_uri, join, storage_for
+from workers.storage import ObjectInfo, RangedFile, Storage, is_s3_uri, join, storage_for
 
-JOB_FILE = "_job.json"
 OLD_PLAN_FOLDER = "_plan"  # written by facesweep before the ledger; --overwrite removes it too
 LEDGER_COLUMNS = ["uri", "etag", "size"]
 FOOTER_READERS = 32
@@ -58,21 +57,13 @@ class DataFile:
     metadata: pq.FileMetaData  # read once; streaming its rows needs no second footer GET
 
 
-def read_record(output: str) -> dict | None:
-    """OUTPUT's job record (`_job.json`), None when it has none: one GET."""
-    try:
-        return json.loads(storage_for(output).get(join(output, JOB_FILE)))
-    except ObjectError:
-        return None
-
-
 @dataclass
 class Ledger:
     """OUTPUT as a job finds it: its record (if any) and its committed data files."""
 
     output: str
     storage: Storage
-    record: dict | None
+    record: JobRecord | None
     files: list[DataFile]
 
     @classmethod
@@ -86,7 +77,7 @@ class Ledger:
         root = output.rstrip("/") + "/"
         listed = [o for o in storage.list_objects(output) if _kind(o.uri[len(root) :]) is not None]
         record_uri = join(output, JOB_FILE)
-        record = json.loads(storage.get(record_uri)) if any(o.uri == record_uri for o in listed) else None
+        record = parse_record(storage.get(record_uri)) if any(o.uri == record_uri for o in listed) else None
         data = [o for o in listed if _kind(o.uri[len(root) :]) in ("part", "shard")]
         with ThreadPoolExecutor(FOOTER_READERS, thread_name_prefix="footer") as pool:
             files = list(pool.map(lambda o: _data_file(o, o.uri[len(root) :]), data))
@@ -98,7 +89,7 @@ class Ledger:
 
     @property
     def complete(self) -> bool:
-        return bool(self.record and self.record.get("complete"))
+        return self.record is not None and self.record.complete
 
     @property
     def totals(self) -> ShardCounts:
@@ -145,7 +136,7 @@ class Ledger:
                     f"{JOB_FILE}: use --overwrite to replace them, or another OUTPUT"
                 )
             return
-        previous = self.record.get("identity", {})
+        previous = self.record.identity
         differences = sorted(
             k for k in identity.keys() | previous.keys() if identity.get(k) != previous.get(k)
         )
@@ -189,9 +180,9 @@ class Ledger:
             self.files[index] = replace(file, size=size, footer=footer, metadata=metadata)
         return dropped
 
-    def write_record(self, record: dict) -> None:
+    def write_record(self, record: JobRecord) -> None:
         self.record = record
-        self.storage.put(join(self.output, JOB_FILE), json.dumps(record, indent=2).encode())
+        self.storage.put(join(self.output, JOB_FILE), encode_record(record))
 
 
 def _kind(relative: str) -> str | None:

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from workers.errors import line_of
 from workers.faces import Faces
 from workers.sink import SCHEMA
 from workers.storage import ObjectInfo, RangedFile, StorageError, is_s3_uri, storage_for
@@ -89,7 +90,7 @@ def _read_file(info: ObjectInfo, schema: pa.Schema, output: str) -> pa.Table:
     except (pa.ArrowException, OSError, KeyError) as error:
         if isinstance(error, StorageError):
             raise
-        reason = str(error).splitlines()[0]
+        reason = line_of(error)
         raise OutputError(f"{output}: not a readable facesweep output ({info.uri}: {reason})") from None
 
 
@@ -132,28 +133,30 @@ def _landmark_matrix(landmarks: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 def faces_per_image(table: pa.Table) -> list[Faces | None]:
-    """Each row's faces as arrays (None for error rows); landmarks None when no face of `table` has any."""
+    """Each row's faces as arrays (None for error rows), from its `faces` column alone; landmarks None
+    when no face of `table` has any."""
     if not table.num_rows:
         return []
-    flat = flat_faces(table)
-    boxes = np.stack([_floats(flat[name]) for name in BOX], axis=1)
-    scores = _floats(flat["score"])
-    landmarks = np.stack([_floats(flat[name]) for name in LANDMARK_COLUMNS], axis=1).reshape(-1, 5, 2)
-    with_landmarks = flat.num_rows and flat[LANDMARK_COLUMNS[0]].null_count < flat.num_rows
-    lengths = pc.list_value_length(table["faces"])
+    faces = table["faces"].combine_chunks()
+    values = pc.list_flatten(faces)
+    boxes = np.stack([_floats(pc.struct_field(values, name)) for name in BOX], axis=1).reshape(-1, 4)
+    scores = _floats(pc.struct_field(values, "score"))
+    points, present = _landmark_matrix(pc.struct_field(values, "landmarks"))
+    lengths = pc.list_value_length(faces)
     splits = np.cumsum(lengths.fill_null(0).to_numpy(zero_copy_only=False))[:-1]
+    marks = np.split(points.reshape(-1, 5, 2), splits) if present.any() else [None] * len(faces)
     return [
-        None if not valid else Faces(b, s, lm if with_landmarks else None)
-        for valid, b, s, lm in zip(
-            pc.is_valid(lengths).to_pylist(),
+        Faces(b, s, lm) if valid else None
+        for b, s, lm, valid in zip(
             np.split(boxes, splits),
             np.split(scores, splits),
-            np.split(landmarks, splits),
+            marks,
+            pc.is_valid(lengths).to_pylist(),
             strict=True,
         )
     ]
 
 
-def _floats(column: pa.ChunkedArray) -> np.ndarray:
+def _floats(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """float32 values, NaN for nulls."""
-    return column.to_numpy().astype(np.float32, copy=False)
+    return np.asarray(column.to_numpy(zero_copy_only=False), np.float32)

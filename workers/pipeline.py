@@ -15,12 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from workers.detector import Detector, Prepared, Timings
+from workers.detector import Detector, Timings
 from workers.errors import ErrorKind, ImageError, ImageFailure, internal_failure
 from workers.faces import Faces
 from workers.images import decode_reduced
 from workers.sink import ImageResult
 from workers.storage import ObjectError
+from workers.views import Prepared
 
 Loaded = bytes | np.ndarray
 """An encoded image (JPEG, PNG, ...: decoded as a job decodes it) or a decoded BGR uint8 HxWx3 array."""

@@ -15,14 +15,12 @@ import openvino as ov
 from openvino.frontend import FrontEndManager
 from openvino.preprocess import ColorFormat, PrePostProcessor
 
-from workers.formats.base import OutputInfo, Preprocess
+from workers.errors import line_of
+from workers.formats.base import OutputInfo
 from workers.models import ModelError, cache_dir
+from workers.preprocess import Preprocess
 
 _core: ov.Core | None = None
-REQUESTS_PER_OPTIMAL = 2
-"""Requests in flight per request the device calls optimal (one per stream): while a finished request's
-outputs are decoded (in its callback), another is already queued on its stream, so no stream waits for
-Python. Measured on 2 CPUs (docs/LEVERS.md): 1x is slower; 4x was no faster in repeated runs."""
 _DEVICE = r"(CPU|GPU(\.\d+)?)"
 DEVICES = re.compile(rf"{_DEVICE}|AUTO(:{_DEVICE}(,{_DEVICE})*)?", re.IGNORECASE)
 
@@ -103,14 +101,20 @@ def static_input_size(model: ov.Model) -> tuple[int, int] | None:
 
 
 def compile_model(
-    model: ov.Model, preprocess: Preprocess, device: str, threads: int, precision: str | None, batch: int = 1
+    model: ov.Model,
+    preprocess: Preprocess,
+    device: str,
+    threads: int,
+    precision: str | None,
+    batch: int = 1,
+    pinning: bool = False,
 ) -> ov.CompiledModel:
     """Compiles `model` for uint8 NHWC BGR input batches: colour order, mean and scale run in the graph."""
     height, width = (-1, -1) if preprocess.input_size is None else preprocess.input_size[::-1]
     try:
         model.reshape({model.input(): ov.PartialShape([batch, 3, height, width])})
     except RuntimeError as error:
-        reason = str(error).strip().splitlines()[0][:160]
+        reason = line_of(error, limit=160)
         raise ModelError(f"model cannot take batch {batch} of {width}x{height} images: {reason}") from None
     ppp = PrePostProcessor(model)
     ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC")).set_color_format(
@@ -127,19 +131,26 @@ def compile_model(
         steps.scale(list(preprocess.scale))
     config: dict[str, Any] = {"PERFORMANCE_HINT": "THROUGHPUT"}
     if device.upper().startswith("CPU"):
-        config |= {"INFERENCE_NUM_THREADS": threads, "ENABLE_CPU_PINNING": False}
+        config |= {"INFERENCE_NUM_THREADS": threads, "ENABLE_CPU_PINNING": pinning}
     if precision:
         config["INFERENCE_PRECISION_HINT"] = precision
     return core().compile_model(ppp.build(), device, config)
+
+
+def infer(compiled: ov.CompiledModel, tensor: np.ndarray) -> list[np.ndarray]:
+    """The model's outputs for one input, synchronously (one-off runs; jobs use `run_in_flight`)."""
+    result = compiled(tensor)
+    return [result[output] for output in compiled.outputs]
 
 
 def run_in_flight(
     compiled: ov.CompiledModel,
     inputs: Iterable[tuple[np.ndarray, Any]],
     on_result: Callable[[list[np.ndarray], float, Any], None],
+    requests_per_stream: int = 2,
 ) -> None:
-    """Runs every (tensor, userdata), REQUESTS_PER_OPTIMAL times the device's optimal number of requests
-    in flight; returns once every result has been delivered.
+    """Runs every (tensor, userdata), `requests_per_stream` times the device's optimal number of requests
+    in flight (`Tuning.requests_per_stream`); returns once every result has been delivered.
 
     `on_result(outputs, seconds, userdata)` is called from OpenVINO's threads with the request's output
     arrays, valid only during the call (decode them there, keep nothing that points into them), and the
@@ -147,7 +158,7 @@ def run_in_flight(
     until its result is in. Consuming `inputs` lazily lets the caller overlap fetching and decoding with
     inference (a full queue blocks the next submission).
     """
-    requests = REQUESTS_PER_OPTIMAL * compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+    requests = requests_per_stream * compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
     queue = ov.AsyncInferQueue(compiled, requests)
     queue.set_callback(
         lambda request, job: on_result(

@@ -5,6 +5,9 @@ read by boto3 and used by obstore for the data requests (boto3 lists); this is t
 built.
 Writes are atomic: an S3 PUT of the whole body, or a hidden temporary file renamed into place locally.
 Every request is counted by kind (LIST, GET, PUT, HEAD, DELETE) in this process: `request_counts()`.
+Longer than most modules because it is the one place that talks to a store: two backends (S3, local
+files), the boto3 fallbacks for keys object_store cannot name, and the mapping of every failure to a
+one-line error that says whether the object or the store is at fault.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from obstore.exceptions import (
     UnauthenticatedError,
 )
 from obstore.store import S3Store
+
+from workers.errors import line_of
 
 S3_SCHEME = "s3://"
 
@@ -360,10 +365,10 @@ def _obstore_error(uri: str, error: Exception) -> StorageError:
     if isinstance(error, (PermissionDeniedError, UnauthenticatedError)):
         return ObjectError(f"access denied to {uri}: check AWS credentials and permissions")
     if isinstance(error, (ValueError, InvalidPathError)):  # a key object_store will not name ("..")
-        return ObjectError(f"{uri}: not a valid object key ({text.splitlines()[0][:200]})")
+        return ObjectError(f"{uri}: not a valid object key ({line_of(error, limit=200)})")
     if isinstance(error, StorageError):
         return error
-    return StorageError(f"{uri}: {text.splitlines()[0][:300] if text else type(error).__name__}")
+    return StorageError(f"{uri}: {line_of(error)}")
 
 
 OBJECT_CODES = (
@@ -421,7 +426,7 @@ def _describe(uri: str, error: Exception) -> str:
         if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
             return f"access denied to {uri} ({code}): check AWS credentials and permissions"
         return f"{uri}: {code or 'error'}: {error.response.get('Error', {}).get('Message', '')}".rstrip(": ")
-    return f"{uri}: {str(error).splitlines()[0]}"
+    return f"{uri}: {line_of(error)}"
 
 
 def _missing_bucket(uri: str) -> str:

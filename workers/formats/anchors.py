@@ -23,9 +23,8 @@ from functools import lru_cache
 import numpy as np
 
 from workers.faces import Faces
-from workers.formats.base import DecodeSettings, Format, NmsRule, OutputInfo, Preprocess, find_named
-
-NMS_RULE = NmsRule(plus_one=True)  # as the reference NMS computes areas and ties
+from workers.formats.base import PLUS_ONE_NMS, DecodeSettings, Format, OutputInfo, find_named
+from workers.preprocess import Preprocess
 
 STRIDES = (32, 16, 8)
 SCALES = {32: (32, 16), 16: (8, 4), 8: (2, 1)}
@@ -46,8 +45,8 @@ def anchors(stride: int, width: int, height: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Rule:
-    """What tells RetinaFace and SSH apart: output names, landmarks, and the per-stride top-k."""
+class AnchorDecoder:
+    """RetinaFace's and SSH's matcher and decoder, and what tells them apart: names, landmarks, top-k."""
 
     prefix: str
     landmarks: bool
@@ -137,11 +136,11 @@ class Rule:
             size, center = np.stack([w, h], 1)[:, None], np.stack([cx, cy], 1)[:, None]
             landmarks = (np.concatenate(points) * size + center).astype(np.float32)
         faces = Faces(box.astype(np.float32), np.concatenate(scores).astype(np.float32), landmarks)
-        return NMS_RULE.apply(faces, settings.nms_threshold)
+        return PLUS_ONE_NMS.apply(faces, settings.nms_threshold)
 
 
-RETINAFACE_RULE = Rule(prefix="face_rpn", landmarks=True, top_k_per_stride=None)
-SSH_RULE = Rule(prefix="rpn", landmarks=False, top_k_per_stride=1000)
+RETINAFACE_DECODER = AnchorDecoder(prefix="face_rpn", landmarks=True, top_k_per_stride=None)
+SSH_DECODER = AnchorDecoder(prefix="rpn", landmarks=False, top_k_per_stride=1000)
 # BGR raw 0..255 (the OMZ IRs carry their means). Aspect kept, as insightface does: on WIDER photos a
 # plain 640x640 resize (as OMZ evaluates; --resize stretch) makes boxes too wide and too short and loses
 # recall of faces >= 64 px (0.864 against 0.916 at score 0.05 on the 73 photos of tests/test_shared_models).
@@ -152,9 +151,9 @@ RETINAFACE = Format(
     description="insightface RetinaFace: face_rpn_cls/bbox/landmark per stride 32/16/8, 2 anchors per cell",
     has_landmarks=True,
     preprocess=PREPROCESS,
-    match=RETINAFACE_RULE.match,
-    decode=RETINAFACE_RULE.decode,
-    nms_rule=NMS_RULE,
+    match=RETINAFACE_DECODER.match,
+    decode=RETINAFACE_DECODER.decode,
+    nms_rule=PLUS_ONE_NMS,
     default_nms_threshold=0.4,
 )
 
@@ -163,8 +162,8 @@ SSH = Format(
     description="SSH: rpn_cls/bbox per stride 32/16/8, 2 anchors per cell, top 1000 per stride",
     has_landmarks=False,
     preprocess=PREPROCESS,
-    match=SSH_RULE.match,
-    decode=SSH_RULE.decode,
-    nms_rule=NMS_RULE,
+    match=SSH_DECODER.match,
+    decode=SSH_DECODER.decode,
+    nms_rule=PLUS_ONE_NMS,
     default_nms_threshold=0.3,
 )

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
-from workers.faces import Faces, Geometry
+from workers.faces import Faces
 from workers.nms import nms
+from workers.preprocess import Preprocess
 
 
 @dataclass(frozen=True)
@@ -19,43 +19,6 @@ class OutputInfo:
 
     names: frozenset[str]
     shape: tuple[int | None, ...]  # None = dynamic dimension
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How an image becomes the network input.
-
-    `input_size` (width, height) is the network input; None means the image's own size rounded up to
-    `size_multiple`. `resize` "stretch" scales each axis to fill the input (aspect not kept), "letterbox"
-    keeps the aspect ratio with the image at the top-left and `pad` (BGR) in the rest. `color`, `mean`
-    and `scale` describe what the network expects: `(pixel - mean) / scale` in that channel order.
-    """
-
-    input_size: tuple[int, int] | None
-    resize: Literal["stretch", "letterbox"]
-    color: Literal["BGR", "RGB"]
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    pad: tuple[int, int, int] = (0, 0, 0)
-    size_multiple: int = 1
-
-    def with_overrides(self, **changes: object) -> Preprocess:
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-    def plan(self, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int], Geometry]:
-        """For an image of this size: the network input (w, h), the size the image is resized to before
-        it is placed at the input's top-left, and the geometry that maps detections back."""
-        m = self.size_multiple
-        if self.input_size is None:
-            net = (math.ceil(width / m) * m, math.ceil(height / m) * m)
-        else:
-            net = self.input_size
-        if self.resize == "letterbox":
-            s = min(net[0] / width, net[1] / height)
-            resized = (min(net[0], max(1, round(width * s))), min(net[1], max(1, round(height * s))))
-        else:
-            resized = net
-        return net, resized, Geometry(width, height, resized[0] / width, resized[1] / height)
 
 
 @dataclass(frozen=True)
@@ -103,6 +66,11 @@ class NmsRule:
         return faces.take(self.keep(faces, threshold, max_kept))
 
 
+PLUS_ONE_NMS = NmsRule(plus_one=True)
+"""The `py_cpu_nms` of insightface's and biubug6's references: +1-pixel areas, an IoU equal to the
+threshold kept (RetinaFace, SSH, SCRFD, prior-box RetinaFace)."""
+
+
 @dataclass(frozen=True)
 class Format:
     """An output format: a matching rule over the model's outputs, default preprocessing, a decoder."""
@@ -129,3 +97,19 @@ def find_named(outputs: Sequence[OutputInfo], names: Sequence[str]) -> list[int]
             return None
         found.append(hits[0])
     return found
+
+
+@lru_cache(maxsize=32)
+def stride_grid(
+    width: int, height: int, strides: tuple[int, ...], per_cell: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """The cells (column, row) of each stride's feature map of a `width` x `height` input, each repeated
+    `per_cell` times (anchors per cell), and their strides: float32 [P, 2] and [P] in the row order of
+    anchor-free outputs (stride, row, column, anchor). Cached per input size: read-only."""
+    cells, steps = [], []
+    for stride in strides:
+        rows, cols = np.mgrid[: height // stride, : width // stride]
+        grid = np.stack([cols, rows], axis=-1).reshape(-1, 2)
+        cells.append(np.repeat(grid, per_cell, axis=0))
+        steps.append(np.full(len(grid) * per_cell, stride))
+    return np.vstack(cells).astype(np.float32), np.concatenate(steps).astype(np.float32)

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from workers.faces import Faces
-from workers.formats.base import DecodeSettings, Format, OutputInfo, Preprocess, find_named
+from workers.formats.base import DecodeSettings, Format, OutputInfo, find_named
+from workers.preprocess import Preprocess
 
 OUTPUTS = ("boxes", "labels")
 

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from workers.faces import Faces
-from workers.formats.base import DecodeSettings, Format, NmsRule, OutputInfo, Preprocess
+from workers.formats.base import DecodeSettings, Format, NmsRule, OutputInfo
+from workers.preprocess import Preprocess
 
 NMS_RULE = NmsRule(suppress_equal=True)  # as the reference NMS computes areas and ties
 

@@ -13,9 +13,8 @@ from functools import lru_cache
 import numpy as np
 
 from workers.faces import Faces
-from workers.formats.base import DecodeSettings, Format, NmsRule, OutputInfo, Preprocess, find_named
-
-NMS_RULE = NmsRule(plus_one=True)  # as the reference NMS computes areas and ties
+from workers.formats.base import PLUS_ONE_NMS, DecodeSettings, Format, OutputInfo, find_named
+from workers.preprocess import Preprocess
 
 STEPS = (8, 16, 32)
 MIN_SIZES = ((16, 32), (64, 128), (256, 512))
@@ -52,7 +51,7 @@ def decode(outputs: Sequence[np.ndarray], net_size: tuple[int, int], settings: D
     boxes = np.hstack([centers - sizes / 2, centers + sizes / 2])
     points = p[:, None, :2] + landmarks[candidates].reshape(-1, 5, 2) * VARIANCES[0] * p[:, None, 2:]
     faces = Faces(boxes, conf[candidates, 1], points)
-    return NMS_RULE.apply(faces, settings.nms_threshold, max_kept=KEEP_TOP_K)
+    return PLUS_ONE_NMS.apply(faces, settings.nms_threshold, max_kept=KEEP_TOP_K)
 
 
 FORMAT = Format(
@@ -68,6 +67,6 @@ FORMAT = Format(
     ),
     match=match,
     decode=decode,
-    nms_rule=NMS_RULE,
+    nms_rule=PLUS_ONE_NMS,
     default_nms_threshold=0.4,
 )

@@ -9,7 +9,7 @@ position (9 outputs: scores, boxes, points per stride; 6: no points). Reference 
 offset * s; keep score >= threshold; order by `argsort()[::-1]` (in `detect`, again in `nms`); NMS with
 +1 areas, suppressing IoU > 0.4; no top-k. Input RGB, (x - 127.5) / 128, 640x640 letterboxed at the
 top-left with black (raw 0) padding, the short side's length truncated and one scale mapping both axes
-back (`InsightfaceLetterbox`: a rounded length changes the network input and, measured on WIDER photos,
+back (`Preprocess.truncate`: a rounded length changes the network input and, measured on WIDER photos,
 the faces found).
 
 A model without point outputs has no landmarks, so it is its own format, `scrfd-nokps`, sharing this
@@ -24,10 +24,9 @@ from functools import lru_cache, partial
 
 import numpy as np
 
-from workers.faces import Faces, Geometry
-from workers.formats.base import DecodeSettings, Format, NmsRule, OutputInfo, Preprocess, find_named
-
-NMS_RULE = NmsRule(plus_one=True)  # as the reference NMS computes areas and ties
+from workers.faces import Faces
+from workers.formats.base import PLUS_ONE_NMS, DecodeSettings, Format, OutputInfo, find_named, stride_grid
+from workers.preprocess import Preprocess
 
 STRIDES = (8, 16, 32)
 NUM_ANCHORS = 2
@@ -37,29 +36,8 @@ KINDS = (("score", 1), ("bbox", 4), ("kps", 10))  # output name prefix, channels
 @lru_cache(maxsize=16)
 def anchors(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     """Anchor centres [P, 2] (x, y) in input pixels and their strides [P], in output row order."""
-    centers, strides = [], []
-    for stride in STRIDES:
-        ys, xs = np.mgrid[: height // stride, : width // stride]
-        cells = np.stack([xs, ys], axis=-1).reshape(-1, 2) * stride
-        centers.append(np.repeat(cells, NUM_ANCHORS, axis=0))
-        strides.append(np.full(len(cells) * NUM_ANCHORS, stride))
-    return np.vstack(centers).astype(np.float32), np.concatenate(strides).astype(np.float32)
-
-
-class InsightfaceLetterbox(Preprocess):
-    """insightface's letterbox (`SCRFD.detect`): the side that limits fills the input, the other is
-    truncated (`int`, not rounded), and one scale, `new_height / height`, maps both axes back."""
-
-    def plan(self, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int], Geometry]:
-        if self.resize != "letterbox" or self.input_size is None:
-            return super().plan(width, height)
-        net_w, net_h = self.input_size
-        if height / width > net_h / net_w:
-            resized = (max(1, int(net_h / (height / width))), net_h)
-        else:
-            resized = (net_w, max(1, int(net_w * (height / width))))
-        scale = resized[1] / height
-        return (net_w, net_h), resized, Geometry(width, height, scale, scale)
+    cells, strides = stride_grid(width, height, STRIDES, NUM_ANCHORS)
+    return cells * strides[:, None], strides
 
 
 def _names(with_kps: bool) -> list[str]:
@@ -122,7 +100,7 @@ def decode(outputs: Sequence[np.ndarray], net_size: tuple[int, int], settings: D
     if kps is not None:
         points = center[:, None, :] + (kps[candidates] * stride).reshape(-1, 5, 2)
     faces = Faces(boxes, score[candidates, 0], points)
-    return NMS_RULE.apply(faces, settings.nms_threshold)
+    return PLUS_ONE_NMS.apply(faces, settings.nms_threshold)
 
 
 def _format(name: str, with_kps: bool) -> Format:
@@ -130,16 +108,17 @@ def _format(name: str, with_kps: bool) -> Format:
         name=name,
         description=f"insightface SCRFD score/bbox{'/kps' if with_kps else ''} at strides 8/16/32",
         has_landmarks=with_kps,
-        preprocess=InsightfaceLetterbox(
+        preprocess=Preprocess(
             input_size=(640, 640),
             resize="letterbox",
             color="RGB",
             mean=(127.5, 127.5, 127.5),
             scale=(128.0, 128.0, 128.0),
+            truncate=True,
         ),
         match=partial(match, with_kps=with_kps),
         decode=decode,
-        nms_rule=NMS_RULE,
+        nms_rule=PLUS_ONE_NMS,
         default_nms_threshold=0.4,
         split=split,
     )

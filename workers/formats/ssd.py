@@ -16,7 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from workers.faces import Faces
-from workers.formats.base import DecodeSettings, Format, OutputInfo, Preprocess
+from workers.formats.base import DecodeSettings, Format, OutputInfo
+from workers.preprocess import Preprocess
 
 COLUMNS = 7  # image_id, label, conf, x_min, y_min, x_max, y_max
 

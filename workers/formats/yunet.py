@@ -10,8 +10,8 @@ and suppresses IoU > 0.3 computed on *integer* rectangles (x1, y1, w, h each tru
 with plain areas; the faces it keeps carry the float boxes.
 
 Preprocessing: the reference takes BGR raw pixels at the image's own size, padded with black at the
-bottom and right to a multiple of 32, never scaled. `PadToMultiple` does that when no input size is
-set (the default); with an input size (needed for batches) it letterboxes or stretches as usual.
+bottom and right to a multiple of 32, never scaled: the letterbox with no input size (the default;
+`Preprocess.fit`); with an input size (needed for batches) it letterboxes or stretches as usual.
 
 Batches: the exports keep a leading 1 and put a batch's images one after another along the rows,
 so each image's rows are cut from there (also right for a true batch axis).
@@ -19,42 +19,18 @@ so each image's rows are cut from there (also right for a true batch axis).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from functools import lru_cache
 
 import numpy as np
 
-from workers.faces import Faces, Geometry
-from workers.formats.base import DecodeSettings, Format, OutputInfo, Preprocess, find_named
+from workers.faces import Faces
+from workers.formats.base import DecodeSettings, Format, OutputInfo, find_named, stride_grid
 from workers.nms import nms
+from workers.preprocess import Preprocess
 
 STRIDES = (8, 16, 32)
 TOP_K = 5000
 OUTPUTS = tuple(f"{kind}_{stride}" for kind in ("cls", "obj", "bbox", "kps") for stride in STRIDES)
-
-
-class PadToMultiple(Preprocess):
-    """Letterbox with no input size: the image unscaled at the top-left of its size rounded up to
-    `size_multiple` (the plain letterbox would also upscale it by the smaller rounding ratio)."""
-
-    def plan(self, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int], Geometry]:
-        if self.resize != "letterbox" or self.input_size is not None:
-            return super().plan(width, height)
-        m = self.size_multiple
-        net = (math.ceil(width / m) * m, math.ceil(height / m) * m)
-        return net, (width, height), Geometry(width, height, 1.0, 1.0)
-
-
-@lru_cache(maxsize=16)
-def cells(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """Grid cells [P, 2] as (column, row) and their strides [P], in output row order."""
-    grid, strides = [], []
-    for stride in STRIDES:
-        rows, cols = np.mgrid[: height // stride, : width // stride]
-        grid.append(np.stack([cols, rows], axis=-1).reshape(-1, 2))
-        strides.append(np.full(rows.size, stride))
-    return np.vstack(grid).astype(np.float32), np.concatenate(strides).astype(np.float32)
 
 
 def match(outputs: Sequence[OutputInfo]) -> list[int] | None:
@@ -70,7 +46,7 @@ def decode(outputs: Sequence[np.ndarray], net_size: tuple[int, int], settings: D
     cls, obj, bbox, kps = (
         np.concatenate([o.reshape(-1, o.shape[-1]) for o in outputs[k : k + 3]]) for k in range(0, 12, 3)
     )
-    grid, strides = cells(*net_size)
+    grid, strides = stride_grid(*net_size, STRIDES)
     scores = np.sqrt(np.clip(cls[:, 0], 0, 1) * np.clip(obj[:, 0], 0, 1))
     candidates = np.flatnonzero(scores >= settings.score_threshold)
     if len(candidates) > 1:  # NMSBoxes runs only then, and keeps only scores above the threshold
@@ -91,7 +67,7 @@ FORMAT = Format(
     name="yunet",
     description="YuNet (OpenCV FaceDetectorYN): cls/obj/bbox/kps at strides 8/16/32",
     has_landmarks=True,
-    preprocess=PadToMultiple(input_size=None, resize="letterbox", color="BGR", size_multiple=32),
+    preprocess=Preprocess(input_size=None, resize="letterbox", color="BGR", size_multiple=32),
     match=match,
     decode=decode,
     default_nms_threshold=0.3,
