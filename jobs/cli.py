@@ -70,25 +70,25 @@ def _size(text: str) -> tuple[int, int]:
     return size
 
 
+def _numbers(text: str, example: str) -> tuple[float, ...]:
+    """Comma-separated numbers (`example` shows the form in the error)."""
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like {example}, got {text!r}") from None
+
+
 def _triple(text: str) -> tuple[float, float, float]:
     """Three comma-separated numbers."""
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected three numbers like 104,117,123, got {text!r}") from None
+    values = _numbers(text, "104,117,123")
     if len(values) != 3:
         raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}")
-    return values
+    return values[0], values[1], values[2]
 
 
 def _scales(text: str) -> tuple[float, ...]:
     """Comma-separated numbers greater than 0."""
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers like 0.5,1,2, got {text!r}"
-        ) from None
+    values = _numbers(text, "0.5,1,2")
     if min(values) <= 0:
         raise argparse.ArgumentTypeError(f"scales must be greater than 0, got {text!r}")
     return values
