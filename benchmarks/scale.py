@@ -61,7 +61,7 @@ class SimulatedWorker(ShardCalls):
     through the product's sink. Many shards at once (SHARDS_AT_ONCE), so that a few actors keep up with
     the driver."""
 
-    def __init__(self, settings: object, output: str, containers: object, tuning: object) -> None:
+    def __init__(self, settings: object, output: str, *_: object) -> None:
         self.start_calls(output, "simulated")
 
     def ready(self) -> ActorInfo:

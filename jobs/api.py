@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
+from workers.anonymize import AnonymizeSettings
 from workers.containers import ContainerSettings
 from workers.detector import Detector, Timings
 from workers.driver import JobConfig, run_job
@@ -39,14 +40,10 @@ from workers.tuning import Tuning
 DETECTOR_OPTIONS = frozenset(f.name for f in fields(DetectorSettings)) - {"model"}
 CONTAINER_OPTIONS = frozenset(f.name for f in fields(ContainerSettings))
 TUNING_OPTIONS = frozenset(f.name for f in fields(Tuning))
-JOB_OPTIONS = frozenset(f.name for f in fields(JobConfig)) - {
-    "input",
-    "output",
-    "detector",
-    "containers",
-    "tuning",
-}
-OPTIONS = DETECTOR_OPTIONS | CONTAINER_OPTIONS | TUNING_OPTIONS | JOB_OPTIONS
+ANONYMIZE_OPTIONS = frozenset(f.name for f in fields(AnonymizeSettings)) - {"root"}
+NESTED = {"input", "output", "detector", "containers", "tuning", "anonymizer"}
+JOB_OPTIONS = frozenset(f.name for f in fields(JobConfig)) - NESTED
+OPTIONS = DETECTOR_OPTIONS | CONTAINER_OPTIONS | TUNING_OPTIONS | ANONYMIZE_OPTIONS | JOB_OPTIONS
 RESULT_COLUMNS = ("width", "height", "status", "error", "error_kind", "model", "faces")
 """What `FaceDetector` adds to a Ray Data batch: the output contract's columns but the uri and version."""
 IMAGE_COLUMNS = {"bytes": "BGR", "image": "RGB"}
@@ -63,7 +60,22 @@ def job_config(input: str, output: str, model: str = DEFAULT_MODEL, **options: A
     containers = ContainerSettings(**{k: v for k, v in options.items() if k in CONTAINER_OPTIONS})
     tuning = Tuning(**{k: v for k, v in options.items() if k in TUNING_OPTIONS})
     job = {k: v for k, v in options.items() if k in JOB_OPTIONS}
-    return JobConfig(input, output, detector, containers=containers, tuning=tuning, **job)
+    anonymizer = _anonymizer(options)
+    return JobConfig(
+        input, output, detector, containers=containers, tuning=tuning, anonymizer=anonymizer, **job
+    )
+
+
+def _anonymizer(options: dict[str, Any]) -> AnonymizeSettings | None:
+    """`anonymize=DEST` and its `anonymize_*` options as settings; None without them; a one-line
+    ValueError for the options without DEST."""
+    given = {k: v for k, v in options.items() if k in ANONYMIZE_OPTIONS and v is not None}
+    if not given:
+        return None
+    if "anonymize" not in given:
+        names = ", ".join(f"--{k.replace('_', '-')}" for k in sorted(given))
+        raise ValueError(f"{names} need --anonymize DEST, the folder or s3:// prefix for the copies")
+    return AnonymizeSettings(**given)
 
 
 def run(

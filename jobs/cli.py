@@ -16,6 +16,7 @@ from jobs.config import ConfigError, run_arguments
 from jobs.export import DEFAULT_FILES, export
 from jobs.progress import progress_for
 from jobs.report import write_report
+from workers.anonymize import METHODS
 from workers.cluster import STARTUP_TIMEOUT
 from workers.containers import PIECE_BYTES
 from workers.driver import ROWS_PER_FILE, DryRun, JobConfig, dry_run
@@ -219,6 +220,20 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument(
         "--cpu-pinning", action="store_true", help="pin OpenVINO's threads to cores (off: they share them)"
     )
+    hide = run.add_argument_group("anonymized copies (each image, its faces hidden, under the same key)")
+    hide.add_argument("--anonymize", metavar="DEST", help="write the copies below DEST (a folder or s3://)")
+    hide.add_argument(
+        "--anonymize-method", choices=METHODS, help="blur (default; a third of the face), mosaic or solid"
+    )
+    hide.add_argument(
+        "--anonymize-mask-scale", type=_positive_float, metavar="F", help="ellipse around a face's box (1.3)"
+    )
+    hide.add_argument(
+        "--anonymize-threshold",
+        type=_fraction,
+        metavar="T",
+        help="hide faces scoring at least T (0.2: a missed face is a leak, an extra blur is not)",
+    )
     run.add_argument(
         "--include", metavar="GLOB", help="take keys matching GLOB (default: image and container extensions)"
     )
@@ -339,6 +354,7 @@ def summary(progress: JobProgress, output: str) -> str:
             f"throughput: {progress.processing_images_per_second:.1f} images/s after start-up, "
             f"{progress.images_per_second:.1f} images/s overall",
             f"output: {output} ({progress.files} Parquet files written)",
+            *([f"anonymized copies: {progress.anonymized} written"] if progress.anonymized else []),
             f"next: facesweep show {output}  (or export it: --format coco|csv|flat-parquet)",
         ]
         if resumed.images:

@@ -17,15 +17,16 @@ import cv2
 import pyarrow.parquet as pq
 import ray
 
-from workers.containers import ContainerSettings, parse_piece, read_piece
+from workers.anonymize import AnonymizeSettings, anonymized, copy_uri
+from workers.containers import ContainerSettings, Member, parse_piece, read_piece
 from workers.detector import Detector, Timings
-from workers.errors import ImageError, take_tracebacks
+from workers.errors import ErrorKind, ImageError, ImageFailure, internal_failure, take_tracebacks
 from workers.metrics import error_kinds, shard_metrics
 from workers.model_plan import DetectorSettings
 from workers.pipeline import ImagePipeline
 from workers.shards import Shard
 from workers.sink import ImageResult, Piece, ShardCounts, read_footer, results_table, write_parquet
-from workers.storage import RangedFile, join, request_counts, storage_for
+from workers.storage import ObjectError, RangedFile, StorageError, join, request_counts, storage_for
 from workers.tuning import Tuning
 
 
@@ -53,6 +54,7 @@ class ShardReport:
     actor_cpu_seconds: float  # CPU time of the actor's process (all its threads) since it was ready
     requests: dict[str, int]  # storage requests of the actor's process so far, by kind
     tracebacks: dict[str, str]  # the first of each stage's internal errors since the last report
+    anonymized: int = 0  # anonymized copies written (--anonymize)
 
 
 class ShardCalls:
@@ -69,7 +71,12 @@ class ShardCalls:
         self._ready_cpu = time.process_time()
 
     def report(
-        self, shard: Shard, counts: ShardCounts, kinds: dict[str, int], stages: dict[str, float]
+        self,
+        shard: Shard,
+        counts: ShardCounts,
+        kinds: dict[str, int],
+        stages: dict[str, float],
+        anonymized: int = 0,
     ) -> ShardReport:
         """The driver's report of a shard just committed (or found committed)."""
         cpu = time.process_time() - self._ready_cpu
@@ -84,6 +91,7 @@ class ShardCalls:
             cpu,
             request_counts(),
             take_tracebacks(),
+            anonymized,
         )
 
     def process(self, shards: list[Shard]) -> list[ShardReport]:
@@ -109,12 +117,18 @@ class ShardWorker(ShardCalls):
         output: str,
         containers: ContainerSettings = ContainerSettings(),  # noqa: B008 (frozen)
         tuning: Tuning = Tuning(),  # noqa: B008 (frozen)
+        anonymizer: AnonymizeSettings | None = None,
     ) -> None:
         cv2.setNumThreads(1)  # the model owns the actor's cores; many images decode in parallel instead
+        self.score_threshold, self.anonymizer = settings.score_threshold, anonymizer
+        if anonymizer is not None:  # faces down to the anonymize threshold; the output keeps its own
+            low = min(settings.score_threshold, anonymizer.anonymize_threshold)
+            settings = replace(settings, score_threshold=low)
         self.detector = Detector(settings, tuning)
         self.containers = containers
         threads = tuning.fetch_threads
         pool = ThreadPoolExecutor(threads, thread_name_prefix="fetch")
+        self.pool = pool
         self.pipeline = ImagePipeline(self.detector, pool, in_flight=max(2 * threads, 8))  # per shard
         self.start_calls(output, self.detector.format.name)
 
@@ -125,17 +139,29 @@ class ShardWorker(ShardCalls):
     def process_one(self, shard: Shard) -> ShardReport:
         timings = Timings()
         piece = parse_piece(shard.uris[0]) if len(shard.uris) == 1 else None
+        held: dict[int, bytes] = {}  # each image's bytes, for its anonymized copy
         if piece is None:
             uris = shard.uris
-            results = self.pipeline.run(uris, lambda i: storage_for(uris[i]).get(uris[i]), timings)
+
+            def load(i: int) -> bytes:
+                data = storage_for(uris[i]).get(uris[i])
+                if self.anonymizer is not None:
+                    held[i] = data
+                return data
+
+            results = self.pipeline.run(uris, load, timings)
             results = [
                 replace(result, etag=etag, size=size)
                 for result, etag, size in zip(results, shard.etags, shard.sizes, strict=True)
             ]
             pieces: list[Piece] = []
         else:
-            results = self._container_piece(shard, timings)
+            results, members = self._container_piece(shard, timings)
+            held = {i: m.data for i, m in enumerate(members) if m.data is not None}
             pieces = [(shard.uris[0], shard.etags[0], shard.sizes[0])]
+        copied = 0
+        if self.anonymizer is not None:
+            results, copied = self._anonymize(results, held, self.anonymizer, timings)
         started = time.thread_time()
         table = results_table(results, self.detector.settings.model)
         output = join(self.output, shard.file_name)
@@ -143,9 +169,46 @@ class ShardWorker(ShardCalls):
         timings.add("write", time.thread_time() - started)
         kinds = error_kinds(table["error_kind"])
         shard_metrics().record(counts.images, counts.faces, kinds, timings.seconds)
-        return self.report(shard, counts, kinds, timings.seconds)
+        return self.report(shard, counts, kinds, timings.seconds, copied)
 
-    def _container_piece(self, shard: Shard, timings: Timings) -> list[ImageResult]:
+    def _anonymize(
+        self,
+        results: list[ImageResult],
+        held: dict[int, bytes],
+        settings: AnonymizeSettings,
+        timings: Timings,
+    ) -> tuple[list[ImageResult], int]:
+        """Each detected image's anonymized copy written to DEST (in the fetch pool), before the shard
+        commits; its faces then cut to the job's own threshold. An image whose copy cannot be made
+        becomes an error row (its detections are not written without it); a store that fails DEST fails
+        the shard, as the shard's own write would."""
+
+        def copy(position: int) -> tuple[ImageResult, bool]:
+            result = results[position]
+            if result.faces is None:
+                return result, False  # not detected: never copied
+            started = time.thread_time()
+            try:
+                data, suffix = anonymized(held[position], result.faces, settings)
+                member = suffix if result.container is not None else ""
+                storage_for(settings.anonymize).put(copy_uri(result.uri, settings, member), data)
+            except ObjectError as error:
+                failure = ImageFailure(ErrorKind.FETCH, f"anonymized copy not written: {error}")
+                return replace(result, faces=None, error=failure.message, error_kind=failure.kind), False
+            except StorageError:
+                raise
+            except Exception as error:  # a bug of ours: logged with its traceback, the image's error row
+                failure = internal_failure("anonymize", error)
+                return replace(result, faces=None, error=failure.message, error_kind=failure.kind), False
+            finally:
+                timings.add("anonymize", time.thread_time() - started)
+            faces = result.faces
+            return replace(result, faces=faces.take(faces.scores >= self.score_threshold)), True
+
+        done = list(self.pool.map(copy, range(len(results))))
+        return [result for result, _ in done], sum(copied for _, copied in done)
+
+    def _container_piece(self, shard: Shard, timings: Timings) -> tuple[list[ImageResult], list[Member]]:
         """The results of a container piece's image members (read with a few ranged GETs)."""
         piece, etag, size = shard.uris[0], shard.etags[0], shard.sizes[0]
         clock = time.thread_time()
@@ -159,7 +222,7 @@ class ShardWorker(ShardCalls):
             return member.data
 
         results = self.pipeline.run([m.name for m in members], load, timings)
-        return [
+        results = [
             replace(
                 result,
                 etag=etag,
@@ -169,3 +232,4 @@ class ShardWorker(ShardCalls):
             )
             for result, m in zip(results, members, strict=True)
         ]
+        return results, members

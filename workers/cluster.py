@@ -104,9 +104,8 @@ def start_actors(
         max_task_retries=-1,
     )
     log.info("starting %d actors (%g CPUs each), each compiling the model on %s", count, cpus, device)
-    actors = [
-        actor_class.remote(settings, config.output, config.containers, config.tuning) for _ in range(count)
-    ]
+    arguments = (settings, config.output, config.containers, config.tuning, config.anonymizer)
+    actors = [actor_class.remote(*arguments) for _ in range(count)]
     try:
         progress.add_actors(
             ray.get([actor.ready.remote() for actor in actors], timeout=config.startup_timeout)

@@ -24,8 +24,9 @@ import pyarrow as pa
 import ray
 
 from workers.actor import ShardWorker
+from workers.anonymize import METHODS, AnonymizeSettings
 from workers.cluster import STARTUP_TIMEOUT, ensure_ray, start_actors
-from workers.containers import ContainerSettings
+from workers.containers import ContainerSettings, is_container
 from workers.errors import JobError, line_of
 from workers.inputs import InputError, is_manifest, list_images
 from workers.job_progress import JobProgress
@@ -75,6 +76,7 @@ class JobConfig:
     reprocess_changed: bool = False  # redo images whose object changed since they were done
     containers: ContainerSettings = field(default_factory=ContainerSettings)  # how tar / Parquet are read
     tuning: Tuning = field(default_factory=Tuning)  # throughput levers (not the job's identity)
+    anonymizer: AnonymizeSettings | None = None  # --anonymize DEST: anonymized copies of the images
 
 
 def run_job(
@@ -152,6 +154,8 @@ def _prepare(config: JobConfig, overwrite: bool, read_only: bool = False) -> _Jo
     # A local OUTPUT as an absolute path: actors and compactions run in other working directories.
     output = config.output if is_s3_uri(config.output) else str(Path(config.output).absolute())
     config = replace(config, output=output, detector=replace(config.detector, device=device))
+    if config.anonymizer is not None:
+        config = replace(config, anonymizer=_anonymizer(config))
     _check_output(config)
     checksum = inspect_model(config.detector).checksum
     listing = _non_empty(list_images(config.input, config.include, config.containers.piece_bytes), config)
@@ -220,23 +224,47 @@ def dry_run(config: JobConfig, rate: float | None = None) -> DryRun:
 
 
 def _check_output(config: JobConfig) -> None:
-    """OUTPUT must be a folder, and not inside a folder INPUT (a later run would list its own files)."""
-    output, source = config.output, config.input
-    if not is_s3_uri(output) and Path(output).is_file():
-        raise InputError(f"OUTPUT {output} is a file: give a directory or an s3://bucket/prefix")
-    if is_manifest(source) or is_s3_uri(source) != is_s3_uri(output):
-        return
+    """OUTPUT (and --anonymize DEST) must be a folder, and not inside a folder INPUT (a later run would
+    list its own files)."""
+    targets = [("OUTPUT", config.output)]
+    if config.anonymizer is not None:
+        targets.append(("--anonymize", config.anonymizer.anonymize))
+    for name, target in targets:
+        if not is_s3_uri(target) and Path(target).is_file():
+            raise InputError(f"{name} {target} is a file: give a directory or an s3://bucket/prefix")
+        if _inside(target, config.input):
+            raise InputError(
+                f"{name} {target} is inside INPUT {config.input}: a later run would read its own files; "
+                f"give a {name} outside INPUT"
+            )
+
+
+def _inside(target: str, source: str) -> bool:
+    """Whether `target` is the folder or prefix `source` or below it (never for a manifest)."""
+    if is_manifest(source) or is_s3_uri(source) != is_s3_uri(target):
+        return False
     if is_s3_uri(source):
-        inside = output.rstrip("/").startswith(source.rstrip("/") + "/") or output.rstrip(
-            "/"
-        ) == source.rstrip("/")
-    else:
-        inside = Path(output).resolve().is_relative_to(Path(source).resolve())
-    if inside:
-        raise InputError(
-            f"OUTPUT {output} is inside INPUT {source}: a later run would read its own files; "
-            "give an OUTPUT outside INPUT"
-        )
+        target, source = target.rstrip("/"), source.rstrip("/")
+        return target == source or target.startswith(source + "/")
+    return Path(target).resolve().is_relative_to(Path(source).resolve())
+
+
+def _anonymizer(config: JobConfig) -> AnonymizeSettings:
+    """--anonymize as the actors take it: DEST absolute when local, the keys' root (INPUT when it is a
+    folder or prefix), the settings checked."""
+    settings = config.anonymizer
+    assert settings is not None
+    if settings.anonymize_method not in METHODS:
+        raise InputError(f"--anonymize-method {settings.anonymize_method!r}: use one of {', '.join(METHODS)}")
+    if settings.anonymize_mask_scale <= 0 or not 0 <= settings.anonymize_threshold <= 1:
+        raise InputError("--anonymize-mask-scale must be above 0 and --anonymize-threshold within 0..1")
+    dest = settings.anonymize
+    dest = dest if is_s3_uri(dest) else str(Path(dest).absolute())
+    source = config.input
+    root = None if is_manifest(source) or is_container(source) else source
+    if root is not None and not is_s3_uri(root):
+        root = str(Path(root).absolute())
+    return replace(settings, anonymize=dest, root=root)
 
 
 def _drop_changed(ledger: Ledger, config: JobConfig) -> int:

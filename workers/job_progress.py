@@ -36,6 +36,7 @@ class JobProgress:
     resumed: ShardCounts = NO_COUNTS  # what earlier runs left in OUTPUT
     redone_changed: int = 0  # changed images whose old rows were dropped, to be done again
     files: int = 0  # part files this run wrote
+    anonymized: int = 0  # anonymized copies written (--anonymize)
     already_complete: bool = False  # nothing new, nothing pending: the job did nothing
     startup_seconds: float = 0.0  # until every actor had compiled its model
     finished: float | None = None  # when the last shard came back
@@ -71,6 +72,7 @@ class JobProgress:
         return self.images / busy if busy > 0 else 0.0
 
     def add(self, report: ShardReport) -> None:
+        self.anonymized += report.anonymized
         self.images += report.images
         self.faces += report.faces
         self.errors += report.errors

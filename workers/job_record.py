@@ -88,6 +88,8 @@ def job_identity(config: JobConfig, checksum: str) -> dict[str, Any]:
     identity = {"input": config.input, "include": config.include, "model_sha256": checksum, **detector}
     defaults = ContainerSettings()  # in the identity when set: older records have no such keys
     identity.update({k: v for k, v in asdict(config.containers).items() if v != getattr(defaults, k)})
+    if config.anonymizer is not None:  # the copies are part of what the job writes
+        identity.update({k: v for k, v in asdict(config.anonymizer).items() if k != "root"})
     return json.loads(json.dumps(identity))  # as _job.json stores it (tuples become lists)
 
 
@@ -127,6 +129,7 @@ def job_record(
                 "images": progress.images,
                 "shards": progress.shards,
                 "part_files_written": progress.files,
+                "anonymized_copies": progress.anonymized,
                 "failed": progress.failed_shards,
                 "requests": progress.requests,
                 "seconds": round(progress.seconds, 3),
