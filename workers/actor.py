@@ -197,6 +197,9 @@ class ShardWorker(ShardCalls):
                 return replace(result, faces=None, error=failure.message, error_kind=failure.kind), False
             except StorageError:
                 raise
+            except ImageError as error:  # the full-size decode refused what the detection's decoded
+                failure = error.failure
+                return replace(result, faces=None, error=failure.message, error_kind=failure.kind), False
             except Exception as error:  # a bug of ours: logged with its traceback, the image's error row
                 failure = internal_failure("anonymize", error)
                 return replace(result, faces=None, error=failure.message, error_kind=failure.kind), False
