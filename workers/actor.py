@@ -128,7 +128,6 @@ class ShardWorker(ShardCalls):
         self.containers = containers
         threads = tuning.fetch_threads
         pool = ThreadPoolExecutor(threads, thread_name_prefix="fetch")
-        self.pool = pool
         self.pipeline = ImagePipeline(self.detector, pool, in_flight=max(2 * threads, 8))  # per shard
         self.start_calls(output, self.detector.format.name)
 
@@ -208,7 +207,7 @@ class ShardWorker(ShardCalls):
             faces = result.faces
             return replace(result, faces=faces.take(faces.scores >= self.score_threshold)), True
 
-        done = list(self.pool.map(copy, range(len(results))))
+        done = list(self.pipeline.pool.map(copy, range(len(results))))
         return [result for result, _ in done], sum(copied for _, copied in done)
 
     def _container_piece(self, shard: Shard, timings: Timings) -> tuple[list[ImageResult], list[Member]]:

@@ -104,7 +104,7 @@ def _covered(region: np.ndarray, method: str, ax: float, ay: float) -> np.ndarra
         cells = (max(1, round(w / (2 * ax / MOSAIC_CELLS))), max(1, round(h / (2 * ay / MOSAIC_CELLS))))
         small = cv2.resize(region, cells, interpolation=cv2.INTER_AREA)
         return cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
-    kernel = (max(1, round(2 * ax / 3)), max(1, round(2 * ay / 3)))  # a third of the face's size
+    kernel = (max(1, round(2 * ax / 3)), max(1, round(2 * ay / 3)))  # a third of the mask's size
     return cv2.blur(cv2.blur(region, kernel), kernel)  # twice: a box blur's edges would show the face
 
 

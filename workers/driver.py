@@ -155,7 +155,7 @@ def _prepare(config: JobConfig, overwrite: bool, read_only: bool = False) -> _Jo
     output = config.output if is_s3_uri(config.output) else str(Path(config.output).absolute())
     config = replace(config, output=output, detector=replace(config.detector, device=device))
     if config.anonymizer is not None:
-        config = replace(config, anonymizer=_anonymizer(config))
+        config = replace(config, anonymizer=_anonymizer(config.anonymizer, config.input))
     _check_output(config)
     checksum = inspect_model(config.detector).checksum
     listing = _non_empty(list_images(config.input, config.include, config.containers.piece_bytes), config)
@@ -249,18 +249,15 @@ def _inside(target: str, source: str) -> bool:
     return Path(target).resolve().is_relative_to(Path(source).resolve())
 
 
-def _anonymizer(config: JobConfig) -> AnonymizeSettings:
-    """--anonymize as the actors take it: DEST absolute when local, the keys' root (INPUT when it is a
-    folder or prefix), the settings checked."""
-    settings = config.anonymizer
-    assert settings is not None
+def _anonymizer(settings: AnonymizeSettings, source: str) -> AnonymizeSettings:
+    """--anonymize as the actors take it: DEST absolute when local, the keys' root (INPUT `source` when
+    it is a folder or prefix), the settings checked."""
     if settings.anonymize_method not in METHODS:
         raise InputError(f"--anonymize-method {settings.anonymize_method!r}: use one of {', '.join(METHODS)}")
     if settings.anonymize_mask_scale <= 0 or not 0 <= settings.anonymize_threshold <= 1:
         raise InputError("--anonymize-mask-scale must be above 0 and --anonymize-threshold within 0..1")
     dest = settings.anonymize
     dest = dest if is_s3_uri(dest) else str(Path(dest).absolute())
-    source = config.input
     root = None if is_manifest(source) or is_container(source) else source
     if root is not None and not is_s3_uri(root):
         root = str(Path(root).absolute())
