@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from workers.anonymize import AnonymizeSettings
 from workers.containers import ContainerSettings
+from workers.crops import CropSettings
 from workers.detector import Detector, Timings
 from workers.driver import JobConfig, run_job
 from workers.job_progress import JobProgress
@@ -41,9 +42,11 @@ DETECTOR_OPTIONS = frozenset(f.name for f in fields(DetectorSettings)) - {"model
 CONTAINER_OPTIONS = frozenset(f.name for f in fields(ContainerSettings))
 TUNING_OPTIONS = frozenset(f.name for f in fields(Tuning))
 ANONYMIZE_OPTIONS = frozenset(f.name for f in fields(AnonymizeSettings)) - {"root"}
-NESTED = {"input", "output", "detector", "containers", "tuning", "anonymizer"}
+CROP_OPTIONS = frozenset(f.name for f in fields(CropSettings))
+NESTED = {"input", "output", "detector", "containers", "tuning", "anonymizer", "crops"}
 JOB_OPTIONS = frozenset(f.name for f in fields(JobConfig)) - NESTED
 OPTIONS = DETECTOR_OPTIONS | CONTAINER_OPTIONS | TUNING_OPTIONS | ANONYMIZE_OPTIONS | JOB_OPTIONS
+OPTIONS |= CROP_OPTIONS | {"crops"}
 RESULT_COLUMNS = ("width", "height", "status", "error", "error_kind", "model", "faces")
 """What `FaceDetector` adds to a Ray Data batch: the output contract's columns but the uri and version."""
 IMAGE_COLUMNS = {"bytes": "BGR", "image": "RGB"}
@@ -60,9 +63,16 @@ def job_config(input: str, output: str, model: str = DEFAULT_MODEL, **options: A
     containers = ContainerSettings(**{k: v for k, v in options.items() if k in CONTAINER_OPTIONS})
     tuning = Tuning(**{k: v for k, v in options.items() if k in TUNING_OPTIONS})
     job = {k: v for k, v in options.items() if k in JOB_OPTIONS}
-    anonymizer = _anonymizer(options)
+    anonymizer, crops = _anonymizer(options), _cropper(options)
     return JobConfig(
-        input, output, detector, containers=containers, tuning=tuning, anonymizer=anonymizer, **job
+        input,
+        output,
+        detector,
+        containers=containers,
+        tuning=tuning,
+        anonymizer=anonymizer,
+        crops=crops,
+        **job,
     )
 
 
@@ -73,9 +83,24 @@ def _anonymizer(options: dict[str, Any]) -> AnonymizeSettings | None:
     if not given:
         return None
     if "anonymize" not in given:
-        names = ", ".join(f"--{k.replace('_', '-')}" for k in sorted(given))
-        raise ValueError(f"{names} need --anonymize DEST, the folder or s3:// prefix for the copies")
+        raise ValueError(f"{_flags(given)} need --anonymize DEST, the folder or s3:// prefix for the copies")
     return AnonymizeSettings(**given)
+
+
+def _flags(options: dict[str, Any]) -> str:
+    """The options as the CLI's flags, for a message."""
+    return ", ".join(f"--{k.replace('_', '-')}" for k in sorted(options))
+
+
+def _cropper(options: dict[str, Any]) -> CropSettings | None:
+    """`crops=True` and its `crop_*` options as settings; None without it; a one-line ValueError for the
+    options without it."""
+    given = {k: v for k, v in options.items() if k in CROP_OPTIONS and v is not None}
+    if not options.get("crops"):
+        if given:
+            raise ValueError(f"{_flags(given)} need --crops")
+        return None
+    return CropSettings(**given)
 
 
 def run(

@@ -234,6 +234,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="T",
         help="hide faces scoring at least T (0.2: a missed face is a leak, an extra blur is not)",
     )
+    crops = run.add_argument_group("face crops (a table beside the detections: OUTPUT/_crops/)")
+    crops.add_argument(
+        "--crops", action="store_true", help="each face's crop, aligned by its landmarks as ArcFace takes it"
+    )
+    crops.add_argument(
+        "--crop-size", type=_positive_int, metavar="N", help="pixels: 112 or 128 times k (112)"
+    )
+    crops.add_argument(
+        "--crop-margin",
+        type=float,
+        metavar="F",
+        help="a model without landmarks: square of the box's longer side times 1 + F (0.25)",
+    )
     run.add_argument(
         "--include", metavar="GLOB", help="take keys matching GLOB (default: image and container extensions)"
     )
@@ -355,6 +368,7 @@ def summary(progress: JobProgress, output: str) -> str:
             f"{progress.images_per_second:.1f} images/s overall",
             f"output: {output} ({progress.files} Parquet files written)",
             *([f"anonymized copies: {progress.anonymized} written"] if progress.anonymized else []),
+            *([f"face crops: {progress.crops} written to {output}/_crops/"] if progress.crops else []),
             f"next: facesweep show {output}  (or export it: --format coco|csv|flat-parquet)",
         ]
         if resumed.images:

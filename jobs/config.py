@@ -99,6 +99,8 @@ def resume_values(output: str, run: argparse.ArgumentParser) -> dict[str, Any]:
     config = dict(record.config)
     nested = {**config.pop("detector"), **config.pop("containers", {}), **config.pop("tuning", {})}
     nested |= {k: v for k, v in (config.pop("anonymizer", None) or {}).items() if k != "root"}
+    crops = config.pop("crops", None)
+    nested |= {"crops": True, **crops} if crops else {}
     values = {**nested, **config, "output": output}
     dests = {action.dest for action in spec_actions(run).values()} - {"reprocess_changed"}
     return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in dests}

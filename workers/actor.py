@@ -14,18 +14,28 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import cv2
+import numpy as np
 import pyarrow.parquet as pq
 import ray
 
 from workers.anonymize import AnonymizeSettings, anonymized, copy_uri
 from workers.containers import ContainerSettings, Member, parse_piece, read_piece
+from workers.crops import (
+    CROP_COMPRESSION,
+    CropSettings,
+    ImageCrops,
+    crop_shard_path,
+    crops_table,
+    image_crops,
+)
 from workers.detector import Detector, Timings
 from workers.errors import ErrorKind, ImageError, ImageFailure, internal_failure, take_tracebacks
+from workers.images import decode_image
 from workers.metrics import error_kinds, shard_metrics
 from workers.model_plan import DetectorSettings
 from workers.pipeline import ImagePipeline
 from workers.shards import Shard
-from workers.sink import ImageResult, Piece, ShardCounts, read_footer, results_table, write_parquet
+from workers.sink import ImageResult, Piece, ShardCounts, put_table, read_footer, results_table, write_parquet
 from workers.storage import ObjectError, RangedFile, StorageError, join, request_counts, storage_for
 from workers.tuning import Tuning
 
@@ -55,6 +65,7 @@ class ShardReport:
     requests: dict[str, int]  # storage requests of the actor's process so far, by kind
     tracebacks: dict[str, str]  # the first of each stage's internal errors since the last report
     anonymized: int = 0  # anonymized copies written (--anonymize)
+    crops: int = 0  # face crops written (--crops)
 
 
 class ShardCalls:
@@ -92,6 +103,7 @@ class ShardCalls:
             request_counts(),
             take_tracebacks(),
             anonymized,
+            counts.crops,
         )
 
     def process(self, shards: list[Shard]) -> list[ShardReport]:
@@ -118,9 +130,10 @@ class ShardWorker(ShardCalls):
         containers: ContainerSettings = ContainerSettings(),  # noqa: B008 (frozen)
         tuning: Tuning = Tuning(),  # noqa: B008 (frozen)
         anonymizer: AnonymizeSettings | None = None,
+        crops: CropSettings | None = None,
     ) -> None:
         cv2.setNumThreads(1)  # the model owns the actor's cores; many images decode in parallel instead
-        self.score_threshold, self.anonymizer = settings.score_threshold, anonymizer
+        self.score_threshold, self.anonymizer, self.crops = settings.score_threshold, anonymizer, crops
         if anonymizer is not None:  # faces down to the anonymize threshold; the output keeps its own
             low = min(settings.score_threshold, anonymizer.anonymize_threshold)
             settings = replace(settings, score_threshold=low)
@@ -138,13 +151,13 @@ class ShardWorker(ShardCalls):
     def process_one(self, shard: Shard) -> ShardReport:
         timings = Timings()
         piece = parse_piece(shard.uris[0]) if len(shard.uris) == 1 else None
-        held: dict[int, bytes] = {}  # each image's bytes, for its anonymized copy
+        held: dict[int, bytes] = {}  # each image's bytes, for its anonymized copy and crops
         if piece is None:
             uris = shard.uris
 
             def load(i: int) -> bytes:
                 data = storage_for(uris[i]).get(uris[i])
-                if self.anonymizer is not None:
+                if self.anonymizer is not None or self.crops is not None:
                     held[i] = data
                 return data
 
@@ -158,57 +171,73 @@ class ShardWorker(ShardCalls):
             results, members = self._container_piece(shard, timings)
             held = {i: m.data for i, m in enumerate(members) if m.data is not None}
             pieces = [(shard.uris[0], shard.etags[0], shard.sizes[0])]
-        copied = 0
-        if self.anonymizer is not None:
-            results, copied = self._anonymize(results, held, self.anonymizer, timings)
+        results, copied, crops = self._finish(results, held, timings)
         started = time.thread_time()
+        storage, cropped = storage_for(self.output), crops_table(crops) if crops else None
+        if cropped is not None:  # before the shard's file: its commit also commits its crops
+            put_table(storage, join(self.output, crop_shard_path(shard.index)), cropped, CROP_COMPRESSION)
         table = results_table(results, self.detector.settings.model)
-        output = join(self.output, shard.file_name)
-        counts = write_parquet(table, storage_for(self.output), output, pieces=pieces)
+        crop_rows = cropped.num_rows if cropped is not None else 0
+        counts = write_parquet(
+            table, storage, join(self.output, shard.file_name), pieces=pieces, crops=crop_rows
+        )
         timings.add("write", time.thread_time() - started)
         kinds = error_kinds(table["error_kind"])
         shard_metrics().record(counts.images, counts.faces, kinds, timings.seconds)
         return self.report(shard, counts, kinds, timings.seconds, copied)
 
-    def _anonymize(
-        self,
-        results: list[ImageResult],
-        held: dict[int, bytes],
-        settings: AnonymizeSettings,
-        timings: Timings,
-    ) -> tuple[list[ImageResult], int]:
-        """Each detected image's anonymized copy written to DEST (in the fetch pool), before the shard
-        commits; its faces then cut to the job's own threshold. An image whose copy cannot be made
-        becomes an error row (its detections are not written without it); a store that fails DEST fails
+    def _finish(
+        self, results: list[ImageResult], held: dict[int, bytes], timings: Timings
+    ) -> tuple[list[ImageResult], int, list[ImageCrops]]:
+        """What each detected image adds to its row, in the fetch pool, before the shard commits: its
+        anonymized copy written to DEST (--anonymize), its faces cut to the job's own threshold, their
+        crops (--crops); the copies written and the crops. An image whose copy or crops cannot be made
+        becomes an error row (its detections are not written without them); a store that fails DEST fails
         the shard, as the shard's own write would."""
+        if self.anonymizer is None and self.crops is None:
+            return results, 0, []
 
-        def copy(position: int) -> tuple[ImageResult, bool]:
+        def finish(position: int) -> tuple[ImageResult, bool, ImageCrops | None]:
             result = results[position]
             if result.faces is None:
-                return result, False  # not detected: never copied
-            started = time.thread_time()
+                return result, False, None  # not detected: never copied
+            faces = result.faces.take(result.faces.scores >= self.score_threshold)
+            if self.anonymizer is None and not len(faces):
+                return replace(result, faces=faces), False, None
             try:
-                data, suffix = anonymized(held[position], result.faces, settings)
-                member = suffix if result.container is not None else ""
-                storage_for(settings.anonymize).put(copy_uri(result.uri, settings, member), data)
+                clock = time.thread_time()
+                image = decode_image(held[position])
+                clock = timings.lap("full_decode", clock)
+                if self.anonymizer is not None:
+                    self._write_copy(result, image, held[position], self.anonymizer)
+                    clock = timings.lap("anonymize", clock)
+                crops = None
+                if self.crops is not None and len(faces):
+                    crops = image_crops(result.uri, image, faces, self.crops)
+                    timings.lap("crops", clock)
             except ObjectError as error:
                 failure = ImageFailure(ErrorKind.FETCH, f"anonymized copy not written: {error}")
-                return replace(result, faces=None, error=failure.message, error_kind=failure.kind), False
             except StorageError:
                 raise
             except ImageError as error:  # the full-size decode refused what the detection's decoded
                 failure = error.failure
-                return replace(result, faces=None, error=failure.message, error_kind=failure.kind), False
             except Exception as error:  # a bug of ours: logged with its traceback, the image's error row
-                failure = internal_failure("anonymize", error)
-                return replace(result, faces=None, error=failure.message, error_kind=failure.kind), False
-            finally:
-                timings.add("anonymize", time.thread_time() - started)
-            faces = result.faces
-            return replace(result, faces=faces.take(faces.scores >= self.score_threshold)), True
+                failure = internal_failure("anonymize and crops", error)
+            else:
+                return replace(result, faces=faces), self.anonymizer is not None, crops
+            return replace(result, faces=None, error=failure.message, error_kind=failure.kind), False, None
 
-        done = list(self.pipeline.pool.map(copy, range(len(results))))
-        return [result for result, _ in done], sum(copied for _, copied in done)
+        done = list(self.pipeline.pool.map(finish, range(len(results))))
+        crops = [c for _, _, c in done if c is not None]
+        return [result for result, _, _ in done], sum(copied for _, copied, _ in done), crops
+
+    def _write_copy(
+        self, result: ImageResult, image: np.ndarray, data: bytes, settings: AnonymizeSettings
+    ) -> None:
+        """The image's anonymized copy, written to DEST under its key."""
+        copy, suffix = anonymized(image, data, result.faces, settings)
+        member = suffix if result.container is not None else ""
+        storage_for(settings.anonymize).put(copy_uri(result.uri, settings, member), copy)
 
     def _container_piece(self, shard: Shard, timings: Timings) -> tuple[list[ImageResult], list[Member]]:
         """The results of a container piece's image members (read with a few ranged GETs)."""

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from workers.faces import Faces
-from workers.images import decode_image, image_format
+from workers.images import image_format
 from workers.storage import ObjectError, is_s3_uri, join, split_s3_uri
 
 METHODS = ("blur", "mosaic", "solid")
@@ -108,10 +108,11 @@ def _covered(region: np.ndarray, method: str, ax: float, ay: float) -> np.ndarra
     return cv2.blur(cv2.blur(region, kernel), kernel)  # twice: a box blur's edges would show the face
 
 
-def anonymized(data: bytes, faces: Faces, settings: AnonymizeSettings) -> tuple[bytes, str]:
-    """The image's copy with every face scoring at least the anonymize threshold hidden, and the
-    extension of its format."""
-    image = decode_image(data)
+def anonymized(
+    image: np.ndarray, data: bytes, faces: Faces, settings: AnonymizeSettings
+) -> tuple[bytes, str]:
+    """The copy of `image` (decoded full-size from `data`) with every face scoring at least the anonymize
+    threshold hidden, and the extension of its format (the source's)."""
     boxes = faces.boxes[faces.scores >= settings.anonymize_threshold]
     hidden = hide_faces(image, boxes, settings.anonymize_method, settings.anonymize_mask_scale)
     kind = image_format(data)

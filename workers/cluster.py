@@ -104,7 +104,7 @@ def start_actors(
         max_task_retries=-1,
     )
     log.info("starting %d actors (%g CPUs each), each compiling the model on %s", count, cpus, device)
-    arguments = (settings, config.output, config.containers, config.tuning, config.anonymizer)
+    arguments = (settings, config.output, config.containers, config.tuning, config.anonymizer, config.crops)
     actors = [actor_class.remote(*arguments) for _ in range(count)]
     try:
         progress.add_actors(

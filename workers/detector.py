@@ -22,7 +22,8 @@ from workers.views import Prepared, View, image_views, in_original, merge, reduc
 @dataclass
 class Timings:
     """Seconds per stage, summed over images (thread-safe accumulation): the CPU time of the thread that
-    did the work (fetch, decode, preprocess, decode_nms, write; so fetch excludes waiting for the network),
+    did the work (fetch, decode, preprocess, decode_nms,
+    full_decode, anonymize, crops, write; so fetch excludes waiting for the network),
     and for infer the requests' own latency, several of which overlap."""
 
     seconds: dict[str, float] = field(default_factory=dict)
@@ -31,6 +32,12 @@ class Timings:
     def add(self, stage: str, seconds: float) -> None:
         with self._lock:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+    def lap(self, stage: str, since: float) -> float:
+        """Adds this thread's CPU time since `since` (a `time.thread_time()`) to `stage`; returns now."""
+        now = time.thread_time()
+        self.add(stage, now - since)
+        return now
 
 
 @dataclass

@@ -27,6 +27,7 @@ from workers.actor import ShardWorker
 from workers.anonymize import METHODS, AnonymizeSettings
 from workers.cluster import STARTUP_TIMEOUT, ensure_ray, start_actors
 from workers.containers import ContainerSettings, is_container
+from workers.crops import CropSettings
 from workers.errors import JobError, line_of
 from workers.inputs import InputError, is_manifest, list_images
 from workers.job_progress import JobProgress
@@ -77,6 +78,7 @@ class JobConfig:
     containers: ContainerSettings = field(default_factory=ContainerSettings)  # how tar / Parquet are read
     tuning: Tuning = field(default_factory=Tuning)  # throughput levers (not the job's identity)
     anonymizer: AnonymizeSettings | None = None  # --anonymize DEST: anonymized copies of the images
+    crops: CropSettings | None = None  # --crops: each face's aligned crop in OUTPUT/_crops/
 
 
 def run_job(
@@ -156,6 +158,11 @@ def _prepare(config: JobConfig, overwrite: bool, read_only: bool = False) -> _Jo
     config = replace(config, output=output, detector=replace(config.detector, device=device))
     if config.anonymizer is not None:
         config = replace(config, anonymizer=_anonymizer(config.anonymizer, config.input))
+    if config.crops is not None:
+        try:
+            config.crops.check()
+        except ValueError as error:
+            raise InputError(str(error)) from None
     _check_output(config)
     checksum = inspect_model(config.detector).checksum
     listing = _non_empty(list_images(config.input, config.include, config.containers.piece_bytes), config)

@@ -37,6 +37,7 @@ class JobProgress:
     redone_changed: int = 0  # changed images whose old rows were dropped, to be done again
     files: int = 0  # part files this run wrote
     anonymized: int = 0  # anonymized copies written (--anonymize)
+    crops: int = 0  # face crops written (--crops)
     already_complete: bool = False  # nothing new, nothing pending: the job did nothing
     startup_seconds: float = 0.0  # until every actor had compiled its model
     finished: float | None = None  # when the last shard came back
@@ -73,6 +74,7 @@ class JobProgress:
 
     def add(self, report: ShardReport) -> None:
         self.anonymized += report.anonymized
+        self.crops += report.crops
         self.images += report.images
         self.faces += report.faces
         self.errors += report.errors

@@ -90,6 +90,8 @@ def job_identity(config: JobConfig, checksum: str) -> dict[str, Any]:
     identity.update({k: v for k, v in asdict(config.containers).items() if v != getattr(defaults, k)})
     if config.anonymizer is not None:  # the copies are part of what the job writes
         identity.update({k: v for k, v in asdict(config.anonymizer).items() if k != "root"})
+    if config.crops is not None:  # so are the crops
+        identity.update({"crops": True, **asdict(config.crops)})
     return json.loads(json.dumps(identity))  # as _job.json stores it (tuples become lists)
 
 
@@ -105,7 +107,7 @@ def job_record(
     plan = progress.plan
     complete = finished_at is not None and plan.finished and not progress.failed_shards
     actor_cpu = sum(progress.actor_cpu.values())
-    total = progress.resumed + ShardCounts(progress.images, progress.faces, progress.errors)
+    total = progress.resumed + ShardCounts(progress.images, progress.faces, progress.errors, progress.crops)
     per_image = 1000 / max(progress.images, 1)
     return JobRecord(
         {
@@ -117,6 +119,7 @@ def job_record(
             "images": total.images,
             "faces": total.faces,
             "errors": total.errors,
+            "crops": total.crops,
             "this_run": {
                 "listed": plan.listed,
                 "new_images": plan.new,
@@ -130,6 +133,7 @@ def job_record(
                 "shards": progress.shards,
                 "part_files_written": progress.files,
                 "anonymized_copies": progress.anonymized,
+                "crops": progress.crops,
                 "failed": progress.failed_shards,
                 "requests": progress.requests,
                 "seconds": round(progress.seconds, 3),

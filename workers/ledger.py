@@ -4,7 +4,9 @@ missing, and new images are found without holding the set of done ones.
 - `OUTPUT/_job.json`: the job record (`workers/job_record.py`), read here for the identity a re-run
   must match.
 - `OUTPUT/part-NNNNNN.parquet`: compacted results; `OUTPUT/_shards/shard-NNNNNNNNN.parquet`: committed
-  shards not yet compacted (sink.py). The data files are the ledger: an image is done exactly when its
+  shards not yet compacted (sink.py); with --crops, `OUTPUT/_crops/` holds the crops of each (a shard's
+  crops file is written before it, a part's before it): a crops file whose data file is not committed
+  is left from a kill, and removed. The data files are the ledger: an image is done exactly when its
   row is in one of them. Their footers hold their counts (and a part's shards), their rows are sorted by
   uri, so reading the ledger is one LIST, a footer GET per file, and the uri columns streamed a row
   group at a time and merged into one sorted stream (`done`).
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from workers.crops import CROP_COMPRESSION, CROP_FOLDER
 from workers.job_record import JOB_FILE, JobRecord, encode_record, parse_record
 from workers.shards import DONE_SCHEMA
 from workers.sink import (
@@ -30,6 +33,7 @@ from workers.sink import (
     SHARD_FOLDER,
     Footer,
     ShardCounts,
+    put_table,
     read_footer,
     write_parquet,
 )
@@ -65,6 +69,8 @@ class Ledger:
     storage: Storage
     record: JobRecord | None
     files: list[DataFile]
+    crop_files: dict[tuple[bool, int], list[str]] = field(default_factory=dict)
+    """The crops files of each committed data file, by (part, number)."""
 
     @classmethod
     def read(cls, output: str, read_only: bool = False) -> Ledger:
@@ -83,9 +89,20 @@ class Ledger:
             files = list(pool.map(lambda o: _data_file(o, o.uri[len(root) :]), data))
         merged = {shard for f in files if f.part for shard in f.footer.shards}
         stale = {f.uri for f in files if not f.part and f.number in merged}
+        files = [f for f in files if f.uri not in stale]
+        committed = {(f.part, f.number) for f in files}
+        crop_files: dict[tuple[bool, int], list[str]] = {}
+        for info in listed:
+            owner = _crops_owner(info.uri[len(root) :])
+            if owner is None:
+                continue
+            if owner in committed:
+                crop_files.setdefault(owner, []).append(info.uri)
+            else:
+                stale.add(info.uri)
         if not read_only:
-            storage.delete(stale)
-        return cls(output, storage, record, [f for f in files if f.uri not in stale])
+            storage.delete(sorted(stale))
+        return cls(output, storage, record, files, crop_files)
 
     @property
     def complete(self) -> bool:
@@ -156,7 +173,8 @@ class Ledger:
 
     def drop_rows(self, by_file: dict[int, list[str]]) -> ShardCounts:
         """Rewrites each file without the rows of the given uris (changed images to redo; a container's
-        piece: the rows of its images, and the piece from the footer); their counts."""
+        piece: the rows of its images, and the piece from the footer), its crops files first; their
+        counts."""
         dropped = NO_COUNTS
         for index, uris in by_file.items():
             file = self.files[index]
@@ -165,19 +183,29 @@ class Ledger:
             keep = pc.invert(pc.is_in(table["uri"], gone))
             if "container" in table.column_names:
                 keep = pc.and_(keep, pc.invert(pc.fill_null(pc.is_in(table["container"], gone), False)))
+            kept = table.filter(keep)
+            gone_rows = table.filter(pc.invert(keep))["uri"].combine_chunks()
+            crops = file.footer.counts.crops - self._drop_crops(file, gone_rows)
             pieces = [p for p in file.footer.pieces if p[0] not in set(uris)]
-            counts = write_parquet(
-                table.filter(keep), self.storage, file.uri, file.footer.shards, pieces=pieces
-            )
-            dropped += ShardCounts(
-                file.footer.counts.images - counts.images,
-                file.footer.counts.faces - counts.faces,
-                file.footer.counts.errors - counts.errors,
-            )
+            shards = file.footer.shards
+            counts = write_parquet(kept, self.storage, file.uri, shards, pieces=pieces, crops=crops)
+            dropped += file.footer.counts - counts
             size = self.storage.size(file.uri)
             metadata = pq.ParquetFile(RangedFile(file.uri, size)).metadata
             footer = Footer(counts, file.footer.shards, tuple(pieces))
             self.files[index] = replace(file, size=size, footer=footer, metadata=metadata)
+        return dropped
+
+    def _drop_crops(self, file: DataFile, gone: pa.Array) -> int:
+        """Rewrites the crops files of `file` without the crops of the images `gone`; how many it dropped."""
+        dropped = 0
+        for uri in self.crop_files.get((file.part, file.number), []):
+            table = pq.read_table(pa.BufferReader(self.storage.get(uri)))
+            keep = pc.invert(pc.is_in(table["uri"], gone))
+            kept = table.filter(keep)
+            if kept.num_rows < table.num_rows:
+                put_table(self.storage, uri, kept, CROP_COMPRESSION)
+                dropped += table.num_rows - kept.num_rows
         return dropped
 
     def write_record(self, record: JobRecord) -> None:
@@ -186,7 +214,8 @@ class Ledger:
 
 
 def _kind(relative: str) -> str | None:
-    """Which of facesweep's files `relative` (a path below OUTPUT) is: part, shard, record, or old plan."""
+    """Which of facesweep's files `relative` (a path below OUTPUT) is: part, shard, record, crops or old
+    plan."""
     if relative.startswith(PART_PREFIX) and relative.endswith(".parquet") and "/" not in relative:
         return "part"
     if relative.startswith(f"{SHARD_FOLDER}/shard-") and relative.endswith(".parquet"):
@@ -195,6 +224,20 @@ def _kind(relative: str) -> str | None:
         return "record"
     if relative.startswith(f"{OLD_PLAN_FOLDER}/"):
         return "plan"
+    if _crops_owner(relative) is not None:
+        return "crops"
+    return None
+
+
+def _crops_owner(relative: str) -> tuple[bool, int] | None:
+    """Which data file the crops file `relative` belongs to, as (part, number); None if it is none."""
+    if not relative.startswith(f"{CROP_FOLDER}/") or not relative.endswith(".parquet"):
+        return None
+    name = relative[len(CROP_FOLDER) + 1 :].removesuffix(".parquet")
+    if name.startswith("_shards/shard-"):
+        return False, int(name.rsplit("-", 1)[1])
+    if name.startswith("part-") and "/" not in name:
+        return True, int(name.split("-")[1])
     return None
 
 

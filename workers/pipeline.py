@@ -87,7 +87,7 @@ class ImagePipeline:
             return _Prepared(position, failure=ImageFailure(ErrorKind.FETCH, f"fetch failed: {error}"))
         except ImageError as error:  # a container member that could not be read
             return _Prepared(position, failure=error.failure)
-        clock = _lap(timings, "fetch", clock)
+        clock = timings.lap("fetch", clock)
         try:
             if isinstance(data, np.ndarray):
                 image, (width, height) = _checked_array(data), (data.shape[1], data.shape[0])
@@ -97,12 +97,12 @@ class ImagePipeline:
             return _Prepared(position, failure=error.failure)
         except Exception as error:
             return _Prepared(position, failure=internal_failure("image decoding", error))
-        clock = _lap(timings, "decode", clock)
+        clock = timings.lap("decode", clock)
         try:
             prepared = self.detector.prepare(image, (width, height))
         except Exception as error:
             return _Prepared(position, width, height, failure=internal_failure("preprocessing", error))
-        _lap(timings, "preprocess", clock)
+        timings.lap("preprocess", clock)
         return _Prepared(position, width, height, prepared)
 
 
@@ -120,9 +120,3 @@ def _result(name: str, item: _Prepared, faces: Faces | ImageFailure | None) -> I
     if failure is not None:
         return ImageResult(name, item.width, item.height, error=failure.message, error_kind=failure.kind)
     return ImageResult(name, item.width, item.height, faces=faces)
-
-
-def _lap(timings: Timings, stage: str, since: float) -> float:
-    now = time.thread_time()
-    timings.add(stage, now - since)
-    return now

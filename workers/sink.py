@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from workers.crops import CROP_COMPRESSION, CROP_FOLDER, crop_part_path, crop_part_prefix, crop_shard_path
 from workers.faces import Faces
 from workers.storage import ObjectError, RangedFile, Storage, join, request_counts, storage_for
 
@@ -28,6 +29,8 @@ PART_ROW_GROUP = 16384
 """Rows per row group of a part file: a re-run streams a part's uri column this many rows at a time."""
 READERS = 32
 """Shard files a compaction reads at once."""
+CROP_PART_BYTES = 256 * 2**20
+"""Crop bytes per crops file of a part (a part's 100,000 images can hold a million faces: 4 GB of crops)."""
 
 FACE_TYPE = pa.struct(
     [
@@ -154,9 +157,13 @@ class ShardCounts:
     images: int
     faces: int
     errors: int
+    crops: int = 0  # rows in the file's crops (--crops; workers/crops.py)
 
     def __add__(self, other: ShardCounts) -> ShardCounts:
-        return ShardCounts(self.images + other.images, self.faces + other.faces, self.errors + other.errors)
+        return ShardCounts(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+    def __sub__(self, other: ShardCounts) -> ShardCounts:
+        return ShardCounts(*(a - b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
 
 NO_COUNTS = ShardCounts(0, 0, 0)
@@ -183,25 +190,33 @@ def write_parquet(
     shards: Sequence[int] = (),
     row_group: int | None = None,
     pieces: Sequence[Piece] = (),
+    crops: int = 0,
 ) -> ShardCounts:
     """Writes `table` to `uri` as one Parquet file, atomically (readers never see a partial file); a part
     file names the `shards` it holds, and any file the container `pieces` it did (even one without an
-    image: a piece is done when a footer names it)."""
+    image: a piece is done when a footer names it); `crops`: the rows of its crops files."""
     counts = ShardCounts(
         images=table.num_rows,
         faces=int(pc.sum(pc.list_value_length(table["faces"])).as_py() or 0),
         errors=int(pc.sum(pc.equal(table["status"], "error")).as_py() or 0),
+        crops=crops,
     )
     metadata = {COUNTS_KEY: json.dumps(asdict(counts)).encode()}
     if shards:
         metadata[SHARDS_KEY] = json.dumps(list(shards)).encode()
     if pieces:
         metadata[PIECES_KEY] = json.dumps(sorted(map(list, pieces))).encode()
-    table = table.replace_schema_metadata(metadata)
-    buffer = pa.BufferOutputStream()
-    pq.write_table(table, buffer, compression="zstd", row_group_size=row_group)
-    storage.put(uri, buffer.getvalue().to_pybytes())
+    put_table(storage, uri, table.replace_schema_metadata(metadata), row_group=row_group)
     return counts
+
+
+def put_table(
+    storage: Storage, uri: str, table: pa.Table, compression: str = "zstd", row_group: int | None = None
+) -> None:
+    """`table` as one Parquet file at `uri`, in one PUT (or a renamed temporary file)."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer, compression=compression, row_group_size=row_group)
+    storage.put(uri, buffer.getvalue().to_pybytes())
 
 
 @dataclass(frozen=True)
@@ -233,7 +248,8 @@ class CompactionReport:
 
 
 def compact(output: str, shards: Sequence[int], number: int) -> CompactionReport:
-    """Merges the shard files `shards` of OUTPUT into part file `number`, sorted by uri, then deletes them.
+    """Merges the shard files `shards` of OUTPUT into part file `number`, sorted by uri, then deletes them;
+    their crops first into the part's crops files.
 
     Safe to repeat: when an earlier attempt already wrote the part file and deleted some shard files, it
     finishes the deletion."""
@@ -246,16 +262,51 @@ def compact(output: str, shards: Sequence[int], number: int) -> CompactionReport
             tables = list(pool.map(lambda uri: pq.read_table(pa.BufferReader(storage.get(uri))), sources))
         except ObjectError:
             tables = None
-    if tables is None:
-        footer = read_footer(pq.ParquetFile(RangedFile(target)))
-        if sorted(footer.shards) != sorted(shards):
-            raise RuntimeError(f"{target}: a shard file to compact into it is missing")
-        counts = footer.counts
-    else:
-        pieces = [p for t in tables for p in footer_of(t.schema.metadata or {}).pieces]
-        table = pa.concat_tables(tables, promote_options="default")  # files from before a column was added
-        table = table.select(SCHEMA.names).cast(SCHEMA).sort_by("uri")
-        counts = write_parquet(table, storage, target, shards, PART_ROW_GROUP, pieces)
+        if tables is None:
+            footer = read_footer(pq.ParquetFile(RangedFile(target)))
+            if sorted(footer.shards) != sorted(shards):
+                raise RuntimeError(f"{target}: a shard file to compact into it is missing")
+            counts = footer.counts
+        else:
+            footers = [footer_of(t.schema.metadata or {}) for t in tables]
+            cropped = [i for i, f in zip(shards, footers, strict=True) if f.counts.crops]
+            compact_crops(storage, output, cropped, number, pool)
+            pieces = [p for f in footers for p in f.pieces]
+            table = pa.concat_tables(tables, promote_options="default")  # files older than a column
+            table = table.select(SCHEMA.names).cast(SCHEMA).sort_by("uri")
+            crops = sum(f.counts.crops for f in footers)
+            counts = write_parquet(table, storage, target, shards, PART_ROW_GROUP, pieces, crops)
     storage.delete(sources)
+    if counts.crops:  # after the shard files: while one of those is left, a repeat needs all its crops
+        storage.delete([join(output, crop_shard_path(i)) for i in shards])
     after = request_counts()
     return CompactionReport(number, counts, {k: after[k] - before[k] for k in after})
+
+
+def compact_crops(
+    storage: Storage, output: str, shards: Sequence[int], number: int, pool: ThreadPoolExecutor
+) -> None:
+    """The crops files of part `number` from the crops files of `shards`, each of about CROP_PART_BYTES,
+    sorted by uri and face; a longer run of them left by an earlier attempt of this part is removed."""
+    held: list[pa.Table] = []
+    size = written = 0
+
+    def flush() -> None:
+        nonlocal held, size, written
+        if held:
+            table = pa.concat_tables(held).sort_by([("uri", "ascending"), ("face", "ascending")])
+            put_table(storage, join(output, crop_part_path(number, written)), table, CROP_COMPRESSION)
+            held, size, written = [], 0, written + 1
+
+    for start in range(0, len(shards), READERS):
+        uris = [join(output, crop_shard_path(i)) for i in shards[start : start + READERS]]
+        for table in pool.map(lambda uri: pq.read_table(pa.BufferReader(storage.get(uri))), uris):
+            held.append(table)
+            size += table.nbytes
+            if size >= CROP_PART_BYTES:
+                flush()
+    flush()
+    if storage.exists(join(output, crop_part_path(number, written))):
+        prefix = join(output, crop_part_prefix(number))
+        left = [uri for uri in storage.list(join(output, CROP_FOLDER)) if uri.startswith(prefix)]
+        storage.delete(left[written:])
