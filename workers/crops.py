@@ -5,7 +5,9 @@ ArcFace's template (112x112, or scaled to a multiple of 112 or 128) by the least
 transform (scale, rotation, shift: skimage's `SimilarityTransform.estimate`, solved here for all faces at
 once in complex numbers), then `cv2.warpAffine` bilinear, black outside the image. Without landmarks: a
 square around the box, its side the box's longer side grown by `crop_margin`, warped the same way. Each
-row keeps the 2x3 transform from the image's pixels to the crop's, so a crop maps back exactly.
+row keeps the 2x3 transform from the image's coordinates to the crop's, so a crop maps back exactly: the
+landmarks' transform as `norm_crop` uses it; a square's in the boxes' convention (pixel edges at integers:
+a box from x1 to x2 covers x2 - x1 pixels), sampled with the half-pixel shift that convention needs.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ COLUMNS = {
     ),
     "transform": (
         pa.list_(pa.float32(), 6),
-        "the 2x3 affine matrix, row by row, taking a pixel (x, y) of the original upright image to the crop",
+        "the 2x3 affine matrix, row by row, taking a point (x, y) of the original upright image, in the "
+        "faces' coordinates, to the crop's",
     ),
     "jpeg": (pa.binary(), "the crop, crop_size x crop_size, as a JPEG at quality 95"),
 }
@@ -96,19 +99,24 @@ def similarities(points: np.ndarray, target: np.ndarray) -> np.ndarray:
     )
 
 
-def face_crops(image: np.ndarray, faces: Faces, settings: CropSettings) -> tuple[np.ndarray, list[bytes]]:
-    """The transforms [N, 2, 3] and JPEG crops of `faces` in the BGR `image` (one OpenCV warp and encode
-    per face: each has its own transform)."""
+def warped_crops(
+    image: np.ndarray, faces: Faces, settings: CropSettings
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The transforms [N, 2, 3] of `faces` in the BGR `image` and their crops, size x size x 3 (one OpenCV
+    warp per face: each has its own transform)."""
     matrices = alignments(faces, settings)
+    sampling = matrices.copy()
+    if faces.landmarks is None:  # pixel edges at integers -> OpenCV's pixel centres at integers
+        sampling[:, :, 2] += 0.5 * sampling[:, :, :2].sum(axis=2) - 0.5
     size = (settings.crop_size, settings.crop_size)
-    crops = []
-    for matrix in matrices:
-        warped = cv2.warpAffine(image, matrix, size, borderValue=0.0)
-        ok, encoded = cv2.imencode(".jpg", warped, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        if not ok:
-            raise ValueError("OpenCV could not encode a crop")
-        crops.append(encoded.tobytes())
-    return matrices, crops
+    return matrices, [cv2.warpAffine(image, matrix, size, borderValue=0.0) for matrix in sampling]
+
+
+def _jpeg(crop: np.ndarray) -> bytes:
+    ok, encoded = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise ValueError("OpenCV could not encode a crop")
+    return encoded.tobytes()
 
 
 @dataclass(frozen=True)
@@ -123,8 +131,8 @@ class ImageCrops:
 
 
 def image_crops(uri: str, image: np.ndarray, faces: Faces, settings: CropSettings) -> ImageCrops:
-    transforms, jpegs = face_crops(image, faces, settings)
-    return ImageCrops(uri, faces.scores, faces.landmarks is not None, transforms, jpegs)
+    transforms, crops = warped_crops(image, faces, settings)
+    return ImageCrops(uri, faces.scores, faces.landmarks is not None, transforms, [_jpeg(c) for c in crops])
 
 
 def crops_table(crops: Sequence[ImageCrops]) -> pa.Table:

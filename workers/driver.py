@@ -46,7 +46,7 @@ from workers.shards import (
 )
 from workers.sink import CompactionReport, compact
 from workers.sorted_runs import rebatch
-from workers.storage import is_s3_uri, request_counts
+from workers.storage import is_s3_uri, request_counts, storage_for
 from workers.tuning import Tuning
 
 ROWS_PER_FILE = 100_000
@@ -169,6 +169,8 @@ def _prepare(config: JobConfig, overwrite: bool, read_only: bool = False) -> _Jo
     ledger = Ledger.read(config.output, read_only)
     if overwrite:
         ledger.clear()
+    if ledger.record is not None and not ledger.complete and not read_only:
+        _remove_partials(config)
     identity = job_identity(config, checksum)
     ledger.check_identity(identity)
     progress = JobProgress()
@@ -269,6 +271,15 @@ def _anonymizer(settings: AnonymizeSettings, source: str) -> AnonymizeSettings:
     if root is not None and not is_s3_uri(root):
         root = str(Path(root).absolute())
     return replace(settings, anonymize=dest, root=root)
+
+
+def _remove_partials(config: JobConfig) -> None:
+    """A run that was cut short may have been killed mid-write: its temporary files in a local OUTPUT or
+    DEST are removed (a re-run writes every file it did not finish again)."""
+    targets = [config.output] + ([config.anonymizer.anonymize] if config.anonymizer else [])
+    removed = sum(storage_for(target).remove_partials(target) for target in targets)
+    if removed:
+        log.info("removed %d partial files a killed run left", removed)
 
 
 def _drop_changed(ledger: Ledger, config: JobConfig) -> int:

@@ -41,6 +41,8 @@ from obstore.store import S3Store
 from workers.errors import line_of
 
 S3_SCHEME = "s3://"
+PARTIAL = ".partial"
+"""How a local write's temporary file ends (`_<name>.<pid>.<thread>.partial`, renamed once whole)."""
 
 
 class StorageError(OSError):
@@ -118,6 +120,11 @@ class Storage(Protocol):
 
     def make_folder(self, uri: str) -> None:
         """Makes sure objects can be written below `uri` (S3: its bucket exists; local: the folder)."""
+        ...
+
+    def remove_partials(self, prefix: str) -> int:
+        """Removes the temporary files of writes cut short below `prefix` (local: a killed process's
+        `.partial` files; S3: none, a PUT is atomic); how many."""
         ...
 
 
@@ -316,6 +323,9 @@ class S3Storage:
         except BotoCoreError as error:
             raise _error(uri, error) from None
 
+    def remove_partials(self, prefix: str) -> int:
+        return 0  # a PUT is atomic: nothing is left of one cut short
+
     def delete(self, uris: Iterable[str]) -> None:
         by_bucket: dict[str, list[str]] = {}
         for uri in uris:
@@ -505,7 +515,7 @@ class LocalStorage:
     def put(self, uri: str, data: bytes) -> None:
         _count("PUT")
         path = Path(uri)
-        partial = path.with_name(f"_{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+        partial = path.with_name(f"_{path.name}.{os.getpid()}.{threading.get_ident()}{PARTIAL}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             partial.write_bytes(data)
@@ -518,6 +528,15 @@ class LocalStorage:
     def exists(self, uri: str) -> bool:
         _count("HEAD")
         return Path(uri).exists()
+
+    def remove_partials(self, prefix: str) -> int:
+        removed = 0
+        for folder, _, names in os.walk(prefix):
+            for name in names:
+                if name.startswith("_") and name.endswith(PARTIAL):
+                    Path(folder, name).unlink(missing_ok=True)
+                    removed += 1
+        return removed
 
     def delete(self, uris: Iterable[str]) -> None:
         for uri in uris:
