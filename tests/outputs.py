@@ -6,6 +6,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
@@ -56,3 +58,20 @@ def read_rows(output: str, filesystem: pafs.FileSystem | None = None) -> dict[st
     uris = [row["uri"] for row in rows]
     assert len(uris) == len(set(uris)), "an image appears twice"
     return {uri: row for uri, row in zip(uris, rows, strict=True)}
+
+
+def read_crops(output: Path) -> pa.Table:
+    """OUTPUT's crops table (`--crops`), as any pyarrow user reads it."""
+    return ds.dataset(output / "_crops", format="parquet").to_table()
+
+
+def assert_one_crop_per_face(output: Path) -> pa.Table:
+    """Every face of the detections has one crop, keyed by (uri, face), with its score; nothing else."""
+    rows = ds.dataset(output, format="parquet").to_table(columns=["uri", "faces"]).to_pylist()
+    faces = {(r["uri"], i): f["score"] for r in rows for i, f in enumerate(r["faces"] or [])}
+    crops = read_crops(output)
+    keys = list(zip(crops["uri"].to_pylist(), crops["face"].to_pylist(), strict=True))
+    assert len(keys) == len(set(keys)), "a face has two crops"
+    assert set(keys) == set(faces)
+    assert np.allclose(crops["score"].to_numpy(), [faces[k] for k in keys])
+    return crops

@@ -20,6 +20,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from jobs.api import job_config
+from tests.outputs import assert_one_crop_per_face, read_crops
 from tests.paths import MODELS, WIDER_SUBSET
 from workers.crops import (
     CropSettings,
@@ -66,22 +67,6 @@ def run_crops(source: Path, output: Path, **options) -> dict:
     progress = run_job(replace(config, actors=1, cpus_per_actor=1, shard_size=2, rows_per_file=3))
     assert not progress.failed_shards, progress.failed_shards
     return json.loads((output / "_job.json").read_text())
-
-
-def read_crops(output: Path) -> pa.Table:
-    return ds.dataset(output / "_crops", format="parquet").to_table()
-
-
-def assert_one_crop_per_face(output: Path) -> pa.Table:
-    """Every face of the detections has one crop, keyed by (uri, face), with its score; nothing else."""
-    rows = ds.dataset(output, format="parquet").to_table(columns=["uri", "faces"]).to_pylist()
-    faces = {(r["uri"], i): f["score"] for r in rows for i, f in enumerate(r["faces"] or [])}
-    crops = read_crops(output)
-    keys = list(zip(crops["uri"].to_pylist(), crops["face"].to_pylist(), strict=True))
-    assert len(keys) == len(set(keys)), "a face has two crops"
-    assert set(keys) == set(faces)
-    assert np.allclose(crops["score"].to_numpy(), [faces[k] for k in keys])
-    return crops
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,9 @@ import pytest
 
 from jobs.demo import sample_photos
 from jobs.local_s3 import LocalS3, start_local_s3
+from tests.outputs import assert_one_crop_per_face
 from tests.paths import ROOT
+from workers.anonymize import AnonymizeSettings, copy_uri
 from workers.driver import JobConfig, run_job
 from workers.job_progress import JobProgress
 from workers.model_plan import DetectorSettings
@@ -138,8 +140,9 @@ def test_driver_killed_mid_job_then_rerun_completes(
     photos: Path, photo_tar: Path, tmp_path: Path, kind: str
 ) -> None:
     source = photos if kind == "objects" else photo_tar
-    output = tmp_path / "out"
+    output, dest = tmp_path / "out", tmp_path / "copies"
     options = ("--shard-size", "2") if kind == "objects" else ("--piece-bytes", "400000")
+    options += ("--crops", "--anonymize", str(dest))
     first = facesweep(str(source), str(output), *options)
     next(wait_for_shard_line(first))
     os.killpg(first.pid, signal.SIGKILL)  # the driver's machine dies: the driver and its local Ray
@@ -154,6 +157,11 @@ def test_driver_killed_mid_job_then_rerun_completes(
     assert resumed >= done_before
     assert re.search(rf"^images: {PHOTOS - resumed} ", out, re.MULTILINE), out
     assert_exactly_once(str(output), expected_uris(source))
+    assert_one_crop_per_face(output)  # and nothing partial anywhere: every file is a whole one
+    settings = AnonymizeSettings(str(dest), root=str(source))
+    copies = {copy_uri(uri, settings) for uri in expected_uris(source)}
+    assert {str(path) for path in dest.rglob("*") if path.is_file()} == copies
+    assert not [path for path in output.rglob("*.partial")]
 
 
 def test_driver_killed_during_a_compaction_then_an_incremental_run(photos: Path, tmp_path: Path) -> None:
@@ -163,7 +171,7 @@ def test_driver_killed_during_a_compaction_then_an_incremental_run(photos: Path,
     source = tmp_path / "photos"
     shutil.copytree(photos, source)
     output = tmp_path / "out"
-    options = ("--shard-size", "1", "--rows-per-file", "2")  # a compaction every two images
+    options = ("--shard-size", "1", "--rows-per-file", "2", "--crops")  # a compaction every two images
     first = facesweep(str(source), str(output), *options)
     deadline = time.monotonic() + 240
     while not list(output.glob("part-*.parquet")) and time.monotonic() < deadline and first.poll() is None:
@@ -184,6 +192,8 @@ def test_driver_killed_during_a_compaction_then_an_incremental_run(photos: Path,
     assert new <= PHOTOS + 2 - done_before + 2
     assert_exactly_once(str(output), {str(p) for p in source.iterdir()})
     assert not list(output.glob("_shards/*.parquet"))
+    assert_one_crop_per_face(output)
+    assert not list(output.glob("_crops/_shards/*.parquet"))
 
 
 @pytest.fixture
