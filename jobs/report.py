@@ -9,6 +9,10 @@ decoded them, so the boxes line up), and writes into the report folder:
 - `report.html`: totals, faces-per-image and score histograms (inline SVG), the table of error rows with
   their reasons, and the grid of thumbnails (each links to its full image). No script, nothing fetched.
 
+For a job run with --anonymize (its `_job.json` says where the copies went) each tile also shows the
+image's anonymized copy beside it, fetched from DEST as the job named it (`anonymized/thumbs/`,
+`anonymized/full/`), or a note saying why it cannot be shown.
+
 With ground truth (WIDER-style annotations, paired with the images by path suffix as `facesweep eval`
 pairs them) the report also has `facesweep eval`'s APs, and the thumbnails show detections that match a
 face at IoU >= 0.5 (greedy, best score first) in green, false detections in red and missed faces in yellow.
@@ -21,7 +25,7 @@ import os
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -31,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from workers.annotations import read_ground_truth
+from workers.anonymize import AnonymizeSettings, copy_extension, copy_uri
 from workers.containers import ContainerSettings, Member, fetch_members
 from workers.errors import line_of
 from workers.evaluate import OMZ_HEIGHT_RANGE, evaluate
@@ -42,6 +47,7 @@ from workers.output import faces_per_image, read_output
 from workers.storage import storage_for
 
 THUMB_WIDTH = 320
+COPY_THUMBS, COPY_FULL = "anonymized/thumbs", "anonymized/full"
 MATCH_IOU = 0.5
 MAX_ERROR_ROWS = 500
 # BGR
@@ -64,6 +70,9 @@ class Tile:
     matched: int | None = None  # with ground truth: detections on a face, false ones, faces missed
     false: int | None = None
     missed: int | None = None
+    copy_thumb: str | None = None  # with --anonymize: the image's anonymized copy, or why it is not shown
+    copy_full: str | None = None
+    copy_note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,17 +107,20 @@ def write_report(
         paired = match_by_suffix({uri: uri for uri in table["uri"].to_pylist()}, boxes, both_ways=True)
         truth = {uri: boxes[relpath] for relpath, uri in paired.items()}
     folder = Path(folder)
-    for sub in ("thumbs", "full"):
+    record = read_record(output)
+    copies = record.anonymizer if record else None
+    for sub in ("thumbs", "full", *((COPY_THUMBS, COPY_FULL) if copies else ())):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     faces = faces_per_image(table)
     drawn = np.flatnonzero(pc.is_valid(table["faces"]).to_numpy(zero_copy_only=False))[:limit]
     uris = table["uri"].to_pylist()
-    held = _container_images(output, table.take(drawn))
+    held = _container_images(table.take(drawn), record.containers if record else ContainerSettings())
 
     def render(position: int, row: int) -> Tile:
         uri = uris[row]
-        image = held.get(uri)
-        return _render(uri, image, faces[row], truth.get(uri), folder, picture_name(position, uri), min_score)
+        name = picture_name(position, uri)
+        tile = _render(uri, held.get(uri), faces[row], truth.get(uri), folder, name, min_score)
+        return _with_copy(tile, held.get(uri), copies, folder, name) if copies and tile.thumb else tile
 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         tiles = list(pool.map(render, range(len(drawn)), drawn.tolist()))
@@ -125,17 +137,14 @@ def picture_name(position: int, uri: str) -> str:
     return f"{position:06d}-{stem}.jpg"
 
 
-def _container_images(output: str, rows: pa.Table) -> dict[str, Member]:
+def _container_images(rows: pa.Table, settings: ContainerSettings) -> dict[str, Member]:
     """The drawn images that live in containers, each piece read once, with the job's container settings."""
     pieces = {
         uri: piece
         for uri, piece in zip(rows["uri"].to_pylist(), rows["container"].to_pylist(), strict=True)
         if piece is not None
     }
-    if not pieces:
-        return {}
-    record = read_record(output)
-    return fetch_members(pieces, record.containers if record else ContainerSettings())
+    return fetch_members(pieces, settings) if pieces else {}
 
 
 def _render(
@@ -165,14 +174,37 @@ def _render(
         colors = np.where(matched[:, None], np.array(MATCHED), np.array(FALSE))
         missed = truth[~found]
         counts = {"matched": int(matched.sum()), "false": int((~matched).sum()), "missed": len(missed)}
-    scale = THUMB_WIDTH / image.shape[1]
-    thumb_size = (THUMB_WIDTH, max(1, round(image.shape[0] * scale)))
-    thumb = cv2.resize(image, thumb_size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    thumb, scale = _thumbnail(image)
     for picture, factor, sub in ((image, 1.0, "full"), (thumb, scale, "thumbs")):
         draw_faces(picture, shown, colors, missed, factor)
-        if not cv2.imwrite(str(folder / sub / name), picture, [cv2.IMWRITE_JPEG_QUALITY, 85]):
-            raise OSError(f"cannot write {folder / sub / name}")
+        _save(picture, folder / sub / name)
     return Tile(uri, len(shown), f"thumbs/{name}", f"full/{name}", **counts)
+
+
+def _with_copy(tile: Tile, held: Member | None, copies: AnonymizeSettings, folder: Path, name: str) -> Tile:
+    """`tile` with the image's anonymized copy beside it (fetched from DEST as the job named it), or a
+    note saying why it cannot be shown."""
+    try:
+        suffix = copy_extension(held.data) if held is not None and held.data is not None else ""
+        where = copy_uri(tile.uri, copies, suffix)
+        copy = decode_image(storage_for(where).get(where))
+    except (OSError, ValueError) as error:  # StorageError, ImageError
+        return replace(tile, copy_note=line_of(error))
+    _save(copy, folder / COPY_FULL / name)
+    _save(_thumbnail(copy)[0], folder / COPY_THUMBS / name)
+    return replace(tile, copy_thumb=f"{COPY_THUMBS}/{name}", copy_full=f"{COPY_FULL}/{name}")
+
+
+def _thumbnail(image: np.ndarray) -> tuple[np.ndarray, float]:
+    """`image` THUMB_WIDTH pixels wide, and its scale."""
+    scale = THUMB_WIDTH / image.shape[1]
+    size = (THUMB_WIDTH, max(1, round(image.shape[0] * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR), scale
+
+
+def _save(picture: np.ndarray, path: Path) -> None:
+    if not cv2.imwrite(str(path), picture, [cv2.IMWRITE_JPEG_QUALITY, 85]):
+        raise OSError(f"cannot write {path}")
 
 
 def draw_faces(
@@ -210,6 +242,7 @@ th { background: #f0f0f0; text-align: left; } td.n { text-align: right; font-var
 .charts { display: flex; gap: 24px; flex-wrap: wrap; } svg { background: #fff; border: 1px solid #ddd; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(240px, 1fr)); gap: 12px; }
 .tile { margin: 0; background: #fff; border: 1px solid #ddd; padding: 6px; }
+.tile:has(.pair) { grid-column: span 2; } .pair { display: grid; grid-template-columns: 1fr 1fr; gap: 4px; }
 .tile img, .missing { width: 100%; height: 200px; object-fit: contain; background: #222; display: block; }
 .missing { color: #eee; display: flex; align-items: center; justify-content: center; text-align: center;
   padding: 8px; box-sizing: border-box; }
@@ -277,6 +310,8 @@ def _html(
         else f"<span style='background:{_css(DETECTED)}'></span>face, with its score and five landmarks"
     )
     shown = f"the first {len(tiles)} of {len(counts)} images read, by uri; click one for the full image"
+    if any(tile.copy_thumb or tile.copy_note for tile in tiles):
+        shown += "; each beside its anonymized copy (as written to --anonymize DEST, faces hidden)"
     parts.append(f"<h2>Images</h2><p class=key>{shown}. {key}</p><div class=grid>")
     parts += [_tile(tile) for tile in tiles]
     parts.append("</div>")
@@ -297,6 +332,12 @@ def _tile(tile: Tile) -> str:
         caption = f"{name}<br>{tile.faces} face{'s' * (tile.faces != 1)}"
         if tile.matched is not None:
             caption += f": {tile.matched} on a face, {tile.false} false; {tile.missed} missed"
+    if tile.copy_thumb is not None:
+        copy = f"<a href='{tile.copy_full}'><img class=copy src='{tile.copy_thumb}' alt='anonymized'></a>"
+        picture = f"<div class=pair>{picture}{copy}</div>"
+    elif tile.copy_note is not None:
+        note = f"<div class=missing>no anonymized copy: {_e(tile.copy_note)}</div>"
+        picture = f"<div class=pair>{picture}{note}</div>"
     counts = {"faces": tile.faces, "matched": tile.matched, "false": tile.false, "missed": tile.missed}
     data = "".join(f" data-{key}={value}" for key, value in counts.items() if value is not None)
     caption = f"<figcaption>{caption}</figcaption>"

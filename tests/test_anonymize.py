@@ -4,6 +4,7 @@ copied."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import struct
 from dataclasses import replace
@@ -15,6 +16,8 @@ import pyarrow.dataset as ds
 import pytest
 
 from jobs.api import job_config
+from jobs.report import write_report
+from tests.browser import CHROMIUM, chromium
 from tests.outputs import SUBSET_ANNOTATIONS, WIDER_SUBSET
 from tests.photos import astronaut, encode, exif_jpeg
 from workers.annotations import read_ground_truth
@@ -194,3 +197,30 @@ def test_copies_keep_the_relative_key_and_never_leave_dest() -> None:
     for escaping in ("/data/../etc/y.jpg", "s3://photos/2026/a//b.jpg"):
         with pytest.raises(ObjectError, match="could leave"):
             copy_uri(escaping, settings if escaping.startswith("s3") else local)
+
+
+@needs_shared
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (`make test` installs it)")
+def test_show_puts_each_image_beside_its_anonymized_copy(job: dict, tmp_path: Path) -> None:
+    report = write_report(str(job["output"]), tmp_path / "report")
+    assert report.drawn == PHOTOS + 1 and report.unreadable == 0
+    dom = chromium(report.path, "--dump-dom", cwd=tmp_path)
+    pairs = re.findall(r'<div class="pair"><a href="full/([^"]+)">.*?<img class="copy" src="([^"]+)"', dom)
+    assert len(pairs) == PHOTOS + 1 and "no anonymized copy" not in dom
+    for name, copy in pairs:
+        original = cv2.imread(str(tmp_path / "report" / "thumbs" / name))
+        hidden = cv2.imread(str(tmp_path / "report" / copy))
+        assert hidden.shape == original.shape  # the copy upright, as the original is shown
+    shot = tmp_path / "shot.png"
+    chromium(report.path, f"--screenshot={shot}", "--window-size=1280,1600", cwd=tmp_path)
+    assert len(np.unique(cv2.imread(str(shot)).reshape(-1, 3), axis=0)) > 5000  # photos side by side
+    # A copy that is gone is said, not hidden: the tile keeps its original and names why.
+    name = sorted(p for p in job["dest"].rglob("*.jpg"))[0]
+    saved = name.read_bytes()
+    name.unlink()
+    try:
+        again = write_report(str(job["output"]), tmp_path / "again")
+    finally:
+        name.write_bytes(saved)
+    html = again.path.read_text()
+    assert html.count("no anonymized copy:") == 1 and again.drawn == PHOTOS + 1

@@ -4,8 +4,6 @@ page itself in headless Chromium."""
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import cv2
@@ -16,6 +14,7 @@ import pytest
 from jobs.cli import main
 from jobs.local_s3 import LocalS3
 from jobs.report import write_report
+from tests.browser import CHROMIUM, chromium
 from tests.outputs import BROKEN, SUBSET_ANNOTATIONS, photo_folder, run_small_job
 from workers.annotations import read_ground_truth
 from workers.evaluate import evaluate
@@ -188,35 +187,6 @@ def test_bad_input_is_one_line(
     assert main(["show", *args, "--out", str(tmp_path)]) == 1
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("facesweep: error: ") and fragment in line, line
-
-
-CHROMIUM = shutil.which("chromium")
-
-
-def chromium(page: Path, *args: str, cwd: Path) -> str:
-    """Runs headless Chromium on `page` with a fresh profile, nothing reached but the file; its stdout."""
-    result = subprocess.run(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={cwd / 'profile'}",
-            *args,
-            page.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
 
 
 @pytest.mark.slow

@@ -115,13 +115,17 @@ def anonymized(
     threshold hidden, and the extension of its format (the source's)."""
     boxes = faces.boxes[faces.scores >= settings.anonymize_threshold]
     hidden = hide_faces(image, boxes, settings.anonymize_method, settings.anonymize_mask_scale)
-    kind = image_format(data)
-    extension = ENCODINGS.get(kind or "", ".png")
+    extension = copy_extension(data)
     options = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality(data) or 95] if extension == ".jpg" else []
     ok, encoded = cv2.imencode(extension, hidden, options)
     if not ok:
         raise ValueError(f"OpenCV could not encode a {extension} copy")
     return encoded.tobytes(), extension
+
+
+def copy_extension(data: bytes) -> str:
+    """The extension of the format an image's copy is written in: its own, or PNG."""
+    return ENCODINGS.get(image_format(data) or "", ".png")
 
 
 def copy_uri(uri: str, settings: AnonymizeSettings, member_suffix: str = "") -> str:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from workers.anonymize import AnonymizeSettings
 from workers.containers import ContainerSettings
 from workers.sink import ShardCounts
 from workers.storage import ObjectError, join, storage_for
@@ -52,6 +53,12 @@ class JobRecord:
     def containers(self) -> ContainerSettings:
         """How that run read containers (the defaults for a record that predates them)."""
         return ContainerSettings(**((self.config or {}).get("containers") or {}))
+
+    @property
+    def anonymizer(self) -> AnonymizeSettings | None:
+        """Where and how that run wrote anonymized copies (--anonymize), None if it wrote none."""
+        settings = (self.config or {}).get("anonymizer")
+        return AnonymizeSettings(**settings) if settings else None
 
     @property
     def processing_rate(self) -> float | None:
