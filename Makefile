@@ -33,15 +33,18 @@ browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 # Benchmarks need ../shared (models and WIDER FACE photos). `make bench` regenerates docs/S3-CLIENTS.md
-# (CPU per GET of each S3 client) and docs/BENCHMARKS.md (which includes it), and ends with one RATIO line per
+# (CPU per GET of each S3 client), docs/PRODUCTS.md (what --anonymize and --crops cost per image) and
+# docs/BENCHMARKS.md (which includes both), and ends with one RATIO line per
 # model, data set and input kind; `make levers` (about 10 minutes)
 # measures each throughput lever into docs/LEVERS.md; `make default-model` compares the built-in models.
 bench: setup
 	$(BIN)/python benchmarks/s3_clients.py --out docs/S3-CLIENTS.md
+	$(BIN)/python benchmarks/products.py --out docs/PRODUCTS.md
 	table=$$(mktemp) && $(BIN)/python benchmarks/decode_nms.py --out $$table >/dev/null && \
 	  $(BIN)/python benchmarks/throughput.py --out docs/BENCHMARKS.md \
 	    --section "Decode + NMS per format (benchmarks/decode_nms.py)=$$table" \
-	    --section "S3 clients: CPU per GET (benchmarks/s3_clients.py)=docs/S3-CLIENTS.md"; \
+	    --section "S3 clients: CPU per GET (benchmarks/s3_clients.py)=docs/S3-CLIENTS.md" \
+	    --section "What --anonymize and --crops cost (benchmarks/products.py)=docs/PRODUCTS.md"; \
 	  status=$$?; rm -f $$table; exit $$status
 
 levers: setup
