@@ -6,8 +6,9 @@ On both data sets (WIDER photos and the same at 1080p) from a local SeaweedFS, t
 core: plain detection, --anonymize (copies written to the same store), --crops, both, then plain again
 (this machine drifts: the two plain runs bound it). Each run's figures come from its `_job.json` and the
 CPU watch of `benchmarks/harness.py`: images per second once the actors were ready, the actor's CPU per
-image, the store's (it takes the copies' PUTs), and the stages the products add (`full_decode`: the
-full-size decode they share, `anonymize`: hide, encode and PUT, `crops`: warp and encode). The last line:
+image and its peak memory, the store's CPU (it takes the copies' PUTs), and the stages that change
+(`decode`: full-size with either product, which the detection then shares, instead of libjpeg's reduced
+decode; `anonymize`: hide, encode and PUT; `crops`: warp and encode). The last line:
 `PRODUCTS set=... anonymize_ms=... crops_ms=...` per set (actor CPU ms per image over plain's mean).
 """
 
@@ -44,7 +45,7 @@ RUNS = {
     "anonymize + crops": ("--anonymize", "s3://{bucket}/copies/{set}", "--crops"),
     "plain again": (),
 }
-STAGES = ("full_decode", "anonymize", "crops")
+STAGES = ("decode", "preprocess", "anonymize", "crops")
 
 
 def main() -> int:
@@ -84,6 +85,7 @@ def main() -> int:
                         f"{_actor_ms(run):.1f}",
                         f"{_actor_ms(run) - plain_cpu:+.1f}",
                         f"{run.core_ms.get('s3', 0.0):.1f}",
+                        f"{max(run.actor_mb, default=0.0):.0f}",
                         *(f"{stages.get(stage, 0.0):.2f}" for stage in STAGES),
                         str(run.record["this_run"]["anonymized_copies"]),
                         str(run.record["this_run"].get("crops", 0)),
@@ -104,6 +106,7 @@ def main() -> int:
         "actor CPU ms/img",
         "over plain",
         "store CPU ms/img",
+        "actor peak MB",
         *(f"{stage} ms" for stage in STAGES),
         "copies",
         "crops",

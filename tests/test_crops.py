@@ -35,7 +35,7 @@ from workers.faces import Faces
 from workers.images import decode_image
 from workers.inputs import InputError
 from workers.ledger import Ledger, OutputConflictError
-from workers.sink import put_table
+from workers.sink import ImageResult, put_table, results_table, shard_path, write_parquet
 from workers.storage import storage_for
 
 PHOTOS = 6
@@ -201,19 +201,26 @@ def test_the_crops_table_is_sorted_and_keyed(tmp_path: Path) -> None:
 
 
 def test_crops_files_of_uncommitted_work_are_removed_by_the_next_run(tmp_path: Path) -> None:
-    """A shard's or a part's crops file written before a kill, its data file never committed, is left
-    from a kill: the ledger removes it (a read-only one does not)."""
+    """A shard's or a part's crops file written before a kill, its data file never committed (or
+    committed by a later attempt that counts no crops), is left from a kill: the ledger removes it (a
+    read-only one does not) and keeps the crops file of a committed shard that counts them."""
     image = np.full((60, 60, 3), 90, np.uint8)
     faces = Faces(np.array([[10, 10, 40, 40]], np.float32), np.ones(1, np.float32), None)
     table = crops_table([image_crops("/x/a.jpg", image, faces, CropSettings())])
     output = tmp_path / "out"
-    orphans = [output / crop_shard_path(7), output / crop_part_path(3, 0)]
-    for path in orphans:
-        put_table(storage_for(str(path)), str(path), table)
+    storage = storage_for(str(output))
+    for index, crops in ((1, 1), (2, 0)):  # committed shards: one counts its crop, one none
+        rows = results_table([ImageResult(f"/x/{index}.jpg", 60, 60, faces=faces)], "m")
+        write_parquet(rows, storage, str(output / shard_path(index)), crops=crops)
+    kept = output / crop_shard_path(1)
+    orphans = [output / crop_shard_path(2), output / crop_shard_path(7), output / crop_part_path(3, 0)]
+    for path in [kept, *orphans]:
+        put_table(storage, str(path), table)
     Ledger.read(str(output), read_only=True)
     assert all(path.exists() for path in orphans)
     ledger = Ledger.read(str(output))
-    assert not any(path.exists() for path in orphans) and not ledger.crop_files
+    assert not any(path.exists() for path in orphans) and kept.exists()
+    assert ledger.crop_files == {(False, 1): [str(kept)]}
 
 
 def test_bad_crop_settings_are_refused_in_one_line(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import pytest
 from jobs.cli import build_parser, config_from_args
 from jobs.config import run_arguments
 from jobs.demo import sample_photos
+from workers.crops import CropSettings
 from workers.driver import JobConfig, run_job
 from workers.ledger import OutputConflictError
 from workers.model_plan import DetectorSettings
@@ -220,7 +221,7 @@ def test_a_relative_output_is_resumed_too(
 
 def test_resume_takes_every_setting_from_output(photos: Path, tmp_path: Path, ray_local: None) -> None:
     output = tmp_path / "out"
-    config = job(photos, output, score_threshold=0.4, rows_per_file=7)
+    config = job(photos, output, score_threshold=0.4, rows_per_file=7, crops=CropSettings(crop_margin=0.5))
     run_job(config)
     parser = build_parser()
     argv = ["run", "--resume", str(output)]

@@ -30,7 +30,6 @@ from workers.crops import (
 )
 from workers.detector import Detector, Timings
 from workers.errors import ErrorKind, ImageError, ImageFailure, internal_failure, take_tracebacks
-from workers.images import decode_image
 from workers.metrics import error_kinds, shard_metrics
 from workers.model_plan import DetectorSettings
 from workers.pipeline import ImagePipeline
@@ -151,27 +150,29 @@ class ShardWorker(ShardCalls):
     def process_one(self, shard: Shard) -> ShardReport:
         timings = Timings()
         piece = parse_piece(shard.uris[0]) if len(shard.uris) == 1 else None
+        products = self.anonymizer is not None or self.crops is not None
         held: dict[int, bytes] = {}  # each image's bytes, for its anonymized copy and crops
+        decoded: dict[int, np.ndarray] | None = {} if products else None  # and its pixels, full-size
         if piece is None:
             uris = shard.uris
 
             def load(i: int) -> bytes:
                 data = storage_for(uris[i]).get(uris[i])
-                if self.anonymizer is not None or self.crops is not None:
+                if products:
                     held[i] = data
                 return data
 
-            results = self.pipeline.run(uris, load, timings)
+            results = self.pipeline.run(uris, load, timings, decoded)
             results = [
                 replace(result, etag=etag, size=size)
                 for result, etag, size in zip(results, shard.etags, shard.sizes, strict=True)
             ]
             pieces: list[Piece] = []
         else:
-            results, members = self._container_piece(shard, timings)
+            results, members = self._container_piece(shard, timings, decoded)
             held = {i: m.data for i, m in enumerate(members) if m.data is not None}
             pieces = [(shard.uris[0], shard.etags[0], shard.sizes[0])]
-        results, copied, crops = self._finish(results, held, timings)
+        results, copied, crops = self._finish(results, held, decoded or {}, timings)
         started = time.thread_time()
         storage, cropped = storage_for(self.output), crops_table(crops) if crops else None
         if cropped is not None:  # before the shard's file: its commit also commits its crops
@@ -187,9 +188,14 @@ class ShardWorker(ShardCalls):
         return self.report(shard, counts, kinds, timings.seconds, copied)
 
     def _finish(
-        self, results: list[ImageResult], held: dict[int, bytes], timings: Timings
+        self,
+        results: list[ImageResult],
+        held: dict[int, bytes],
+        decoded: dict[int, np.ndarray],
+        timings: Timings,
     ) -> tuple[list[ImageResult], int, list[ImageCrops]]:
-        """What each detected image adds to its row, in the fetch pool, before the shard commits: its
+        """What each detected image adds to its row (from its pixels as the detection decoded them, full
+        size), in the fetch pool, before the shard commits: its
         anonymized copy written to DEST (--anonymize), its faces cut to the job's own threshold, their
         crops (--crops); the copies written and the crops. An image whose copy or crops cannot be made
         becomes an error row (its detections are not written without them); a store that fails DEST fails
@@ -206,8 +212,7 @@ class ShardWorker(ShardCalls):
                 return replace(result, faces=faces), False, None
             try:
                 clock = time.thread_time()
-                image = decode_image(held[position])
-                clock = timings.lap("full_decode", clock)
+                image = decoded.pop(position)  # every detected image was decoded full-size
                 if self.anonymizer is not None:
                     self._write_copy(result, image, held[position], self.anonymizer)
                     clock = timings.lap("anonymize", clock)
@@ -219,8 +224,6 @@ class ShardWorker(ShardCalls):
                 failure = ImageFailure(ErrorKind.FETCH, f"anonymized copy not written: {error}")
             except StorageError:
                 raise
-            except ImageError as error:  # the full-size decode refused what the detection's decoded
-                failure = error.failure
             except Exception as error:  # a bug of ours: logged with its traceback, the image's error row
                 failure = internal_failure("anonymize and crops", error)
             else:
@@ -239,7 +242,9 @@ class ShardWorker(ShardCalls):
         member = suffix if result.container is not None else ""
         storage_for(settings.anonymize).put(copy_uri(result.uri, settings, member), copy)
 
-    def _container_piece(self, shard: Shard, timings: Timings) -> tuple[list[ImageResult], list[Member]]:
+    def _container_piece(
+        self, shard: Shard, timings: Timings, decoded: dict[int, np.ndarray] | None
+    ) -> tuple[list[ImageResult], list[Member]]:
         """The results of a container piece's image members (read with a few ranged GETs)."""
         piece, etag, size = shard.uris[0], shard.etags[0], shard.sizes[0]
         clock = time.thread_time()
@@ -252,7 +257,7 @@ class ShardWorker(ShardCalls):
                 raise ImageError(member.failure.message, member.failure.kind)
             return member.data
 
-        results = self.pipeline.run([m.name for m in members], load, timings)
+        results = self.pipeline.run([m.name for m in members], load, timings, decoded)
         results = [
             replace(
                 result,

@@ -22,9 +22,8 @@ from workers.views import Prepared, View, image_views, in_original, merge, reduc
 @dataclass
 class Timings:
     """Seconds per stage, summed over images (thread-safe accumulation): the CPU time of the thread that
-    did the work (fetch, decode, preprocess, decode_nms,
-    full_decode, anonymize, crops, write; so fetch excludes waiting for the network),
-    and for infer the requests' own latency, several of which overlap."""
+    did the work (fetch, decode, preprocess, decode_nms, anonymize, crops, write; so fetch excludes
+    waiting for the network), and for infer the requests' own latency, several of which overlap."""
 
     seconds: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

@@ -5,11 +5,12 @@ missing, and new images are found without holding the set of done ones.
   must match.
 - `OUTPUT/part-NNNNNN.parquet`: compacted results; `OUTPUT/_shards/shard-NNNNNNNNN.parquet`: committed
   shards not yet compacted (sink.py); with --crops, `OUTPUT/_crops/` holds the crops of each (a shard's
-  crops file is written before it, a part's before it): a crops file whose data file is not committed
-  is left from a kill, and removed. The data files are the ledger: an image is done exactly when its
-  row is in one of them. Their footers hold their counts (and a part's shards), their rows are sorted by
-  uri, so reading the ledger is one LIST, a footer GET per file, and the uri columns streamed a row
-  group at a time and merged into one sorted stream (`done`).
+  crops file is written before it, a part's before it): a crops file whose data file is not committed,
+  or whose data file's footer counts no crops, is left from a kill, and removed. The data files are
+  the ledger: an image is done exactly when its row is in one of them. Their footers hold their counts
+  (and a part's shards), their rows are sorted by uri, so reading the ledger is one LIST, a footer GET
+  per file, and the uri columns streamed a row group at a time and merged into one sorted stream
+  (`done`).
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ class Ledger:
         merged = {shard for f in files if f.part for shard in f.footer.shards}
         stale = {f.uri for f in files if not f.part and f.number in merged}
         files = [f for f in files if f.uri not in stale]
-        committed = {(f.part, f.number) for f in files}
+        committed = {(f.part, f.number) for f in files if f.footer.counts.crops}  # files with crops
         crop_files: dict[tuple[bool, int], list[str]] = {}
         for info in listed:
             owner = _crops_owner(info.uri[len(root) :])

@@ -42,14 +42,21 @@ class ImagePipeline:
     def __init__(self, detector: Detector, pool: ThreadPoolExecutor, in_flight: int) -> None:
         self.detector, self.pool, self.in_flight = detector, pool, in_flight
 
-    def run(self, names: Sequence[str], load: Callable[[int], Loaded], timings: Timings) -> list[ImageResult]:
+    def run(
+        self,
+        names: Sequence[str],
+        load: Callable[[int], Loaded],
+        timings: Timings,
+        decoded: dict[int, np.ndarray] | None = None,
+    ) -> list[ImageResult]:
         """One result per name, in order; `load(i)` gives image i (an ObjectError: its fetch failed; an
         ImageError: it could not be read; any other StorageError fails the whole call, as a store that is
-        down should)."""
+        down should). With `decoded`, images are decoded full-size (never reduced) and each is kept there
+        by position, for what the caller makes of it after detection (copies, crops)."""
         prepared: dict[int, _Prepared] = {}
 
         def ready() -> Iterator[tuple[int, Prepared]]:
-            for item in self._prepare_all(len(names), load, timings):
+            for item in self._prepare_all(len(names), load, timings, decoded):
                 prepared[item.position] = item
                 if item.prepared is not None:
                     yield item.position, item.prepared
@@ -58,14 +65,18 @@ class ImagePipeline:
         return [_result(name, prepared[i], faces.get(i)) for i, name in enumerate(names)]
 
     def _prepare_all(
-        self, count: int, load: Callable[[int], Loaded], timings: Timings
+        self,
+        count: int,
+        load: Callable[[int], Loaded],
+        timings: Timings,
+        decoded: dict[int, np.ndarray] | None,
     ) -> Iterator[_Prepared]:
         """Prepared images in completion order, at most `in_flight` held at once."""
         pending: set[Future[_Prepared]] = set()
         positions = iter(range(count))
         try:
             for position in positions:
-                pending.add(self.pool.submit(self._prepare_one, position, load, timings))
+                pending.add(self.pool.submit(self._prepare_one, position, load, timings, decoded))
                 if len(pending) >= self.in_flight:
                     break
             while pending:
@@ -74,12 +85,18 @@ class ImagePipeline:
                     yield future.result()
                     position = next(positions, None)
                     if position is not None:
-                        pending.add(self.pool.submit(self._prepare_one, position, load, timings))
+                        pending.add(self.pool.submit(self._prepare_one, position, load, timings, decoded))
         finally:  # a failing call (a store that stays down) leaves no work behind in the shared pool
             for future in pending:
                 future.cancel()
 
-    def _prepare_one(self, position: int, load: Callable[[int], Loaded], timings: Timings) -> _Prepared:
+    def _prepare_one(
+        self,
+        position: int,
+        load: Callable[[int], Loaded],
+        timings: Timings,
+        decoded: dict[int, np.ndarray] | None,
+    ) -> _Prepared:
         clock = time.thread_time()
         try:
             data = load(position)
@@ -92,7 +109,10 @@ class ImagePipeline:
             if isinstance(data, np.ndarray):
                 image, (width, height) = _checked_array(data), (data.shape[1], data.shape[0])
             else:
-                image, (width, height) = decode_reduced(data, self.detector.reduction)
+                reduction = self.detector.reduction if decoded is None else None
+                image, (width, height) = decode_reduced(data, reduction)
+                if decoded is not None:
+                    decoded[position] = image
         except ImageError as error:
             return _Prepared(position, failure=error.failure)
         except Exception as error:

@@ -270,7 +270,8 @@ def compact(output: str, shards: Sequence[int], number: int) -> CompactionReport
         else:
             footers = [footer_of(t.schema.metadata or {}) for t in tables]
             cropped = [i for i, f in zip(shards, footers, strict=True) if f.counts.crops]
-            compact_crops(storage, output, cropped, number, pool)
+            if cropped:
+                compact_crops(storage, output, cropped, number, pool)
             pieces = [p for f in footers for p in f.pieces]
             table = pa.concat_tables(tables, promote_options="default")  # files older than a column
             table = table.select(SCHEMA.names).cast(SCHEMA).sort_by("uri")
