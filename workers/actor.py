@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import ray
 
 from workers.anonymize import AnonymizeSettings, anonymized, copy_uri
-from workers.containers import ContainerSettings, Member, parse_piece, read_piece
+from workers.containers import ContainerSettings, parse_piece, read_piece
 from workers.crops import (
     CROP_COMPRESSION,
     CropSettings,
@@ -30,6 +30,7 @@ from workers.crops import (
 )
 from workers.detector import Detector, Timings
 from workers.errors import ErrorKind, ImageError, ImageFailure, internal_failure, take_tracebacks
+from workers.faces import Faces
 from workers.metrics import error_kinds, shard_metrics
 from workers.model_plan import DetectorSettings
 from workers.pipeline import ImagePipeline
@@ -150,31 +151,31 @@ class ShardWorker(ShardCalls):
     def process_one(self, shard: Shard) -> ShardReport:
         timings = Timings()
         piece = parse_piece(shard.uris[0]) if len(shard.uris) == 1 else None
-        products = self.anonymizer is not None or self.crops is not None
-        held: dict[int, bytes] = {}  # each image's bytes, for its anonymized copy and crops
-        decoded: dict[int, np.ndarray] | None = {} if products else None  # and its pixels, full-size
+        products = None
+        if self.anonymizer is not None or self.crops is not None:
+            products = _Products(self, timings, in_container=piece is not None)
+        finish = products.finish if products is not None else None
         if piece is None:
             uris = shard.uris
 
             def load(i: int) -> bytes:
                 data = storage_for(uris[i]).get(uris[i])
-                if products:
-                    held[i] = data
+                if self.anonymizer is not None:
+                    products.held[i] = data
                 return data
 
-            results = self.pipeline.run(uris, load, timings, decoded)
+            results = self.pipeline.run(uris, load, timings, finish)
             results = [
                 replace(result, etag=etag, size=size)
                 for result, etag, size in zip(results, shard.etags, shard.sizes, strict=True)
             ]
             pieces: list[Piece] = []
         else:
-            results, members = self._container_piece(shard, timings, decoded)
-            held = {i: m.data for i, m in enumerate(members) if m.data is not None}
+            results = self._container_piece(shard, timings, products)
             pieces = [(shard.uris[0], shard.etags[0], shard.sizes[0])]
-        results, copied, crops = self._finish(results, held, decoded or {}, timings)
         started = time.thread_time()
-        storage, cropped = storage_for(self.output), crops_table(crops) if crops else None
+        storage = storage_for(self.output)
+        cropped = crops_table(products.crops) if products is not None and products.crops else None
         if cropped is not None:  # before the shard's file: its commit also commits its crops
             put_table(storage, join(self.output, crop_shard_path(shard.index)), cropped, CROP_COMPRESSION)
         table = results_table(results, self.detector.settings.model)
@@ -185,71 +186,19 @@ class ShardWorker(ShardCalls):
         timings.add("write", time.thread_time() - started)
         kinds = error_kinds(table["error_kind"])
         shard_metrics().record(counts.images, counts.faces, kinds, timings.seconds)
+        copied = len(products.copied) if products is not None else 0
         return self.report(shard, counts, kinds, timings.seconds, copied)
 
-    def _finish(
-        self,
-        results: list[ImageResult],
-        held: dict[int, bytes],
-        decoded: dict[int, np.ndarray],
-        timings: Timings,
-    ) -> tuple[list[ImageResult], int, list[ImageCrops]]:
-        """What each detected image adds to its row (from its pixels as the detection decoded them, full
-        size), in the fetch pool, before the shard commits: its
-        anonymized copy written to DEST (--anonymize), its faces cut to the job's own threshold, their
-        crops (--crops); the copies written and the crops. An image whose copy or crops cannot be made
-        becomes an error row (its detections are not written without them); a store that fails DEST fails
-        the shard, as the shard's own write would."""
-        if self.anonymizer is None and self.crops is None:
-            return results, 0, []
-
-        def finish(position: int) -> tuple[ImageResult, bool, ImageCrops | None]:
-            result = results[position]
-            if result.faces is None:
-                return result, False, None  # not detected: never copied
-            faces = result.faces.take(result.faces.scores >= self.score_threshold)
-            if self.anonymizer is None and not len(faces):
-                return replace(result, faces=faces), False, None
-            try:
-                clock = time.thread_time()
-                image = decoded.pop(position)  # every detected image was decoded full-size
-                if self.anonymizer is not None:
-                    self._write_copy(result, image, held[position], self.anonymizer)
-                    clock = timings.lap("anonymize", clock)
-                crops = None
-                if self.crops is not None and len(faces):
-                    crops = image_crops(result.uri, image, faces, self.crops)
-                    timings.lap("crops", clock)
-            except ObjectError as error:
-                failure = ImageFailure(ErrorKind.FETCH, f"anonymized copy not written: {error}")
-            except StorageError:
-                raise
-            except Exception as error:  # a bug of ours: logged with its traceback, the image's error row
-                failure = internal_failure("anonymize and crops", error)
-            else:
-                return replace(result, faces=faces), self.anonymizer is not None, crops
-            return replace(result, faces=None, error=failure.message, error_kind=failure.kind), False, None
-
-        done = list(self.pipeline.pool.map(finish, range(len(results))))
-        crops = [c for _, _, c in done if c is not None]
-        return [result for result, _, _ in done], sum(copied for _, copied, _ in done), crops
-
-    def _write_copy(
-        self, result: ImageResult, image: np.ndarray, data: bytes, settings: AnonymizeSettings
-    ) -> None:
-        """The image's anonymized copy, written to DEST under its key."""
-        copy, suffix = anonymized(image, data, result.faces, settings)
-        member = suffix if result.container is not None else ""
-        storage_for(settings.anonymize).put(copy_uri(result.uri, settings, member), copy)
-
     def _container_piece(
-        self, shard: Shard, timings: Timings, decoded: dict[int, np.ndarray] | None
-    ) -> tuple[list[ImageResult], list[Member]]:
+        self, shard: Shard, timings: Timings, products: _Products | None
+    ) -> list[ImageResult]:
         """The results of a container piece's image members (read with a few ranged GETs)."""
         piece, etag, size = shard.uris[0], shard.etags[0], shard.sizes[0]
         clock = time.thread_time()
         members = read_piece(piece, size, self.containers)
         timings.add("fetch", time.thread_time() - clock)
+        if self.anonymizer is not None:
+            products.held.update({i: m.data for i, m in enumerate(members) if m.data is not None})
 
         def load(i: int) -> bytes:
             member = members[i]
@@ -257,8 +206,9 @@ class ShardWorker(ShardCalls):
                 raise ImageError(member.failure.message, member.failure.kind)
             return member.data
 
-        results = self.pipeline.run([m.name for m in members], load, timings, decoded)
-        results = [
+        finish = products.finish if products is not None else None
+        results = self.pipeline.run([m.name for m in members], load, timings, finish)
+        return [
             replace(
                 result,
                 etag=etag,
@@ -268,4 +218,51 @@ class ShardWorker(ShardCalls):
             )
             for result, m in zip(results, members, strict=True)
         ]
-        return results, members
+
+
+@dataclass
+class _Products:
+    """What a shard's detected images add besides their rows (--anonymize, --crops), each made in the
+    fetch pool from the image's full-size pixels as soon as its faces are known, before the shard
+    commits: its anonymized copy written to DEST, its faces cut to the job's own threshold, their crops.
+    An image whose copy or crops cannot be made becomes an error row (its detections are not written
+    without them); a store that fails DEST fails the shard, as the shard's own write would."""
+
+    worker: ShardWorker
+    timings: Timings
+    in_container: bool
+    held: dict[int, bytes] = field(default_factory=dict)  # --anonymize: the bytes (format, JPEG quality)
+    copied: list[int] = field(default_factory=list)  # positions of the images copied
+    crops: list[ImageCrops] = field(default_factory=list)
+
+    def finish(self, position: int, result: ImageResult, image: np.ndarray) -> ImageResult:
+        worker, timings = self.worker, self.timings
+        faces = result.faces.take(result.faces.scores >= worker.score_threshold)
+        try:
+            clock, crops = time.thread_time(), None
+            if worker.crops is not None and len(faces):
+                crops = image_crops(result.uri, image, faces, worker.crops)
+                clock = timings.lap("crops", clock)
+            if worker.anonymizer is not None:  # last: an image that fails makes no copy
+                self._write_copy(result.uri, image, self.held.pop(position), faces=result.faces)
+                self.copied.append(position)
+                timings.lap("anonymize", clock)
+        except ObjectError as error:
+            failure = ImageFailure(ErrorKind.FETCH, f"anonymized copy not written: {error}")
+        except StorageError:
+            raise
+        except Exception as error:  # a bug of ours: logged with its traceback, the image's error row
+            failure = internal_failure("anonymize and crops", error)
+        else:
+            if crops is not None:
+                self.crops.append(crops)
+            return replace(result, faces=faces)
+        return replace(result, faces=None, error=failure.message, error_kind=failure.kind)
+
+    def _write_copy(self, uri: str, image: np.ndarray, data: bytes, faces: Faces) -> None:
+        """The image's anonymized copy (faces down to the anonymize threshold), written to DEST."""
+        settings = self.worker.anonymizer
+        copy, suffix = anonymized(image, data, faces, settings)
+        storage_for(settings.anonymize).put(
+            copy_uri(uri, settings, suffix if self.in_container else ""), copy
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -80,10 +80,14 @@ class Detector:
         return image_views(image, self.plan.preprocess, self.settings.scales, self.settings.tile, full_size)
 
     def detect(
-        self, items: Iterable[tuple[object, Prepared]], timings: Timings
+        self,
+        items: Iterable[tuple[object, Prepared]],
+        timings: Timings,
+        on_done: Callable[[object, Faces | ImageFailure], None] | None = None,
     ) -> dict[object, Faces | ImageFailure]:
         """Faces (or the failure) per key, running the model with several requests in flight; an image's
-        views may share batches with other images' views, and merge once the last is decoded."""
+        views may share batches with other images' views, and merge once the last is decoded. `on_done`
+        is told each image's result as soon as it is known (in OpenVINO's callback: keep it short)."""
         results: dict[object, Faces | ImageFailure] = {}
         in_flight: dict[object, _InFlight] = {}
         lock = threading.Lock()
@@ -115,6 +119,8 @@ class Detector:
                         done.append((key, in_flight.pop(key)))
             for key, image in done:
                 results[key] = self._finish(image)
+                if on_done is not None:
+                    on_done(key, results[key])
             timings.add("infer", infer_seconds)
             timings.add("decode_nms", time.thread_time() - started)
 

@@ -216,6 +216,12 @@ def dry_run(config: JobConfig, rate: float | None = None) -> DryRun:
         "HEAD": 0,
         "DELETE": math.ceil(shards / 1000),  # a DeleteObjects call takes 1,000 keys
     }
+    if config.anonymizer is not None:  # a copy of each new image
+        expected["PUT"] += counts.new
+    if config.crops is not None:  # at most a crops file per shard, read back and deleted by its compaction
+        expected["PUT"] += counts.shards + files
+        expected["GET"] += shards
+        expected["DELETE"] += math.ceil(shards / 1000)
     after = request_counts()
     last_rate = job.ledger.record and job.ledger.record.processing_rate
     source = "--rate" if rate else "the last run's rate"

@@ -25,6 +25,8 @@ from workers.views import Prepared
 
 Loaded = bytes | np.ndarray
 """An encoded image (JPEG, PNG, ...: decoded as a job decodes it) or a decoded BGR uint8 HxWx3 array."""
+Finish = Callable[[int, ImageResult, np.ndarray], ImageResult]
+"""What a caller does with a detected image (its position, result and full-size pixels): its new result."""
 
 
 @dataclass(frozen=True)
@@ -47,13 +49,16 @@ class ImagePipeline:
         names: Sequence[str],
         load: Callable[[int], Loaded],
         timings: Timings,
-        decoded: dict[int, np.ndarray] | None = None,
+        finish: Finish | None = None,
     ) -> list[ImageResult]:
         """One result per name, in order; `load(i)` gives image i (an ObjectError: its fetch failed; an
         ImageError: it could not be read; any other StorageError fails the whole call, as a store that is
-        down should). With `decoded`, images are decoded full-size (never reduced) and each is kept there
-        by position, for what the caller makes of it after detection (copies, crops)."""
+        down should). With `finish`, images are decoded full-size (never reduced), and each detected one
+        goes through `finish(i, result, image)` in the pool as soon as its faces are known (its pixels
+        then let go: a shard's images are never all held); what it returns is the image's result."""
         prepared: dict[int, _Prepared] = {}
+        decoded: dict[int, np.ndarray] | None = {} if finish is not None else None
+        finished: dict[int, Future[ImageResult]] = {}
 
         def ready() -> Iterator[tuple[int, Prepared]]:
             for item in self._prepare_all(len(names), load, timings, decoded):
@@ -61,8 +66,17 @@ class ImagePipeline:
                 if item.prepared is not None:
                     yield item.position, item.prepared
 
-        faces = self.detector.detect(ready(), timings)
-        return [_result(name, prepared[i], faces.get(i)) for i, name in enumerate(names)]
+        def on_done(position: int, faces: Faces | ImageFailure) -> None:
+            image = decoded.pop(position)
+            if isinstance(faces, Faces):
+                result = _result(names[position], prepared[position], faces)
+                finished[position] = self.pool.submit(finish, position, result, image)
+
+        faces = self.detector.detect(ready(), timings, on_done if finish is not None else None)
+        return [
+            finished[i].result() if i in finished else _result(name, prepared[i], faces.get(i))
+            for i, name in enumerate(names)
+        ]
 
     def _prepare_all(
         self,
@@ -111,13 +125,13 @@ class ImagePipeline:
             else:
                 reduction = self.detector.reduction if decoded is None else None
                 image, (width, height) = decode_reduced(data, reduction)
-                if decoded is not None:
-                    decoded[position] = image
         except ImageError as error:
             return _Prepared(position, failure=error.failure)
         except Exception as error:
             return _Prepared(position, failure=internal_failure("image decoding", error))
         clock = timings.lap("decode", clock)
+        if decoded is not None:
+            decoded[position] = image
         try:
             prepared = self.detector.prepare(image, (width, height))
         except Exception as error:
