@@ -58,11 +58,16 @@ class ImagePipeline:
         then let go: a shard's images are never all held); what it returns is the image's result."""
         prepared: dict[int, _Prepared] = {}
         decoded: dict[int, np.ndarray] | None = {} if finish is not None else None
+        lifetimes: dict[int, Future[None]] = {}  # each image's place among the `in_flight`
         finished: dict[int, Future[ImageResult]] = {}
 
         def ready() -> Iterator[tuple[int, Prepared]]:
-            for item in self._prepare_all(len(names), load, timings, decoded):
+            for item in self._prepare_all(len(names), load, timings, decoded, lifetimes):
                 prepared[item.position] = item
+                if item.prepared is None or finish is None:  # with `finish`, held until it has run
+                    lifetimes[item.position].set_result(None)
+                if item.prepared is None and decoded is not None:
+                    decoded.pop(item.position, None)
                 if item.prepared is not None:
                     yield item.position, item.prepared
 
@@ -70,7 +75,9 @@ class ImagePipeline:
             image = decoded.pop(position)
             if isinstance(faces, Faces):
                 result = _result(names[position], prepared[position], faces)
-                finished[position] = self.pool.submit(finish, position, result, image)
+                finished[position] = self.pool.submit(_finished, finish, position, result, image, lifetimes)
+            else:
+                lifetimes[position].set_result(None)
 
         faces = self.detector.detect(ready(), timings, on_done if finish is not None else None)
         return [
@@ -84,22 +91,29 @@ class ImagePipeline:
         load: Callable[[int], Loaded],
         timings: Timings,
         decoded: dict[int, np.ndarray] | None,
+        lifetimes: dict[int, Future[None]],
     ) -> Iterator[_Prepared]:
-        """Prepared images in completion order, at most `in_flight` held at once."""
+        """Prepared images in completion order, at most `in_flight` of them started and not yet let go:
+        each image's future in `lifetimes` is ended by the caller (once it is prepared, or once what it
+        does with the image after detection has run), so a slow step after detection holds back the
+        loading instead of piling up decoded images."""
         pending: set[Future[_Prepared]] = set()
+        alive: set[Future[None]] = set()
+        limit = max(self.in_flight, 2 * self.detector.plan.batch)  # a batch is never short of images
         positions = iter(range(count))
+        position = next(positions, None)
         try:
-            for position in positions:
-                pending.add(self.pool.submit(self._prepare_one, position, load, timings, decoded))
-                if len(pending) >= self.in_flight:
-                    break
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield future.result()
+            while position is not None or pending:
+                alive = {lifetime for lifetime in alive if not lifetime.done()}
+                while position is not None and len(alive) < limit:
+                    lifetimes[position] = lifetime = Future()
+                    alive.add(lifetime)
+                    pending.add(self.pool.submit(self._prepare_one, position, load, timings, decoded))
                     position = next(positions, None)
-                    if position is not None:
-                        pending.add(self.pool.submit(self._prepare_one, position, load, timings, decoded))
+                done, _ = wait(pending | alive, return_when=FIRST_COMPLETED)
+                for future in done & pending:
+                    pending.discard(future)
+                    yield future.result()
         finally:  # a failing call (a store that stays down) leaves no work behind in the shared pool
             for future in pending:
                 future.cancel()
@@ -154,3 +168,13 @@ def _result(name: str, item: _Prepared, faces: Faces | ImageFailure | None) -> I
     if failure is not None:
         return ImageResult(name, item.width, item.height, error=failure.message, error_kind=failure.kind)
     return ImageResult(name, item.width, item.height, faces=faces)
+
+
+def _finished(
+    finish: Finish, position: int, result: ImageResult, image: np.ndarray, lifetimes: dict[int, Future[None]]
+) -> ImageResult:
+    """`finish` of a detected image; its place among the images in flight let go after it."""
+    try:
+        return finish(position, result, image)
+    finally:
+        lifetimes[position].set_result(None)
