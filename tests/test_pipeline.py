@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,10 +17,13 @@ import pytest
 from jobs.demo import sample_photos
 from jobs.local_s3 import LocalS3
 from tests.outputs import read_rows
-from tests.photos import ASTRONAUT_FACE, ASTRONAUT_LANDMARKS
+from tests.photos import ASTRONAUT_FACE, ASTRONAUT_LANDMARKS, astronaut
+from workers.detector import Detector, Timings
 from workers.driver import JobConfig, run_job
 from workers.model_plan import DetectorSettings
 from workers.nms import pairwise_iou
+from workers.pipeline import ImagePipeline
+from workers.sink import ImageResult
 
 FACELESS = ("skimage/coffee.png", "skimage/rocket.jpg")
 
@@ -110,3 +118,29 @@ def test_manifests_list_exactly_their_images(ray_local: None, photo_dir: Path, t
         output = tmp_path / f"out-{manifest.suffix[1:]}"
         run_job(job(str(manifest), str(output)))
         assert set(read_rows(str(output))) == set(photos)
+
+
+def test_a_slow_step_after_detection_holds_back_the_loading() -> None:
+    """With a `finish` step (copies, crops) slower than the model, at most `in_flight` images are
+    loaded and not yet finished: decoded images never pile up behind it."""
+    detector = Detector(DetectorSettings(model="retinaface-mnet025", threads=2))
+    pipeline = ImagePipeline(detector, ThreadPoolExecutor(8), in_flight=8)
+    image = cv2.resize(astronaut(), (256, 256))
+    lock, live, most = threading.Lock(), [0], [0]
+
+    def load(i: int) -> np.ndarray:
+        with lock:
+            live[0] += 1
+            most[0] = max(most[0], live[0])
+        return image
+
+    def finish(position: int, result: ImageResult, pixels: np.ndarray) -> ImageResult:
+        time.sleep(0.2)  # slower than the model: without the hold, every image would be loaded at once
+        with lock:
+            live[0] -= 1
+        return replace(result, key=str(position))
+
+    results = pipeline.run([f"a{i}" for i in range(40)], load, Timings(), finish)
+    assert [r.key for r in results] == [str(i) for i in range(40)]
+    assert all(r.faces is not None and len(r.faces) == 1 for r in results)
+    assert most[0] <= 8, most[0]
