@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: setup
-	$(BIN)/python -m jobs.demo
+	$(BIN)/python -m infra.demo
 
 test: setup lint browser
 	$(BIN)/pytest

@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/accuracy.py [--shared PATH] [--out docs/ACCURACY.md] [--only TEXT]
 
 Each row is one `facesweep run` of the subset's 145 photos (local files, score threshold 0.02, f32, one
-actor with 2 CPUs) into a temporary folder, scored by `workers.evaluate.evaluate` (what `facesweep eval`
+actor with 2 CPUs) into a temporary folder, scored by
+`facesweep.workers.evaluation.evaluate.evaluate` (what `facesweep eval`
 prints): the official WIDER easy / medium / hard AP and the Open Model Zoo AP. Beside each: the shared
 independent reference decoder's figures on the same subset (`../shared/docs/reference-figures.md`) and
 the figures published for the model family (full WIDER val).
@@ -27,11 +28,11 @@ from pathlib import Path
 
 from harness import cpu_name, facesweep_command
 
-from jobs.cli import build_parser, config_from_args
-from workers.evaluate import evaluate
-from workers.model_plan import inspect_model
-from workers.models import model_checksum, resolve_model
-from workers.preprocess import Preprocess
+from facesweep.cli import build_parser, config_from_args
+from facesweep.workers.evaluation.evaluate import evaluate
+from facesweep.workers.model.catalog import model_checksum, resolve_model
+from facesweep.workers.model.plan import inspect_model
+from facesweep.workers.model.preprocess import Preprocess
 
 REPO = Path(__file__).resolve().parents[1]
 SUBSET = Path("data/widerface/val-subset-145")
@@ -226,7 +227,7 @@ def views_per_image(variant: Variant, shared: Path) -> float:
     """Network inputs per photo of the subset for this variant (its views: scales x tiles)."""
     import cv2
 
-    from workers.detector import Detector
+    from facesweep.workers.model.detector import Detector
 
     args = build_parser().parse_args(["run", "in", "out", f"--model={variant.model}", *variant.options])
     detector = Detector(config_from_args(args).detector)
@@ -384,7 +385,7 @@ facesweep eval OUT ../shared/data/widerface/val-subset-145/annotations.txt
 ```
 
 - WIDER easy / medium / hard: the official protocol (`widerface_evaluate`'s `evaluation.py`, reproduced
-  exactly by `workers/evaluate.py`: IoU 0.5 with +1 px areas, scores normalized over the set, 1000
+  exactly by `workers/evaluation/evaluate.py`: IoU 0.5 with +1 px areas, scores normalized over the set, 1000
   thresholds). Score threshold {threshold} as the WIDER protocol expects (all the low-score detections).
 - OMZ AP: Open Model Zoo's accuracy checker on WIDER (faces outside [64, 1024) px high ignored), the
   single figure the OMZ model cards quote.

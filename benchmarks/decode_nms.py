@@ -18,12 +18,12 @@ import sys
 import time
 from pathlib import Path
 
-from jobs.demo import SHARED, WIDER_SUBSET, sample_photos
-from workers.detector import Detector
-from workers.images import decode_image
-from workers.model_plan import DetectorSettings
-from workers.runtime import infer
-from workers.views import in_original
+from facesweep.workers.inputs.images import decode_image
+from facesweep.workers.model.detector import Detector
+from facesweep.workers.model.plan import DetectorSettings
+from facesweep.workers.model.runtime import infer
+from facesweep.workers.model.views import in_original
+from infra.demo import SHARED, WIDER_SUBSET, sample_photos
 
 MODELS = SHARED / "models"
 MODEL_PER_FORMAT = {

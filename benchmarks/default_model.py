@@ -26,8 +26,8 @@ import numpy as np
 import pyarrow.dataset as ds
 from harness import cpu_name, facesweep_command
 
-from workers.annotations import read_ground_truth, read_predictions
-from workers.matching import match_by_suffix, recall
+from facesweep.workers.evaluation.annotations import read_ground_truth, read_predictions
+from facesweep.workers.evaluation.matching import match_by_suffix, recall
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -31,14 +31,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.local_s3 import LocalS3
+from infra.local_s3 import LocalS3
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 BUCKET = "bench"
 SUBSET = Path("data/widerface/val-subset-145/images")
 CLOCK_TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
-SHARD_LINE = re.compile(r"^shard \d+: (\d+)/")  # jobs.progress.LogProgress, one line per finished shard
+SHARD_LINE = re.compile(r"^shard \d+: (\d+)/")  # facesweep.progress.LogProgress, one line per finished shard
 PARQUET_ROWS = 16  # images per row group of the benchmark's Parquet tables (about 2 MB of WIDER photos)
 ROLES = ("actor", "s3", "driver", "other", "idle")  # where the machine's core-time goes during a run
 
@@ -407,10 +407,10 @@ def naive_loop(model: str, uris: list[str], seconds: float) -> dict:
     import boto3
     import openvino as ov
 
-    from workers.model_plan import DetectorSettings, inspect_model
-    from workers.runtime import infer, read_model
-    from workers.sink import ImageResult, results_table
-    from workers.views import image_views
+    from facesweep.workers.model.plan import DetectorSettings, inspect_model
+    from facesweep.workers.model.runtime import infer, read_model
+    from facesweep.workers.model.views import image_views
+    from facesweep.workers.output.writer import ImageResult, results_table
 
     plan = inspect_model(DetectorSettings(model=model))  # our resize rule and our decoder, no more
     preprocess = plan.preprocess

@@ -306,7 +306,7 @@ def main() -> int:
     args = parser.parse_args()
     require_shared(args.shared, "benchmarks/levers.py")
     started = time.monotonic()
-    from jobs.local_s3 import start_local_s3
+    from infra.local_s3 import start_local_s3
 
     sets = {data.name: data for data in data_sets(args.shared)}
     texts = args.only.split(",") if args.only else [""]

@@ -34,7 +34,7 @@ from benchmarks.harness import (
     require_shared,
     table,
 )
-from jobs.local_s3 import start_local_s3
+from infra.local_s3 import start_local_s3
 
 COPIES = 2
 """Copies of each set a run reads (290 images)."""

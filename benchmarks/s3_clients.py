@@ -23,8 +23,8 @@ import pyarrow.fs as pafs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.harness import SUBSET, cpu_ticks, generated_by, require_shared, table
-from jobs.local_s3 import start_local_s3
-from workers.storage import S3Storage
+from facesweep.workers.storage import S3Storage
+from infra.local_s3 import start_local_s3
 
 ROUNDS = 3
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")

@@ -37,13 +37,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.harness import generated_by, table  # noqa: E402
-from jobs.local_s3 import LocalS3, start_local_s3  # noqa: E402
-from workers.actor import ActorInfo, ShardCalls, ShardReport  # noqa: E402
-from workers.faces import Faces  # noqa: E402
-from workers.models import DEFAULT_MODEL  # noqa: E402
-from workers.shards import Shard  # noqa: E402
-from workers.sink import ImageResult, results_table, write_parquet  # noqa: E402
-from workers.storage import join, storage_for  # noqa: E402
+from facesweep.workers.faces import Faces  # noqa: E402
+from facesweep.workers.job.actor import ActorInfo, ShardCalls, ShardReport  # noqa: E402
+from facesweep.workers.job.shards import Shard  # noqa: E402
+from facesweep.workers.model.catalog import DEFAULT_MODEL  # noqa: E402
+from facesweep.workers.output.writer import ImageResult, results_table, write_parquet  # noqa: E402
+from facesweep.workers.storage import join, storage_for  # noqa: E402
+from infra.local_s3 import LocalS3, start_local_s3  # noqa: E402
 
 PYTHON = sys.executable
 BUCKET = "scale"
@@ -79,9 +79,9 @@ class SimulatedWorker(ShardCalls):
 
 def child_job(manifest: str, output: str, actors: int, rows_per_file: int) -> dict:
     """One job in this process (run as a child, so its peak RSS is the driver's own)."""
-    from workers.driver import JobConfig, run_job
-    from workers.model_plan import DetectorSettings
-    from workers.tuning import Tuning
+    from facesweep.workers.job.driver import JobConfig, run_job
+    from facesweep.workers.model.plan import DetectorSettings
+    from facesweep.workers.tuning import Tuning
 
     marks: list[tuple[int, float, float]] = []
 
@@ -120,8 +120,8 @@ def child_job(manifest: str, output: str, actors: int, rows_per_file: int) -> di
 
 def child_decide(manifest: str, output: str, rows_per_file: int) -> dict:
     """What a re-run decides now (the product's dry run: listing, ledger, comparison, plan)."""
-    from workers.driver import JobConfig, dry_run
-    from workers.model_plan import DetectorSettings
+    from facesweep.workers.job.driver import JobConfig, dry_run
+    from facesweep.workers.model.plan import DetectorSettings
 
     config = JobConfig(
         manifest, output, DetectorSettings(model=DEFAULT_MODEL), shard_size=64, rows_per_file=rows_per_file
@@ -221,7 +221,7 @@ def small_photos(count: int) -> list[bytes]:
     """`count` distinct small JPEGs: 160x120 crops of the sample photos at varying offsets."""
     import cv2
 
-    from jobs.demo import sample_photos
+    from infra.demo import sample_photos
 
     sources = [cv2.imread(str(path)) for _, path in sample_photos()]
     sources = [s for s in sources if s is not None and min(s.shape[:2]) >= 240]

@@ -53,9 +53,9 @@ from harness import (
     table,
 )
 
-from jobs.local_s3 import start_local_s3
-from workers.model_plan import DetectorSettings, inspect_model
-from workers.models import resolve_model
+from facesweep.workers.model.catalog import resolve_model
+from facesweep.workers.model.plan import DetectorSettings, inspect_model
+from infra.local_s3 import start_local_s3
 
 STEADY_S = 30.0  # seconds of steady state (after start-up) per end-to-end run, at least
 EXPECTED_VS_LIMIT = 0.8  # the first try's images: STEADY_S at this fraction of the limit

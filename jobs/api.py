@@ -26,17 +26,17 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from workers.anonymize import AnonymizeSettings
-from workers.containers import ContainerSettings
-from workers.crops import CropSettings
-from workers.detector import Detector, Timings
-from workers.driver import JobConfig, run_job
-from workers.job_progress import JobProgress
-from workers.model_plan import DetectorSettings
-from workers.models import DEFAULT_MODEL
-from workers.pipeline import ImagePipeline, Loaded
-from workers.sink import SCHEMA, ImageResult, results_table
-from workers.tuning import Tuning
+from facesweep.workers.inputs.containers import ContainerSettings
+from facesweep.workers.job.driver import JobConfig, run_job
+from facesweep.workers.job.pipeline import ImagePipeline, Loaded
+from facesweep.workers.job.progress import JobProgress
+from facesweep.workers.model.catalog import DEFAULT_MODEL
+from facesweep.workers.model.detector import Detector, Timings
+from facesweep.workers.model.plan import DetectorSettings
+from facesweep.workers.output.writer import SCHEMA, ImageResult, results_table
+from facesweep.workers.products.anonymize import AnonymizeSettings
+from facesweep.workers.products.crops import CropSettings
+from facesweep.workers.tuning import Tuning
 
 DETECTOR_OPTIONS = frozenset(f.name for f in fields(DetectorSettings)) - {"model"}
 CONTAINER_OPTIONS = frozenset(f.name for f in fields(ContainerSettings))
@@ -147,7 +147,7 @@ class FaceDetector:
         return self._pipeline.run(names, images.__getitem__, Timings())
 
     def detect_table(self, images: Sequence[Loaded], names: Sequence[str] | None = None) -> pa.Table:
-        """`detect`'s results as rows of the job's output contract (workers.sink.SCHEMA)."""
+        """`detect`'s results as rows of the job's output contract (`SCHEMA`)."""
         return results_table(self.detect(images, names), self.detector.settings.model)
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> pa.Table:

@@ -11,24 +11,24 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import NoReturn
 
-from jobs.api import OPTIONS, job_config, run
-from jobs.config import ConfigError, run_arguments
-from jobs.export import DEFAULT_FILES, export
-from jobs.progress import progress_for
-from jobs.report import write_report
-from workers.anonymize import METHODS
-from workers.cluster import STARTUP_TIMEOUT
-from workers.containers import PIECE_BYTES
-from workers.driver import ROWS_PER_FILE, DryRun, JobConfig, dry_run
-from workers.errors import ErrorKind, JobError
-from workers.evaluate import check_pairing, evaluate, format_report
-from workers.formats import FORMATS, UnknownFormatError
-from workers.inputs import InputError, list_images
-from workers.job_progress import JobProgress
-from workers.ledger import OutputConflictError
-from workers.models import BUILTIN_MODELS, DEFAULT_MODEL, ModelError
-from workers.storage import StorageError
-from workers.tuning import Tuning
+from facesweep.api import OPTIONS, job_config, run
+from facesweep.export import DEFAULT_FILES, export
+from facesweep.progress import progress_for
+from facesweep.report import write_report
+from facesweep.specs import ConfigError, run_arguments
+from facesweep.workers.errors import ErrorKind, JobError
+from facesweep.workers.evaluation.evaluate import check_pairing, evaluate, format_report
+from facesweep.workers.inputs.containers import PIECE_BYTES
+from facesweep.workers.inputs.listing import InputError, list_images
+from facesweep.workers.job.cluster import STARTUP_TIMEOUT
+from facesweep.workers.job.driver import ROWS_PER_FILE, DryRun, JobConfig, dry_run
+from facesweep.workers.job.ledger import OutputConflictError
+from facesweep.workers.job.progress import JobProgress
+from facesweep.workers.model.catalog import BUILTIN_MODELS, DEFAULT_MODEL, ModelError
+from facesweep.workers.model.formats import FORMATS, UnknownFormatError
+from facesweep.workers.products.anonymize import METHODS
+from facesweep.workers.storage import StorageError
+from facesweep.workers.tuning import Tuning
 
 DEFAULT_MAX_ERROR_RATE = 0.1
 DEFAULT_REPORT = "facesweep-report"

@@ -6,7 +6,8 @@
   `num_keypoints` 0 when the model has no landmarks), `categories` (one: face, its five keypoint names).
   Images that could not be read are not COCO images (they have no size): they are listed under the extra
   key `errors` as `{"file_name": ..., "error": reason}`.
-- `csv`, `flat-parquet`: the columns of `workers.output.FLAT_SCHEMA`, one row per face and one (face
+- `csv`, `flat-parquet`: the columns of
+  `facesweep.workers.output.reader.FLAT_SCHEMA`, one row per face and one (face
   columns null) per image without any: every image of the output is there.
 
 `--min-score` keeps the faces scoring at least that much, in every format.
@@ -25,8 +26,15 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from workers.output import BOX, LANDMARK_COLUMNS, LANDMARK_NAMES, flat_faces, one_row_per_image, read_output
-from workers.storage import is_s3_uri, join, storage_for
+from facesweep.workers.output.reader import (
+    BOX,
+    LANDMARK_COLUMNS,
+    LANDMARK_NAMES,
+    flat_faces,
+    one_row_per_image,
+    read_output,
+)
+from facesweep.workers.storage import is_s3_uri, join, storage_for
 
 DEFAULT_FILES = {"coco": "faces.coco.json", "csv": "faces.csv", "flat-parquet": "faces.parquet"}
 """Where each format goes without `--out` (the current directory), or in the folder `--out` names."""

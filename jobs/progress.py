@@ -7,7 +7,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from workers.job_progress import JobProgress
+from facesweep.workers.job.progress import JobProgress
 
 
 class TerminalProgress:

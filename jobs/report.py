@@ -34,17 +34,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from workers.annotations import read_ground_truth
-from workers.anonymize import AnonymizeSettings, copy_extension, copy_uri
-from workers.containers import ContainerSettings, Member, fetch_members
-from workers.errors import line_of
-from workers.evaluate import OMZ_HEIGHT_RANGE, evaluate
-from workers.faces import Faces
-from workers.images import decode_image
-from workers.job_record import read_record
-from workers.matching import match_by_suffix, match_faces
-from workers.output import faces_per_image, read_output
-from workers.storage import storage_for
+from facesweep.workers.errors import line_of
+from facesweep.workers.evaluation.annotations import read_ground_truth
+from facesweep.workers.evaluation.evaluate import OMZ_HEIGHT_RANGE, evaluate
+from facesweep.workers.evaluation.matching import match_by_suffix, match_faces
+from facesweep.workers.faces import Faces
+from facesweep.workers.inputs.containers import ContainerSettings, Member, fetch_members
+from facesweep.workers.inputs.images import decode_image
+from facesweep.workers.output.reader import faces_per_image, read_output
+from facesweep.workers.output.record import read_record
+from facesweep.workers.products.anonymize import AnonymizeSettings, copy_extension, copy_uri
+from facesweep.workers.storage import storage_for
 
 THUMB_WIDTH = 320
 COPY_THUMBS, COPY_FULL = "anonymized/thumbs", "anonymized/full"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.local_s3 import LocalS3, start_local_s3
+from infra.local_s3 import LocalS3, start_local_s3
 
 # Telemetry opt-outs, set at import time so they are in place before any test imports ray or openvino
 # (so this file must not import them at module level) and are inherited by processes tests start.

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from workers.detector import Detector, Timings
-from workers.faces import Faces
-from workers.runtime import infer
-from workers.views import Prepared
+from facesweep.workers.faces import Faces
+from facesweep.workers.model.detector import Detector, Timings
+from facesweep.workers.model.runtime import infer
+from facesweep.workers.model.views import Prepared
 
 
 def detect(detector: Detector, prepared: Sequence[Prepared]) -> list[Faces]:

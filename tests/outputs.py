@@ -11,11 +11,11 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from jobs.demo import WIDER_SUBSET, sample_photos
-from workers.driver import JobConfig, run_job
-from workers.model_plan import DetectorSettings
-from workers.models import DEFAULT_MODEL
-from workers.sink import SCHEMA
+from facesweep.workers.job.driver import JobConfig, run_job
+from facesweep.workers.model.catalog import DEFAULT_MODEL
+from facesweep.workers.model.plan import DetectorSettings
+from facesweep.workers.output.writer import SCHEMA
+from infra.demo import WIDER_SUBSET, sample_photos
 
 SUBSET_ANNOTATIONS = WIDER_SUBSET.parent / "annotations.txt"
 BROKEN = "skimage/broken.jpg"

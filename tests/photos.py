@@ -7,7 +7,7 @@ import struct
 import cv2
 import numpy as np
 
-from jobs.demo import sample_photos
+from infra.demo import sample_photos
 
 # The face in scikit-image's astronaut.png, read off a pixel grid by eye: forehead below the fringe
 # to chin, cheek to cheek; and the five landmarks (eyes' pupils, nose tip, mouth corners).

@@ -15,18 +15,18 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
-from jobs.api import job_config
-from jobs.report import write_report
+from facesweep.api import job_config
+from facesweep.report import write_report
+from facesweep.workers.evaluation.annotations import read_ground_truth
+from facesweep.workers.evaluation.matching import match_faces
+from facesweep.workers.inputs.listing import InputError
+from facesweep.workers.job.driver import run_job
+from facesweep.workers.job.ledger import OutputConflictError
+from facesweep.workers.products.anonymize import AnonymizeSettings, copy_uri, hide_faces, jpeg_quality
+from facesweep.workers.storage import ObjectError
 from tests.browser import CHROMIUM, chromium
 from tests.outputs import SUBSET_ANNOTATIONS, WIDER_SUBSET
 from tests.photos import astronaut, encode, exif_jpeg
-from workers.annotations import read_ground_truth
-from workers.anonymize import AnonymizeSettings, copy_uri, hide_faces, jpeg_quality
-from workers.driver import run_job
-from workers.inputs import InputError
-from workers.ledger import OutputConflictError
-from workers.matching import match_faces
-from workers.storage import ObjectError
 
 PHOTOS = 8
 THRESHOLD = 0.3

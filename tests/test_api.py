@@ -10,9 +10,9 @@ import pyarrow.dataset as ds
 import pytest
 
 import facesweep
-from jobs.demo import sample_photos
+from facesweep.workers.model.nms import pairwise_iou
+from infra.demo import sample_photos
 from tests.photos import ASTRONAUT_FACE
-from workers.nms import pairwise_iou
 
 MODEL = "retinaface-mnet025"
 

@@ -12,16 +12,16 @@ import cv2
 import numpy as np
 import pytest
 
-from jobs.demo import sample_photos
-from jobs.local_s3 import LocalS3
+from facesweep.workers.inputs.images import MAX_PIXELS, ImageError, decode_image, image_format, image_size
+from facesweep.workers.inputs.listing import InputError, list_uris
+from facesweep.workers.job.driver import JobConfig, run_job
+from facesweep.workers.model.nms import pairwise_iou
+from facesweep.workers.model.plan import DetectorSettings
+from facesweep.workers.storage import ObjectError, storage_for
+from infra.demo import sample_photos
+from infra.local_s3 import LocalS3
 from tests.outputs import read_rows
 from tests.photos import ASTRONAUT_FACE, astronaut, encode, exif_jpeg
-from workers.driver import JobConfig, run_job
-from workers.images import MAX_PIXELS, ImageError, decode_image, image_format, image_size
-from workers.inputs import InputError, list_uris
-from workers.model_plan import DetectorSettings
-from workers.nms import pairwise_iou
-from workers.storage import ObjectError, storage_for
 
 TOO_LARGE = f"image too large: 30000x30000 px (limit {MAX_PIXELS / 1e6:g} MP)"
 NOT_AN_IMAGE = "not an image (unrecognised format)"

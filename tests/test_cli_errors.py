@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jobs.demo import sample_photos
-from jobs.local_s3 import LocalS3
+from infra.demo import sample_photos
+from infra.local_s3 import LocalS3
 from tests.paths import MODELS
 
 
 def facesweep(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "run", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "facesweep.cli", "run", *args], capture_output=True, text=True, timeout=120
     )
 
 
@@ -169,7 +169,15 @@ def test_ctrl_c_stops_the_job_and_says_how_to_resume(tmp_path: Path) -> None:
     photos = [path for _, path in sample_photos()]
     for i in range(24):
         (folder / f"{i:02d}-{photos[i % len(photos)].name}").write_bytes(photos[i % len(photos)].read_bytes())
-    command = [sys.executable, "-m", "jobs.cli", "run", str(folder), str(tmp_path / "out"), "--shard-size=1"]
+    command = [
+        sys.executable,
+        "-m",
+        "facesweep.cli",
+        "run",
+        str(folder),
+        str(tmp_path / "out"),
+        "--shard-size=1",
+    ]
     job = subprocess.Popen(
         [*command, "--actors=1", "--cpus-per-actor=1"],
         stderr=subprocess.PIPE,
@@ -198,7 +206,9 @@ def test_bad_flags_get_one_line_and_exit_1(photo: Path, tmp_path: Path) -> None:
     ):
         assert_one_line_error(facesweep(str(photo), out, *args), fragment)
     assert not (tmp_path / "out").exists()
-    shown = subprocess.run([sys.executable, "-m", "jobs.cli", "--version"], capture_output=True, text=True)
+    shown = subprocess.run(
+        [sys.executable, "-m", "facesweep.cli", "--version"], capture_output=True, text=True
+    )
     assert shown.returncode == 0 and re.fullmatch(r"facesweep \d+\.\d+\.\d+\n", shown.stdout)
 
 

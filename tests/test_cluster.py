@@ -23,13 +23,13 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
-from jobs.demo import sample_photos
-from jobs.local_s3 import LocalS3, _PortPicker
+from facesweep.workers.errors import JobError
+from facesweep.workers.job.driver import JobConfig, run_job
+from facesweep.workers.model.catalog import ModelError, model_checksum, resolve_model
+from facesweep.workers.model.plan import DetectorSettings
+from infra.demo import sample_photos
+from infra.local_s3 import LocalS3, _PortPicker
 from tests.paths import MODELS
-from workers.driver import JobConfig, run_job
-from workers.errors import JobError
-from workers.model_plan import DetectorSettings
-from workers.models import ModelError, model_checksum, resolve_model
 
 RAY = Path(sys.executable).with_name("ray")
 FACESWEEP = Path(sys.executable).with_name("facesweep")

@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 import yaml
 
-from jobs.cli import build_parser, config_from_args, main
-from jobs.config import ConfigError, run_arguments, spec_actions, subcommand
+from facesweep.cli import build_parser, config_from_args, main
+from facesweep.specs import ConfigError, run_arguments, spec_actions, subcommand
+from facesweep.workers.evaluation.evaluate import evaluate
+from facesweep.workers.job.driver import JobConfig
+from facesweep.workers.output.record import job_identity
+from facesweep.workers.tuning import Tuning
 from tests.paths import ROOT, WIDER_SUBSET
-from workers.driver import JobConfig
-from workers.evaluate import evaluate
-from workers.job_record import job_identity
-from workers.tuning import Tuning
 
 SPECS = sorted((ROOT / "jobs").glob("*.yaml"))
 WIDER = WIDER_SUBSET

@@ -14,18 +14,24 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.demo import sample_photos
-from jobs.export import export
-from jobs.local_s3 import LocalS3
-from jobs.report import write_report
-from workers.containers import ContainerSettings, expand, fetch_members, piece_uri, read_piece
-from workers.driver import JobConfig, run_job
-from workers.evaluate import evaluate
-from workers.inputs import list_images
-from workers.ledger import OutputConflictError
-from workers.model_plan import DetectorSettings
-from workers.sink import SCHEMA
-from workers.storage import request_counts
+from facesweep.export import export
+from facesweep.report import write_report
+from facesweep.workers.evaluation.evaluate import evaluate
+from facesweep.workers.inputs.containers import (
+    ContainerSettings,
+    expand,
+    fetch_members,
+    piece_uri,
+    read_piece,
+)
+from facesweep.workers.inputs.listing import list_images
+from facesweep.workers.job.driver import JobConfig, run_job
+from facesweep.workers.job.ledger import OutputConflictError
+from facesweep.workers.model.plan import DetectorSettings
+from facesweep.workers.output.writer import SCHEMA
+from facesweep.workers.storage import request_counts
+from infra.demo import sample_photos
+from infra.local_s3 import LocalS3
 
 PHOTOS = 8
 LONG_NAME = "ünïcode-" + "x" * 120  # a pax header (non-ASCII, over 100 bytes) before its member

@@ -19,10 +19,14 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from jobs.api import job_config
-from tests.outputs import assert_one_crop_per_face, read_crops
-from tests.paths import MODELS, WIDER_SUBSET
-from workers.crops import (
+from facesweep.api import job_config
+from facesweep.workers.faces import Faces
+from facesweep.workers.inputs.images import decode_image
+from facesweep.workers.inputs.listing import InputError
+from facesweep.workers.job.driver import run_job
+from facesweep.workers.job.ledger import Ledger, OutputConflictError
+from facesweep.workers.output.writer import ImageResult, put_table, results_table, shard_path, write_parquet
+from facesweep.workers.products.crops import (
     CropSettings,
     crop_part_path,
     crop_shard_path,
@@ -30,13 +34,9 @@ from workers.crops import (
     image_crops,
     warped_crops,
 )
-from workers.driver import run_job
-from workers.faces import Faces
-from workers.images import decode_image
-from workers.inputs import InputError
-from workers.ledger import Ledger, OutputConflictError
-from workers.sink import ImageResult, put_table, results_table, shard_path, write_parquet
-from workers.storage import storage_for
+from facesweep.workers.storage import storage_for
+from tests.outputs import assert_one_crop_per_face, read_crops
+from tests.paths import MODELS, WIDER_SUBSET
 
 PHOTOS = 6
 SSD_MODEL = MODELS / "face-detection-0204" / "FP16" / "face-detection-0204.xml"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
-from jobs.demo import sample_photos
+from infra.demo import sample_photos
 from tests.paths import ROOT
 
 
@@ -19,7 +19,7 @@ from tests.paths import ROOT
 def test_demo_runs_and_leaves_a_readable_copy(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     result = subprocess.run(
-        [sys.executable, "-m", "jobs.demo", "--copy-to", str(tmp_path / "copy")],
+        [sys.executable, "-m", "infra.demo", "--copy-to", str(tmp_path / "copy")],
         capture_output=True,
         text=True,
         timeout=600,

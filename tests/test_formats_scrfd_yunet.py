@@ -14,19 +14,19 @@ import numpy as np
 import openvino as ov
 import pytest
 
-from jobs.demo import sample_photos
+from facesweep.workers.inputs.images import decode_image
+from facesweep.workers.model.catalog import ModelError
+from facesweep.workers.model.detector import Detector
+from facesweep.workers.model.formats import FORMATS, detect_format, scrfd, yunet
+from facesweep.workers.model.formats.base import DecodeSettings, OutputInfo
+from facesweep.workers.model.nms import pairwise_iou
+from facesweep.workers.model.plan import DetectorSettings, inspect_model
+from facesweep.workers.model.runtime import output_infos, read_model
+from facesweep.workers.model.views import Prepared
+from infra.demo import sample_photos
 from tests.detection import detect, raw_outputs
 from tests.paths import SHARED
 from tests.references import reference_loop
-from workers.detector import Detector
-from workers.formats import FORMATS, detect_format, scrfd, yunet
-from workers.formats.base import DecodeSettings, OutputInfo
-from workers.images import decode_image
-from workers.model_plan import DetectorSettings, inspect_model
-from workers.models import ModelError
-from workers.nms import pairwise_iou
-from workers.runtime import output_infos, read_model
-from workers.views import Prepared
 
 MODELS = SHARED / "models"
 SCRFD_500M = MODELS / "scrfd" / "scrfd_500m_bnkps.onnx"

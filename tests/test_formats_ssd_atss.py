@@ -7,18 +7,18 @@ from functools import cache
 import numpy as np
 import pytest
 
-from jobs.demo import sample_photos
+from facesweep.workers.faces import Faces
+from facesweep.workers.inputs.images import decode_image
+from facesweep.workers.model.catalog import ModelError
+from facesweep.workers.model.detector import Detector
+from facesweep.workers.model.formats import FORMATS, boxes_labels, detect_format, ssd
+from facesweep.workers.model.formats.base import DecodeSettings, OutputInfo
+from facesweep.workers.model.plan import DetectorSettings
+from facesweep.workers.model.runtime import output_infos, read_model
+from facesweep.workers.model.views import Prepared
+from infra.demo import sample_photos
 from tests.detection import detect, raw_outputs
 from tests.paths import SHARED
-from workers.detector import Detector
-from workers.faces import Faces
-from workers.formats import FORMATS, boxes_labels, detect_format, ssd
-from workers.formats.base import DecodeSettings, OutputInfo
-from workers.images import decode_image
-from workers.model_plan import DetectorSettings
-from workers.models import ModelError
-from workers.runtime import output_infos, read_model
-from workers.views import Prepared
 
 MODELS = SHARED / "models"
 WIDER = SHARED / "data" / "widerface" / "val-subset-145" / "images"

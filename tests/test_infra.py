@@ -24,8 +24,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from ray.dashboard.modules.job.cli import submit
 
-from jobs.cli import build_parser, config_from_args
-from jobs.config import run_arguments
+from facesweep.cli import build_parser, config_from_args
+from facesweep.specs import run_arguments
 from tests.paths import ROOT
 
 INFRA = ROOT / "infra"

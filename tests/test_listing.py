@@ -13,12 +13,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.local_s3 import LocalS3
-from workers import inputs, sorted_runs
-from workers.driver import JobConfig, dry_run
-from workers.inputs import InputError, list_images, list_uris
-from workers.model_plan import DetectorSettings
-from workers.storage import ObjectError, request_counts, storage_for
+from facesweep.workers.inputs import listing as inputs
+from facesweep.workers.inputs import sorted_runs
+from facesweep.workers.inputs.listing import InputError, list_images, list_uris
+from facesweep.workers.job.driver import JobConfig, dry_run
+from facesweep.workers.model.plan import DetectorSettings
+from facesweep.workers.storage import ObjectError, request_counts, storage_for
+from infra.local_s3 import LocalS3
 
 
 def put(client, bucket: str, keys: list[str]) -> None:

@@ -1,4 +1,4 @@
-"""Tests for jobs.local_s3 against a real SeaweedFS server (no mocks)."""
+"""Tests for infra.local_s3 against a real SeaweedFS server (no mocks)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from jobs import local_s3 as local_s3_module
-from jobs.local_s3 import LocalS3, LocalS3Error, S3Credentials, start_local_s3
+from infra import local_s3 as local_s3_module
+from infra.local_s3 import LocalS3, LocalS3Error, S3Credentials, start_local_s3
 from tests.paths import ROOT
 
 REFUSED_CODES = {"AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId"}
@@ -210,7 +210,7 @@ def test_random_credentials_differ_and_hide_secret() -> None:
 @pytest.mark.timeout(120)
 def test_cli_prints_exports_and_stops_on_sigterm(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jobs.local_s3", "--dir", str(tmp_path / "cli")],
+        [sys.executable, "-m", "infra.local_s3", "--dir", str(tmp_path / "cli")],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

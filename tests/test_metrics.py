@@ -13,11 +13,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from jobs.demo import sample_photos
+from facesweep.workers.errors import ErrorKind, internal_failure, take_tracebacks
+from facesweep.workers.inputs.images import ImageError, decode_image
+from facesweep.workers.job.metrics import error_kinds
+from infra.demo import sample_photos
 from tests.paths import ROOT
-from workers.errors import ErrorKind, internal_failure, take_tracebacks
-from workers.images import ImageError, decode_image
-from workers.metrics import error_kinds
 
 
 def image_error(data: bytes) -> ImageError:
@@ -59,8 +59,8 @@ def test_error_kinds_are_typed_values_carried_with_the_result() -> None:
 METRICS_JOB = """
 import json, re, socket, sys, time, urllib.request
 import ray
-from workers.model_plan import DetectorSettings
-from workers.driver import JobConfig, run_job
+from facesweep.workers.model.plan import DetectorSettings
+from facesweep.workers.job.driver import JobConfig, run_job
 
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0))

@@ -10,12 +10,12 @@ import cv2
 import numpy as np
 import pytest
 
+from facesweep.workers.faces import Faces
+from facesweep.workers.model.detector import Detector
+from facesweep.workers.model.nms import pairwise_intersection, pairwise_iou
+from facesweep.workers.model.plan import DetectorSettings
 from tests.detection import detect
 from tests.paths import SHARED
-from workers.detector import Detector
-from workers.faces import Faces
-from workers.model_plan import DetectorSettings
-from workers.nms import pairwise_intersection, pairwise_iou
 
 IMAGES = SHARED / "data" / "widerface" / "val-subset-145" / "images"
 pytestmark = pytest.mark.skipif(not IMAGES.is_dir(), reason="needs ../shared (WIDER FACE val-subset-145)")

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
+from facesweep.workers.model.nms import nms
 from tests.references import reference_loop
-from workers.nms import nms
 
 
 def random_boxes(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:

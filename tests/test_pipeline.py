@@ -14,16 +14,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.demo import sample_photos
-from jobs.local_s3 import LocalS3
+from facesweep.workers.job.driver import JobConfig, run_job
+from facesweep.workers.job.pipeline import ImagePipeline
+from facesweep.workers.model.detector import Detector, Timings
+from facesweep.workers.model.nms import pairwise_iou
+from facesweep.workers.model.plan import DetectorSettings
+from facesweep.workers.output.writer import ImageResult
+from infra.demo import sample_photos
+from infra.local_s3 import LocalS3
 from tests.outputs import read_rows
 from tests.photos import ASTRONAUT_FACE, ASTRONAUT_LANDMARKS, astronaut
-from workers.detector import Detector, Timings
-from workers.driver import JobConfig, run_job
-from workers.model_plan import DetectorSettings
-from workers.nms import pairwise_iou
-from workers.pipeline import ImagePipeline
-from workers.sink import ImageResult
 
 FACELESS = ("skimage/coffee.png", "skimage/rocket.jpg")
 

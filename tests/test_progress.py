@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from jobs.progress import TerminalProgress
-from workers.job_progress import JobProgress
-from workers.shards import Shard, read_ahead
+from facesweep.progress import TerminalProgress
+from facesweep.workers.job.progress import JobProgress
+from facesweep.workers.job.shards import Shard, read_ahead
 
 
 class PlanFailed(RuntimeError):

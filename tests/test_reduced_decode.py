@@ -7,14 +7,14 @@ import cv2
 import numpy as np
 import pytest
 
+from facesweep.workers.faces import Faces
+from facesweep.workers.inputs.images import decode_image, decode_reduced
+from facesweep.workers.model.detector import Detector
+from facesweep.workers.model.nms import pairwise_iou
+from facesweep.workers.model.plan import DetectorSettings
 from tests.detection import detect
 from tests.paths import MODELS, WIDER_SUBSET
 from tests.photos import astronaut, exif_jpeg
-from workers.detector import Detector
-from workers.faces import Faces
-from workers.images import decode_image, decode_reduced
-from workers.model_plan import DetectorSettings
-from workers.nms import pairwise_iou
 
 SUBSET = WIDER_SUBSET / "images"
 CROWD = SUBSET / "0--Parade" / "0_Parade_Parade_0_102.jpg"

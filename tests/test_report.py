@@ -11,17 +11,17 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from jobs.cli import main
-from jobs.local_s3 import LocalS3
-from jobs.report import write_report
+from facesweep.cli import main
+from facesweep.report import write_report
+from facesweep.workers.evaluation.annotations import read_ground_truth
+from facesweep.workers.evaluation.evaluate import evaluate
+from facesweep.workers.inputs.images import decode_image
+from facesweep.workers.output.reader import read_output
+from facesweep.workers.output.writer import write_parquet
+from facesweep.workers.storage import storage_for
+from infra.local_s3 import LocalS3
 from tests.browser import CHROMIUM, chromium
 from tests.outputs import BROKEN, SUBSET_ANNOTATIONS, photo_folder, run_small_job
-from workers.annotations import read_ground_truth
-from workers.evaluate import evaluate
-from workers.images import decode_image
-from workers.output import read_output
-from workers.sink import write_parquet
-from workers.storage import storage_for
 
 TILE = re.compile(r"<figure class=tile title='([^']*)'([^>]*)>(.*?)</figure>", re.DOTALL)
 needs_shared = pytest.mark.skipif(

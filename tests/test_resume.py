@@ -14,16 +14,16 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.cli import build_parser, config_from_args
-from jobs.config import run_arguments
-from jobs.demo import sample_photos
-from workers.crops import CropSettings
-from workers.driver import JobConfig, run_job
-from workers.ledger import OutputConflictError
-from workers.model_plan import DetectorSettings
-from workers.models import model_checksum, resolve_model
-from workers.sink import SHARDS_KEY, shard_path, write_parquet
-from workers.storage import storage_for
+from facesweep.cli import build_parser, config_from_args
+from facesweep.specs import run_arguments
+from facesweep.workers.job.driver import JobConfig, run_job
+from facesweep.workers.job.ledger import OutputConflictError
+from facesweep.workers.model.catalog import model_checksum, resolve_model
+from facesweep.workers.model.plan import DetectorSettings
+from facesweep.workers.output.writer import SHARDS_KEY, shard_path, write_parquet
+from facesweep.workers.products.crops import CropSettings
+from facesweep.workers.storage import storage_for
+from infra.demo import sample_photos
 
 PHOTOS = 10
 
@@ -186,7 +186,7 @@ def test_dry_run_plans_without_ray_or_writing(photos: Path, tmp_path: Path) -> N
     command = [
         sys.executable,
         "-m",
-        "jobs.cli",
+        "facesweep.cli",
         "run",
         str(photos),
         str(output),
@@ -203,7 +203,15 @@ def test_dry_run_plans_without_ray_or_writing(photos: Path, tmp_path: Path) -> N
 
 def test_model_checksum_pin(photos: Path, tmp_path: Path) -> None:
     checksum = model_checksum(resolve_model("retinaface-mnet025"))
-    command = [sys.executable, "-m", "jobs.cli", "run", str(photos), str(tmp_path / "out"), "--model-sha256"]
+    command = [
+        sys.executable,
+        "-m",
+        "facesweep.cli",
+        "run",
+        str(photos),
+        str(tmp_path / "out"),
+        "--model-sha256",
+    ]
     wrong = subprocess.run([*command, "0" * 64], capture_output=True, text=True, timeout=120)
     assert wrong.returncode == 1 and f"has SHA-256 {checksum}, not {'0' * 64}" in wrong.stderr
     assert not (tmp_path / "out").exists()
@@ -227,7 +235,7 @@ def test_resume_takes_every_setting_from_output(photos: Path, tmp_path: Path, ra
     argv = ["run", "--resume", str(output)]
     resumed = config_from_args(run_arguments(parser, argv, parser.parse_args(argv)))
     assert resumed == config
-    command = [sys.executable, "-m", "jobs.cli", "run", "--resume", str(output)]
+    command = [sys.executable, "-m", "facesweep.cli", "run", "--resume", str(output)]
     again = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and again.stdout.startswith("nothing to do"), again
     other = subprocess.run(

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from benchmarks.scale import BUCKET, Bench, latency_proxy
-from jobs.local_s3 import LocalS3
+from infra.local_s3 import LocalS3
 
 pytestmark = pytest.mark.slow
 IMAGES = 3000

@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jobs.demo import sample_photos
-from jobs.local_s3 import LocalS3
+from infra.demo import sample_photos
+from infra.local_s3 import LocalS3
 from tests.paths import ROOT
 
 
@@ -26,7 +26,7 @@ def test_credentials_never_written_and_keys_cannot_escape_output(local_s3: Local
     manifest = "\n".join([*(f"s3://secure/in/{name}" for name in names), dotted])
     client.put_object(Bucket="secure", Key="manifest.txt", Body=manifest.encode())
     result = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "run", "s3://secure/manifest.txt", "s3://secure/out"],
+        [sys.executable, "-m", "facesweep.cli", "run", "s3://secure/manifest.txt", "s3://secure/out"],
         capture_output=True,
         text=True,
         timeout=300,

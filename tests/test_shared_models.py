@@ -13,12 +13,12 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
-from jobs.cli import main as facesweep
+from facesweep.cli import main as facesweep
+from facesweep.workers.evaluation.annotations import read_ground_truth, read_predictions
+from facesweep.workers.evaluation.matching import match_by_suffix, recall
+from facesweep.workers.model.catalog import model_checksum, resolve_model
+from facesweep.workers.model.formats.known import recognise
 from tests.paths import SHARED
-from workers.annotations import read_ground_truth, read_predictions
-from workers.formats.known import recognise
-from workers.matching import match_by_suffix, recall
-from workers.models import model_checksum, resolve_model
 
 SUBSET = SHARED / "data" / "widerface" / "val-subset-145"
 MODELS = SHARED / "models"

@@ -12,14 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jobs.cli import main
+from facesweep.cli import main
+from facesweep.workers.evaluation.annotations import (
+    GroundTruth,
+    Predictions,
+    read_ground_truth_with_settings,
+    read_wider_txt,
+)
+from facesweep.workers.evaluation.evaluate import omz_ap, omz_difficult, omz_faces, wider_ap
+from facesweep.workers.evaluation.matching import match_by_suffix
+from facesweep.workers.faces import Faces
+from facesweep.workers.output.writer import ImageResult, results_table, write_parquet
+from facesweep.workers.storage import storage_for
 from tests.paths import WIDER
-from workers.annotations import GroundTruth, Predictions, read_ground_truth_with_settings, read_wider_txt
-from workers.evaluate import omz_ap, omz_difficult, omz_faces, wider_ap
-from workers.faces import Faces
-from workers.matching import match_by_suffix
-from workers.sink import ImageResult, results_table, write_parquet
-from workers.storage import storage_for
 
 REFERENCE = WIDER / "reference-predictions" / "retinaface-mnet025"
 PREDICTIONS = REFERENCE / "widerface_txt"

@@ -1,0 +1,1 @@
+"""Accuracy: ground-truth annotations, pairing images and faces, WIDER/VOC average precision."""

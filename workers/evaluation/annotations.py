@@ -1,0 +1,192 @@
+"""The two sides of an evaluation, read into arrays: ground truth (WIDER FACE's one-line-per-face
+annotations, or its own `wider_face_val_bbx_gt.txt` layout) and predictions (a facesweep output, read
+by `workers/output/reader.py`, or a folder of official WIDER txt predictions).
+
+Boxes are `[N, 4]` arrays of `x1, y1, x2, y2` in original-image pixels, with `x2 = x + w` (no "+1" pixel
+convention): float32, except `read_wider_txt`'s, which stay float64 as the official script reads them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from facesweep.workers.output.reader import faces_per_image, read_rows
+from facesweep.workers.storage import is_s3_uri
+
+Predictions = tuple[np.ndarray, np.ndarray]  # boxes [N, 4], scores [N]: float32 (float64 from WIDER txt)
+
+SETTINGS = ("easy", "medium", "hard")
+# the flags in `relpath x y w h blur expression illumination invalid occlusion pose easy medium hard`
+SETTING_COLUMNS = (11, 12, 13)
+
+
+class GroundTruth(NamedTuple):
+    """One image's faces: `boxes [N, 4]` float32 and, when the file has the columns, `positives [N, 3]` bool:
+    whether each face counts as a positive in the easy, medium and hard settings (else None)."""
+
+    boxes: np.ndarray
+    positives: np.ndarray | None
+
+
+def read_ground_truth(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """`image_relpath -> boxes [N, 4]` from an annotations file (`relpath x y w h ...` per face), or
+    one in the layout of WIDER FACE's own `wider_face_val_bbx_gt.txt` (relpath, count, then the faces).
+
+    `#` starts a comment; columns after `h` are ignored; images keep the order they first appear in.
+    """
+    return {name: truth.boxes for name, truth in _read_annotations(path, with_settings=False).items()}
+
+
+def read_ground_truth_with_settings(path: str | os.PathLike[str]) -> dict[str, GroundTruth]:
+    """`image_relpath -> GroundTruth` from an annotations file, with the easy/medium/hard flags when present.
+
+    The flags are columns 12-14 (`relpath x y w h blur expression illumination invalid occlusion pose easy
+    medium hard`, 1 = a positive in that setting, 0 = ignored there); a file whose first face has fewer
+    columns gives `positives=None` for every image. Otherwise as `read_ground_truth`.
+    """
+    return _read_annotations(path, with_settings=True)
+
+
+def _read_annotations(path: str | os.PathLike[str], with_settings: bool) -> dict[str, GroundTruth]:
+    text = Path(path).read_text()
+    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    order = None
+    if _is_official_layout(lines):
+        lines, order = _one_line_per_face(lines, path)
+    if not lines:
+        return {name: GroundTruth(np.zeros((0, 4), np.float32), None) for name in order or ()}
+    settings = with_settings and len(lines[0].split()) > max(SETTING_COLUMNS)
+    try:
+        numbers = np.loadtxt(lines, np.float32, usecols=[1, 2, 3, 4, *(SETTING_COLUMNS if settings else ())])
+    except ValueError as error:
+        raise ValueError(f"{path}: not `relpath x y w h ...` on every line ({error})") from None
+    numbers = numbers.reshape(len(lines), -1)
+    xywh, flags = numbers[:, :4], (numbers[:, 4:] > 0 if settings else None)
+    names_column = np.array([line.split(None, 1)[0] for line in lines])
+    boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+    names, first, inverse = np.unique(names_column, return_index=True, return_inverse=True)
+    order_of_lines = np.argsort(inverse, kind="stable")
+    splits = np.cumsum(np.bincount(inverse))[:-1]
+    groups = np.split(boxes[order_of_lines], splits)
+    flag_groups = np.split(flags[order_of_lines], splits) if flags is not None else [None] * len(names)
+    found = {str(names[i]): GroundTruth(groups[i], flag_groups[i]) for i in np.argsort(first)}
+    if order is None:
+        return found
+    none = GroundTruth(np.zeros((0, 4), np.float32), None)
+    return {name: found.get(name, none) for name in order}
+
+
+def _is_official_layout(lines: list[str]) -> bool:
+    """WIDER FACE's own `wider_face_val_bbx_gt.txt`: an image's relpath alone on a line, then its number
+    of faces, then one `x y w h blur expression illumination invalid occlusion pose` line per face."""
+    return len(lines) > 1 and len(lines[0].split()) == 1 and lines[1].strip().isdigit()
+
+
+def _one_line_per_face(lines: list[str], path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+    """The official layout as `relpath x y w h ...` lines, and every image's relpath in order (an image
+    without faces has one line of zeros in the file, and no box)."""
+    faces, names, i = [], [], 0
+    while i < len(lines):
+        name, count = lines[i].strip(), lines[i + 1].strip() if i + 1 < len(lines) else ""
+        if len(name.split()) != 1 or not count.isdigit():
+            raise ValueError(
+                f"{path}: expected an image's relpath, then its number of faces, at {name!r} "
+                "(the layout of WIDER FACE's wider_face_val_bbx_gt.txt)"
+            )
+        boxes = lines[i + 2 : i + 2 + int(count)]
+        if len(boxes) < int(count):
+            raise ValueError(f"{path}: {name} has {count} faces but the file ends after {len(boxes)}")
+        names.append(name)
+        faces += [f"{name} {box}" for box in boxes]
+        i += 2 + int(count)
+        if int(count) == 0 and i < len(lines) and len(lines[i].split()) > 1:
+            i += 1  # the zeros line
+    return faces, names
+
+
+def read_wider_txt(folder: str | os.PathLike[str]) -> dict[str, Predictions]:
+    """`<event>/<name>.jpg -> (boxes [N, 4], scores [N])` from official WIDER FACE prediction files.
+
+    The layout the official evaluation reads: `folder/<event>/<name>.txt`, each holding the image name, the
+    number of faces, then one `x y w h score` line per face. The relpath is the event folder and the image
+    name from the file's first line (`.jpg` added when it has no extension). Boxes and scores stay float64
+    as the official script parses them, so that `wider_ap` gives its figures to the last digit. Raises
+    FileNotFoundError for a missing folder and ValueError for a malformed file or an empty folder.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{folder}: no such directory")
+    predictions: dict[str, Predictions] = {}
+    for file in sorted(root.glob("*/*.txt")):
+        head, _, rest = file.read_text().partition("\n")
+        count_line, _, body = rest.partition("\n")
+        name = head.strip().rsplit("/", 1)[-1] or f"{file.stem}.jpg"
+        if not Path(name).suffix:
+            name += ".jpg"
+        try:
+            count = int(count_line)
+        except ValueError:
+            raise ValueError(f"{file}: second line {count_line.strip()!r} is not a face count") from None
+        try:
+            values = np.array(body.split(), np.float64)
+        except ValueError as error:
+            raise ValueError(f"{file}: {error}") from None
+        if values.size != 5 * count:
+            raise ValueError(f"{file}: expected {count} lines of `x y w h score`, got {values.size} numbers")
+        values = values.reshape(count, 5)
+        boxes = np.concatenate([values[:, :2], values[:, :2] + values[:, 2:4]], axis=1)
+        predictions[f"{file.parent.name}/{name}"] = (boxes, values[:, 4].copy())
+    if not predictions:
+        raise ValueError(f"{folder}: no WIDER prediction files (<event>/<name>.txt)")
+    return predictions
+
+
+def read_predictions(output: str) -> dict[str, Predictions]:
+    """`uri -> (boxes [N, 4], scores [N])` for every image a facesweep job wrote to `output`.
+
+    `output` is a local directory or `s3://bucket/prefix` (an empty one gives `{}`), read with the job's
+    own storage client (`output.read_rows`).
+    Files whose names start with `_` or `.` (the job file, partial writes) are skipped. Rows with status
+    `error` (null faces) are left out, so those images show up as unmatched in `match_by_suffix` rather
+    than as images without faces. Raises ValueError if a uri appears twice.
+    """
+    table = read_rows(output, ["uri", "faces", "key", "container"])
+    if table is None:
+        return {}
+    table = table.filter(pc.is_valid(table["faces"]))
+    uris = _names(table)
+    if len(set(uris)) != len(uris):
+        raise ValueError(f"{output}: some images appear more than once (an output written by several jobs?)")
+    return {uri: (faces.boxes, faces.scores) for uri, faces in zip(uris, faces_per_image(table), strict=True)}
+
+
+def _names(table: pa.Table) -> list[str]:
+    """The rows' uris; a Parquet container's row named by its key instead of its row number
+    (`table.parquet#0--Parade/x.jpg`, a Hugging Face image's path), so it pairs with ground truth."""
+    row = r"#row=\d+$"
+    by_row = pc.and_(pc.is_valid(table["key"]), pc.match_substring_regex(table["uri"], row))
+    container = pc.replace_substring_regex(table["uri"], row, "")
+    keyed = pc.binary_join_element_wise(container, table["key"], "#")
+    return pc.if_else(by_row, keyed, table["uri"]).to_pylist()
+
+
+def load_predictions(source: str) -> dict[str, Predictions]:
+    """A facesweep output (local directory or s3://) or a folder of official WIDER txt predictions."""
+    if is_s3_uri(source):
+        return read_predictions(source)
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"{source}: no such file or directory")
+    if not path.is_dir():
+        raise ValueError(f"{source}: not a directory (a facesweep output, or WIDER txt predictions)")
+    if next(path.rglob("*.parquet"), None) is not None:
+        return read_predictions(source)
+    if next(path.glob("*/*.txt"), None) is not None:
+        return read_wider_txt(path)
+    raise ValueError(f"{source}: neither a facesweep output (*.parquet) nor WIDER txt predictions (*/*.txt)")

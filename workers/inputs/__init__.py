@@ -1,0 +1,1 @@
+"""What a job reads: listings, manifests, inventories, containers and image decoding."""

@@ -1,0 +1,261 @@
+"""The job's ledger: what OUTPUT already holds, read in a few requests, so a re-run does exactly what is
+missing, and new images are found without holding the set of done ones.
+
+- `OUTPUT/_job.json`: the job record (`workers/output/record.py`), read here for the identity a re-run
+  must match.
+- `OUTPUT/part-NNNNNN.parquet`: compacted results; `OUTPUT/_shards/shard-NNNNNNNNN.parquet`: committed
+  shards not yet compacted (sink.py); with --crops, `OUTPUT/_crops/` holds the crops of each (a shard's
+  crops file is written before it, a part's before it): a crops file whose data file is not committed,
+  or whose data file's footer counts no crops, is left from a kill, and removed. The data files are
+  the ledger: an image is done exactly when its row is in one of them. Their footers hold their counts
+  (and a part's shards), their rows are sorted by uri, so reading the ledger is one LIST, a footer GET
+  per file, and the uri columns streamed a row group at a time and merged into one sorted stream
+  (`done`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from facesweep.workers.inputs.sorted_runs import Prefetched, merge_sorted
+from facesweep.workers.job.shards import DONE_SCHEMA
+from facesweep.workers.output.record import JOB_FILE, JobRecord, encode_record, parse_record
+from facesweep.workers.output.writer import (
+    NO_COUNTS,
+    PART_PREFIX,
+    SHARD_FOLDER,
+    Footer,
+    ShardCounts,
+    put_table,
+    read_footer,
+    write_parquet,
+)
+from facesweep.workers.products.crops import CROP_COMPRESSION, CROP_FOLDER
+from facesweep.workers.storage import ObjectInfo, RangedFile, Storage, is_s3_uri, join, storage_for
+
+OLD_PLAN_FOLDER = "_plan"  # written by facesweep before the ledger; --overwrite removes it too
+LEDGER_COLUMNS = ["uri", "etag", "size"]
+FOOTER_READERS = 32
+
+
+class OutputConflictError(ValueError):
+    """OUTPUT holds another job's results; the message says how they differ and what to do."""
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A committed data file: a part (`number`: its part number) or a shard (`number`: its shard index)."""
+
+    uri: str
+    part: bool
+    number: int
+    size: int
+    footer: Footer
+    metadata: pq.FileMetaData  # read once; streaming its rows needs no second footer GET
+
+
+@dataclass
+class Ledger:
+    """OUTPUT as a job finds it: its record (if any) and its committed data files."""
+
+    output: str
+    storage: Storage
+    record: JobRecord | None
+    files: list[DataFile]
+    crop_files: dict[tuple[bool, int], list[str]] = field(default_factory=dict)
+    """The crops files of each committed data file, by (part, number)."""
+
+    @classmethod
+    def read(cls, output: str, read_only: bool = False) -> Ledger:
+        """Reads OUTPUT's record and footers, and removes shard files a compaction had already merged
+        (unless `read_only`: then a missing local OUTPUT is an empty one, not created)."""
+        storage = storage_for(output)
+        if read_only and not is_s3_uri(output) and not Path(output).exists():
+            return cls(output, storage, None, [])
+        storage.make_folder(output)
+        root = output.rstrip("/") + "/"
+        listed = [o for o in storage.list_objects(output) if _kind(o.uri[len(root) :]) is not None]
+        record_uri = join(output, JOB_FILE)
+        record = parse_record(storage.get(record_uri)) if any(o.uri == record_uri for o in listed) else None
+        data = [o for o in listed if _kind(o.uri[len(root) :]) in ("part", "shard")]
+        with ThreadPoolExecutor(FOOTER_READERS, thread_name_prefix="footer") as pool:
+            files = list(pool.map(lambda o: _data_file(o, o.uri[len(root) :]), data))
+        merged = {shard for f in files if f.part for shard in f.footer.shards}
+        stale = {f.uri for f in files if not f.part and f.number in merged}
+        files = [f for f in files if f.uri not in stale]
+        committed = {(f.part, f.number) for f in files if f.footer.counts.crops}  # files with crops
+        crop_files: dict[tuple[bool, int], list[str]] = {}
+        for info in listed:
+            owner = _crops_owner(info.uri[len(root) :])
+            if owner is None:
+                continue
+            if owner in committed:
+                crop_files.setdefault(owner, []).append(info.uri)
+            else:
+                stale.add(info.uri)
+        if not read_only:
+            storage.delete(sorted(stale))
+        return cls(output, storage, record, files, crop_files)
+
+    @property
+    def complete(self) -> bool:
+        return self.record is not None and self.record.complete
+
+    @property
+    def totals(self) -> ShardCounts:
+        return sum((f.footer.counts for f in self.files), NO_COUNTS)
+
+    @property
+    def shards(self) -> list[DataFile]:
+        """Committed shard files not yet in a part file."""
+        return [f for f in self.files if not f.part]
+
+    @property
+    def next_shard(self) -> int:
+        """The first shard index no earlier run used."""
+        used = [f.number for f in self.shards] + [s for f in self.files if f.part for s in f.footer.shards]
+        return max(used, default=-1) + 1
+
+    @property
+    def next_part(self) -> int:
+        return max((f.number for f in self.files if f.part), default=-1) + 1
+
+    def done(self) -> Iterator[pa.Table]:
+        """Every committed image as (uri, etag, size, file: index into `files`), sorted by uri; an image
+        of a container counts through its piece (named in its file's footer), as the listing names it."""
+        pool = ThreadPoolExecutor(FOOTER_READERS, thread_name_prefix="ledger")
+        try:
+            streams = [Prefetched(_rows(f, i), pool) for i, f in enumerate(self.files)]
+            yield from merge_sorted([*streams, [self._pieces()]])
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _pieces(self) -> pa.Table:
+        """The container pieces the files' footers name, as ledger rows, sorted by uri."""
+        rows = [(*piece, i) for i, f in enumerate(self.files) for piece in f.footer.pieces]
+        columns = list(zip(*rows, strict=True)) if rows else [[], [], [], []]
+        arrays = [pa.array(c, f.type) for c, f in zip(columns, DONE_SCHEMA, strict=True)]
+        return pa.table(arrays, schema=DONE_SCHEMA).sort_by("uri")
+
+    def check_identity(self, identity: dict) -> None:
+        """Refuses to mix this job's results with another's in one OUTPUT, naming the old and new values."""
+        if self.record is None:
+            if self.files:
+                raise OutputConflictError(
+                    f"OUTPUT {self.output} already holds {len(self.files)} result files but no "
+                    f"{JOB_FILE}: use --overwrite to replace them, or another OUTPUT"
+                )
+            return
+        previous = self.record.identity
+        differences = sorted(
+            k for k in identity.keys() | previous.keys() if identity.get(k) != previous.get(k)
+        )
+        if differences:
+            changes = "; ".join(f"{k}: {previous.get(k)!r} -> {identity.get(k)!r}" for k in differences)
+            raise OutputConflictError(
+                f"OUTPUT {self.output} holds a job with a different {', '.join(differences)} ({changes}): "
+                "use --overwrite to redo it, or another OUTPUT"
+            )
+
+    def clear(self) -> None:
+        """--overwrite: removes this tool's files (results, record), nothing else in OUTPUT."""
+        root = self.output.rstrip("/") + "/"
+        ours = [uri for uri in self.storage.list(self.output) if _kind(uri[len(root) :]) is not None]
+        self.storage.delete(ours)
+        self.record, self.files = None, []
+
+    def drop_rows(self, by_file: dict[int, list[str]]) -> ShardCounts:
+        """Rewrites each file without the rows of the given uris (changed images to redo; a container's
+        piece: the rows of its images, and the piece from the footer), its crops files first; their
+        counts."""
+        dropped = NO_COUNTS
+        for index, uris in by_file.items():
+            file = self.files[index]
+            table = pq.read_table(pa.BufferReader(self.storage.get(file.uri)))
+            gone = pa.array(uris, pa.string())
+            keep = pc.invert(pc.is_in(table["uri"], gone))
+            if "container" in table.column_names:
+                keep = pc.and_(keep, pc.invert(pc.fill_null(pc.is_in(table["container"], gone), False)))
+            kept = table.filter(keep)
+            gone_rows = table.filter(pc.invert(keep))["uri"].combine_chunks()
+            crops = file.footer.counts.crops - self._drop_crops(file, gone_rows)
+            pieces = [p for p in file.footer.pieces if p[0] not in set(uris)]
+            shards = file.footer.shards
+            counts = write_parquet(kept, self.storage, file.uri, shards, pieces=pieces, crops=crops)
+            dropped += file.footer.counts - counts
+            size = self.storage.size(file.uri)
+            metadata = pq.ParquetFile(RangedFile(file.uri, size)).metadata
+            footer = Footer(counts, file.footer.shards, tuple(pieces))
+            self.files[index] = replace(file, size=size, footer=footer, metadata=metadata)
+        return dropped
+
+    def _drop_crops(self, file: DataFile, gone: pa.Array) -> int:
+        """Rewrites the crops files of `file` without the crops of the images `gone`; how many it dropped."""
+        dropped = 0
+        for uri in self.crop_files.get((file.part, file.number), []):
+            table = pq.read_table(pa.BufferReader(self.storage.get(uri)))
+            keep = pc.invert(pc.is_in(table["uri"], gone))
+            kept = table.filter(keep)
+            if kept.num_rows < table.num_rows:
+                put_table(self.storage, uri, kept, CROP_COMPRESSION)
+                dropped += table.num_rows - kept.num_rows
+        return dropped
+
+    def write_record(self, record: JobRecord) -> None:
+        self.record = record
+        self.storage.put(join(self.output, JOB_FILE), encode_record(record))
+
+
+def _kind(relative: str) -> str | None:
+    """Which of facesweep's files `relative` (a path below OUTPUT) is: part, shard, record, crops or old
+    plan."""
+    if relative.startswith(PART_PREFIX) and relative.endswith(".parquet") and "/" not in relative:
+        return "part"
+    if relative.startswith(f"{SHARD_FOLDER}/shard-") and relative.endswith(".parquet"):
+        return "shard"
+    if relative == JOB_FILE:
+        return "record"
+    if relative.startswith(f"{OLD_PLAN_FOLDER}/"):
+        return "plan"
+    if _crops_owner(relative) is not None:
+        return "crops"
+    return None
+
+
+def _crops_owner(relative: str) -> tuple[bool, int] | None:
+    """Which data file the crops file `relative` belongs to, as (part, number); None if it is none."""
+    if not relative.startswith(f"{CROP_FOLDER}/") or not relative.endswith(".parquet"):
+        return None
+    name = relative[len(CROP_FOLDER) + 1 :].removesuffix(".parquet")
+    if name.startswith("_shards/shard-"):
+        return False, int(name.rsplit("-", 1)[1])
+    if name.startswith("part-") and "/" not in name:
+        return True, int(name.split("-")[1])
+    return None
+
+
+def _data_file(info: ObjectInfo, relative: str) -> DataFile:
+    number = int(relative.rsplit("-", 1)[-1].removesuffix(".parquet"))
+    size = info.size if info.size is not None else storage_for(info.uri).size(info.uri)
+    file = pq.ParquetFile(RangedFile(info.uri, size))
+    return DataFile(info.uri, _kind(relative) == "part", number, size, read_footer(file), file.metadata)
+
+
+def _rows(file: DataFile, index: int) -> Iterator[pa.Table]:
+    """A data file's ledger columns, a row group at a time, tagged with its index; rows of container
+    images left out (their pieces stand for them)."""
+    reader = pq.ParquetFile(RangedFile(file.uri, file.size), metadata=file.metadata, pre_buffer=True)
+    containers = "container" in reader.schema_arrow.names
+    for group in range(reader.num_row_groups):
+        table = reader.read_row_group(group, columns=LEDGER_COLUMNS + ["container"] * containers)
+        if containers:
+            table = table.filter(pc.is_null(table["container"])).drop_columns(["container"])
+        yield table.append_column("file", pa.array(np.full(table.num_rows, index, np.int32)))

