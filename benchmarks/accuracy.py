@@ -488,7 +488,7 @@ Why the figures differ:
 - **Detection counts** differ where AP does not: the default model keeps biubug6's top 750 boxes per
   image (`keep_top_k`; 9 of the 145 photos reach it at 0.02), which the reference decoder does not;
   CenterFace writes more low-score boxes than the reference decoder (our decoder matches deface's own
-  code, `tests/test_formats.py`), with AP within 5e-4.
+  code, `tests/unit/test_formats.py`), with AP within 5e-4.
 - SCRFD and YuNet have no reference-decoder row (not in `reference-figures.md`)."""
 
 VIEWS_INTRO = """\
@@ -503,7 +503,7 @@ on the format's resize rule:
   the network sees: the image reaches the network S times larger than the format's preprocessing
   makes it. Larger than the input (S > 1 on a fitted image), it is cut into overlapping input-sized
   tiles; smaller (S < 1), it is padded as usual (top-left, format's pad). Scale 1 is exactly the plain
-  run (`tests/test_multiscale.py`).
+  run (`tests/unit/test_multiscale.py`).
 - `--tile` (fixed inputs only) adds the image at its own pixels in overlapping tiles when it is larger
   than the input; the plain view (scale 1, the whole image downscaled) stays and finds the big faces.
 

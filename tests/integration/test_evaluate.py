@@ -2,7 +2,7 @@
 answers, plus the real subset.
 
 The APs are also checked against line-by-line ports of the official WIDER script and OMZ's `bbox_match`
-on random sets (tests/test_wider_ap.py checks the real figures).
+on random sets (tests/integration/test_wider_ap.py checks the real figures).
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Tests on real components in one process: a local Ray, SeaweedFS, real models."""

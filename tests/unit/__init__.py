@@ -1,0 +1,1 @@
+"""Fast tests: no Ray, no store (`make test-fast`)."""
