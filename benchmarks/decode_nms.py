@@ -18,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+from facesweep.workers.config import DetectorSettings
 from facesweep.workers.inputs.images import decode_image
 from facesweep.workers.model.detector import Detector
-from facesweep.workers.model.plan import DetectorSettings
 from facesweep.workers.model.runtime import infer
 from facesweep.workers.model.views import in_original
 from infra.demo import SHARED, WIDER_SUBSET, sample_photos

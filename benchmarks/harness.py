@@ -407,7 +407,8 @@ def naive_loop(model: str, uris: list[str], seconds: float) -> dict:
     import boto3
     import openvino as ov
 
-    from facesweep.workers.model.plan import DetectorSettings, inspect_model
+    from facesweep.workers.config import DetectorSettings
+    from facesweep.workers.model.plan import inspect_model
     from facesweep.workers.model.runtime import infer, read_model
     from facesweep.workers.model.views import image_views
     from facesweep.workers.output.writer import ImageResult, results_table

@@ -37,10 +37,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.harness import generated_by, table  # noqa: E402
+from facesweep.workers.config import DEFAULT_MODEL  # noqa: E402
 from facesweep.workers.faces import Faces  # noqa: E402
-from facesweep.workers.job.actor import ActorInfo, ShardCalls, ShardReport  # noqa: E402
+from facesweep.workers.job.actor import ShardCalls  # noqa: E402
+from facesweep.workers.job.messages import ActorInfo, ShardReport  # noqa: E402
 from facesweep.workers.job.shards import Shard  # noqa: E402
-from facesweep.workers.model.catalog import DEFAULT_MODEL  # noqa: E402
 from facesweep.workers.output.writer import ImageResult, results_table, write_parquet  # noqa: E402
 from facesweep.workers.storage import join, storage_for  # noqa: E402
 from infra.local_s3 import LocalS3, start_local_s3  # noqa: E402
@@ -79,9 +80,8 @@ class SimulatedWorker(ShardCalls):
 
 def child_job(manifest: str, output: str, actors: int, rows_per_file: int) -> dict:
     """One job in this process (run as a child, so its peak RSS is the driver's own)."""
-    from facesweep.workers.job.driver import JobConfig, run_job
-    from facesweep.workers.model.plan import DetectorSettings
-    from facesweep.workers.tuning import Tuning
+    from facesweep.workers.config import DetectorSettings, JobConfig, Tuning
+    from facesweep.workers.job.driver import run_job
 
     marks: list[tuple[int, float, float]] = []
 
@@ -120,8 +120,8 @@ def child_job(manifest: str, output: str, actors: int, rows_per_file: int) -> di
 
 def child_decide(manifest: str, output: str, rows_per_file: int) -> dict:
     """What a re-run decides now (the product's dry run: listing, ledger, comparison, plan)."""
-    from facesweep.workers.job.driver import JobConfig, dry_run
-    from facesweep.workers.model.plan import DetectorSettings
+    from facesweep.workers.config import DetectorSettings, JobConfig
+    from facesweep.workers.job.driver import dry_run
 
     config = JobConfig(
         manifest, output, DetectorSettings(model=DEFAULT_MODEL), shard_size=64, rows_per_file=rows_per_file

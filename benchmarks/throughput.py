@@ -53,8 +53,9 @@ from harness import (
     table,
 )
 
+from facesweep.workers.config import DetectorSettings
 from facesweep.workers.model.catalog import resolve_model
-from facesweep.workers.model.plan import DetectorSettings, inspect_model
+from facesweep.workers.model.plan import inspect_model
 from infra.local_s3 import start_local_s3
 
 STEADY_S = 30.0  # seconds of steady state (after start-up) per end-to-end run, at least

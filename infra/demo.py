@@ -19,9 +19,8 @@ from pathlib import Path
 from facesweep.cli import summary
 from facesweep.progress import progress_for
 from facesweep.report import write_report
-from facesweep.workers.job.driver import JobConfig, run_job
-from facesweep.workers.model.catalog import DEFAULT_MODEL
-from facesweep.workers.model.plan import DetectorSettings
+from facesweep.workers.config import DEFAULT_MODEL, DetectorSettings, JobConfig
+from facesweep.workers.job.driver import run_job
 from facesweep.workers.storage import storage_for
 from infra.local_s3 import start_local_s3
 

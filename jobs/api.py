@@ -19,34 +19,19 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields
 from typing import Any
 
 import cv2
 import numpy as np
 import pyarrow as pa
 
-from facesweep.workers.inputs.containers import ContainerSettings
-from facesweep.workers.job.driver import JobConfig, run_job
+from facesweep.workers.config import DEFAULT_MODEL, DetectorSettings, JobConfig, resolve
+from facesweep.workers.job.driver import run_job
 from facesweep.workers.job.pipeline import ImagePipeline, Loaded
 from facesweep.workers.job.progress import JobProgress
-from facesweep.workers.model.catalog import DEFAULT_MODEL
 from facesweep.workers.model.detector import Detector, Timings
-from facesweep.workers.model.plan import DetectorSettings
 from facesweep.workers.output.writer import SCHEMA, ImageResult, results_table
-from facesweep.workers.products.anonymize import AnonymizeSettings
-from facesweep.workers.products.crops import CropSettings
-from facesweep.workers.tuning import Tuning
 
-DETECTOR_OPTIONS = frozenset(f.name for f in fields(DetectorSettings)) - {"model"}
-CONTAINER_OPTIONS = frozenset(f.name for f in fields(ContainerSettings))
-TUNING_OPTIONS = frozenset(f.name for f in fields(Tuning))
-ANONYMIZE_OPTIONS = frozenset(f.name for f in fields(AnonymizeSettings)) - {"root"}
-CROP_OPTIONS = frozenset(f.name for f in fields(CropSettings))
-NESTED = {"input", "output", "detector", "containers", "tuning", "anonymizer", "crops"}
-JOB_OPTIONS = frozenset(f.name for f in fields(JobConfig)) - NESTED
-OPTIONS = DETECTOR_OPTIONS | CONTAINER_OPTIONS | TUNING_OPTIONS | ANONYMIZE_OPTIONS | JOB_OPTIONS
-OPTIONS |= CROP_OPTIONS | {"crops"}
 RESULT_COLUMNS = ("width", "height", "status", "error", "error_kind", "model", "faces")
 """What `FaceDetector` adds to a Ray Data batch: the output contract's columns but the uri and version."""
 IMAGE_COLUMNS = {"bytes": "BGR", "image": "RGB"}
@@ -55,52 +40,9 @@ IMAGE_COLUMNS = {"bytes": "BGR", "image": "RGB"}
 
 def job_config(input: str, output: str, model: str = DEFAULT_MODEL, **options: Any) -> JobConfig:
     """A job as `facesweep run INPUT OUTPUT` takes it: `options` are its flags' names with underscores
-    (`score_threshold=0.6`, `actors=4`, `tile=True`); a name it does not know is a TypeError."""
-    unknown = set(options) - OPTIONS
-    if unknown:
-        raise TypeError(f"unknown job options: {', '.join(sorted(unknown))}")
-    detector = DetectorSettings(model, **{k: v for k, v in options.items() if k in DETECTOR_OPTIONS})
-    containers = ContainerSettings(**{k: v for k, v in options.items() if k in CONTAINER_OPTIONS})
-    tuning = Tuning(**{k: v for k, v in options.items() if k in TUNING_OPTIONS})
-    job = {k: v for k, v in options.items() if k in JOB_OPTIONS}
-    anonymizer, crops = _anonymizer(options), _cropper(options)
-    return JobConfig(
-        input,
-        output,
-        detector,
-        containers=containers,
-        tuning=tuning,
-        anonymizer=anonymizer,
-        crops=crops,
-        **job,
-    )
-
-
-def _anonymizer(options: dict[str, Any]) -> AnonymizeSettings | None:
-    """`anonymize=DEST` and its `anonymize_*` options as settings; None without them; a one-line
-    ValueError for the options without DEST."""
-    given = {k: v for k, v in options.items() if k in ANONYMIZE_OPTIONS and v is not None}
-    if not given:
-        return None
-    if "anonymize" not in given:
-        raise ValueError(f"{_flags(given)} need --anonymize DEST, the folder or s3:// prefix for the copies")
-    return AnonymizeSettings(**given)
-
-
-def _flags(options: dict[str, Any]) -> str:
-    """The options as the CLI's flags, for a message."""
-    return ", ".join(f"--{k.replace('_', '-')}" for k in sorted(options))
-
-
-def _cropper(options: dict[str, Any]) -> CropSettings | None:
-    """`crops=True` and its `crop_*` options as settings; None without it; a one-line ValueError for the
-    options without it."""
-    given = {k: v for k, v in options.items() if k in CROP_OPTIONS and v is not None}
-    if not options.get("crops"):
-        if given:
-            raise ValueError(f"{_flags(given)} need --crops")
-        return None
-    return CropSettings(**given)
+    (`score_threshold=0.6`, `actors=4`, `tile=True`), checked as the CLI checks them (a ConfigError with
+    the CLI's line); a name it does not know is a TypeError."""
+    return resolve(input, output, model, **options)
 
 
 def run(

@@ -6,93 +6,61 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import version
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from facesweep.api import OPTIONS, job_config, run
 from facesweep.export import DEFAULT_FILES, export
 from facesweep.progress import progress_for
 from facesweep.report import write_report
-from facesweep.specs import ConfigError, run_arguments
-from facesweep.workers.errors import ErrorKind, JobError
+from facesweep.specs import run_arguments
+from facesweep.workers.config import (
+    DEFAULT_MODEL,
+    METHODS,
+    OPTIONS,
+    PIECE_BYTES,
+    ROWS_PER_FILE,
+    STARTUP_TIMEOUT,
+    JobConfig,
+    Tuning,
+    fraction,
+    positive_float,
+    positive_int,
+    resolve,
+    scales,
+    size,
+    triple,
+)
+from facesweep.workers.errors import ErrorKind, UserError
 from facesweep.workers.evaluation.evaluate import check_pairing, evaluate, format_report
-from facesweep.workers.inputs.containers import PIECE_BYTES
-from facesweep.workers.inputs.listing import InputError, list_images
-from facesweep.workers.job.cluster import STARTUP_TIMEOUT
-from facesweep.workers.job.driver import ROWS_PER_FILE, DryRun, JobConfig, dry_run
-from facesweep.workers.job.ledger import OutputConflictError
+from facesweep.workers.inputs.listing import list_images
 from facesweep.workers.job.progress import JobProgress
-from facesweep.workers.model.catalog import BUILTIN_MODELS, DEFAULT_MODEL, ModelError
-from facesweep.workers.model.formats import FORMATS, UnknownFormatError
-from facesweep.workers.products.anonymize import METHODS
-from facesweep.workers.storage import StorageError
-from facesweep.workers.tuning import Tuning
+from facesweep.workers.model.catalog import BUILTIN_MODELS
+from facesweep.workers.model.formats import FORMATS
+
+if TYPE_CHECKING:
+    from facesweep.workers.job.driver import DryRun
 
 DEFAULT_MAX_ERROR_RATE = 0.1
 DEFAULT_REPORT = "facesweep-report"
-USER_ERRORS = (ModelError, UnknownFormatError, InputError, StorageError, JobError, OutputConflictError)
 
 
-def _positive_int(text: str) -> int:
-    """An integer of at least 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _flag(parse: Callable[[Any], Any]) -> Callable[[str], Any]:
+    """A config parser as argparse's `type=`: its reason becomes argparse's one line for the flag."""
+
+    def parsed(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    parsed.__name__, parsed.__doc__ = parse.__name__, parse.__doc__
+    return parsed
 
 
-def _positive_float(text: str) -> float:
-    """A number greater than 0."""
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    """A number between 0 and 1."""
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
-    return value
-
-
-def _size(text: str) -> tuple[int, int]:
-    """A size WIDTHxHEIGHT (one number: a square)."""
-    width, _, height = text.lower().partition("x")
-    try:
-        size = (int(width), int(height or width))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
-    if min(size) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive WIDTHxHEIGHT, got {text!r}")
-    return size
-
-
-def _numbers(text: str, example: str) -> tuple[float, ...]:
-    """Comma-separated numbers (`example` shows the form in the error)."""
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers like {example}, got {text!r}") from None
-
-
-def _triple(text: str) -> tuple[float, float, float]:
-    """Three comma-separated numbers."""
-    values = _numbers(text, "104,117,123")
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}")
-    return values[0], values[1], values[2]
-
-
-def _scales(text: str) -> tuple[float, ...]:
-    """Comma-separated numbers greater than 0."""
-    values = _numbers(text, "0.5,1,2")
-    if min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"scales must be greater than 0, got {text!r}")
-    return values
+_positive_int, _positive_float = _flag(positive_int), _flag(positive_float)
+_fraction, _size, _triple, _scales = _flag(fraction), _flag(size), _flag(triple), _flag(scales)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -350,8 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> JobConfig:
     """The job `run`'s arguments describe (the flags that are not a job's, like --dry-run, left out)."""
-    options = {k: v for k, v in vars(args).items() if k in OPTIONS}
-    return job_config(args.input, args.output, args.model, **options)
+    options = {k: v for k, v in vars(args).items() if k in OPTIONS and k not in ("input", "output", "model")}
+    return resolve(args.input, args.output, args.model, **options)
 
 
 def summary(progress: JobProgress, output: str) -> str:
@@ -498,7 +466,7 @@ def _log_to_stderr() -> None:
 
 
 READ_COMMANDS = {"eval": run_eval, "show": run_show, "export": run_export}
-"""Commands that read an output: bad input is an OSError or ValueError (OutputError, StorageError...)."""
+"""Commands that read an output."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -507,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in READ_COMMANDS:
         try:
             return READ_COMMANDS[args.command](args)
-        except (OSError, ValueError) as error:
+        except UserError as error:
             return refuse(error)
     try:
         args = run_arguments(parser, argv, args)
@@ -516,15 +484,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             listing = list_images(config.input, config.include)
             check_pairing((table["uri"].to_pylist() for table in listing), args.ground_truth)
         if args.dry_run:
+            from facesweep.workers.job.driver import dry_run  # Ray's import only where a job needs it
+
             print(dry_run_summary(dry_run(config, args.rate)))
             return 0
-    except (ConfigError, ValueError, OSError, *USER_ERRORS) as error:  # OSError: a GROUND_TRUTH file
+    except UserError as error:
         return refuse(error)
     return run_command(args, config)
 
 
 def run_command(args: argparse.Namespace, config: JobConfig) -> int:
     """`facesweep run` once its arguments are checked: the job, its summary and exit status."""
+    from facesweep.api import run  # Ray and OpenVINO load only for a job
+
     _log_to_stderr()
     progress_view = progress_for(sys.stderr)
     seen: list[JobProgress] = []
@@ -535,7 +507,7 @@ def run_command(args: argparse.Namespace, config: JobConfig) -> int:
 
     try:
         result = run(config, on_progress=on_progress, overwrite=args.overwrite)
-    except USER_ERRORS as error:
+    except UserError as error:
         progress_view.close()
         return refuse(error)
     except KeyboardInterrupt:  # run_job has stopped the actors (and the Ray it started) on its way out
@@ -553,7 +525,7 @@ def run_command(args: argparse.Namespace, config: JobConfig) -> int:
         return 0
     try:
         return score(config.output, args.ground_truth, args.eval_json)
-    except (OSError, ValueError) as error:
+    except UserError as error:
         return refuse(error)
 
 

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from facesweep.workers.errors import UserError
 from facesweep.workers.output.reader import (
     BOX,
     LANDMARK_COLUMNS,
@@ -50,6 +51,10 @@ class Exported:
     errors: int
 
 
+class ExportError(UserError, ValueError):
+    """An export that cannot be made as asked."""
+
+
 def export(
     output: str,
     format: str,
@@ -60,7 +65,7 @@ def export(
     """Writes the faces of the facesweep output `output` in `format` to `out` (a local path or s3://; a
     folder gets the format's default name inside it)."""
     if format not in DEFAULT_FILES:
-        raise ValueError(f"unknown export format {format!r}: one of {', '.join(DEFAULT_FILES)}")
+        raise ExportError(f"unknown export format {format!r}: one of {', '.join(DEFAULT_FILES)}")
     table = read_output(output)
     if format == "coco":
         faces = flat_faces(table)
@@ -97,7 +102,7 @@ def file_names(uris: list[str], image_root: str | None) -> list[str]:
     root = image_root.rstrip("/") + "/"
     outside = next((uri for uri in uris if not uri.startswith(root)), None)
     if outside is not None:
-        raise ValueError(
+        raise ExportError(
             f"--image-root {image_root}: image {outside} is not below it: give a root of every image"
         )
     return [uri[len(root) :] for uri in uris]

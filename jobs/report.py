@@ -34,16 +34,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from facesweep.workers.errors import line_of
+from facesweep.workers.config import AnonymizeSettings, ContainerSettings
+from facesweep.workers.errors import UserError, line_of
 from facesweep.workers.evaluation.annotations import read_ground_truth
 from facesweep.workers.evaluation.evaluate import OMZ_HEIGHT_RANGE, evaluate
 from facesweep.workers.evaluation.matching import match_by_suffix, match_faces
 from facesweep.workers.faces import Faces
-from facesweep.workers.inputs.containers import ContainerSettings, Member, fetch_members
+from facesweep.workers.inputs.containers import Member, fetch_members
 from facesweep.workers.inputs.images import decode_image
 from facesweep.workers.output.reader import faces_per_image, read_output
 from facesweep.workers.output.record import read_record
-from facesweep.workers.products.anonymize import AnonymizeSettings, copy_extension, copy_uri
+from facesweep.workers.products.anonymize import copy_extension, copy_uri
 from facesweep.workers.storage import storage_for
 
 THUMB_WIDTH = 320
@@ -85,6 +86,10 @@ class Report:
     first_reason: str | None
 
 
+class ReportError(UserError, OSError):
+    """The report's folder cannot be written."""
+
+
 def write_report(
     output: str,
     folder: str | os.PathLike[str],
@@ -96,8 +101,8 @@ def write_report(
 
     Totals and histograms cover every row; the grid the first `limit` images (by uri) that the job read,
     with their faces scoring at least `min_score`. An image that cannot be fetched or decoded now gets a
-    placeholder saying why. Raises OutputError / StorageError for a bad `output`, FileNotFoundError and
-    ValueError for bad ground truth.
+    placeholder saying why. Raises a UserError (OutputError, StorageError, EvaluationError, ReportError)
+    for a bad `output`, ground truth or folder.
     """
     table = read_output(output)
     evaluation, truth = None, {}
@@ -109,8 +114,13 @@ def write_report(
     folder = Path(folder)
     record = read_record(output)
     copies = record.anonymizer if record else None
-    for sub in ("thumbs", "full", *((COPY_THUMBS, COPY_FULL) if copies else ())):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
+    try:
+        for sub in ("thumbs", "full", *((COPY_THUMBS, COPY_FULL) if copies else ())):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file in the way, no permission
+        raise ReportError(
+            f"show --out {folder}: {error.strerror or error}: give a folder it can write"
+        ) from None
     faces = faces_per_image(table)
     drawn = np.flatnonzero(pc.is_valid(table["faces"]).to_numpy(zero_copy_only=False))[:limit]
     uris = table["uri"].to_pylist()
@@ -204,7 +214,7 @@ def _thumbnail(image: np.ndarray) -> tuple[np.ndarray, float]:
 
 def _save(picture: np.ndarray, path: Path) -> None:
     if not cv2.imwrite(str(path), picture, [cv2.IMWRITE_JPEG_QUALITY, 85]):
-        raise OSError(f"cannot write {path}")
+        raise ReportError(f"cannot write {path}: check the folder's free space and permissions")
 
 
 def draw_faces(

@@ -17,15 +17,11 @@ from typing import Any
 
 import yaml
 
+from facesweep.workers.config import ConfigError, flatten
 from facesweep.workers.output.record import read_record
 
 NOT_FROM_FILE = {"help", "config", "resume"}
 TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", None: "a string"}
-
-
-class ConfigError(ValueError):
-    """A job spec that cannot be used (the message names the file and the key), or `run` arguments that
-    the spec and the command line leave incomplete; one line."""
 
 
 def run_arguments(
@@ -96,14 +92,9 @@ def resume_values(output: str, run: argparse.ArgumentParser) -> dict[str, Any]:
         raise ConfigError(
             f"--resume {output}: no _job.json there: give the OUTPUT of an earlier `facesweep run`"
         )
-    config = dict(record.config)
-    nested = {**config.pop("detector"), **config.pop("containers", {}), **config.pop("tuning", {})}
-    nested |= {k: v for k, v in (config.pop("anonymizer", None) or {}).items() if k != "root"}
-    crops = config.pop("crops", None)
-    nested |= {"crops": True, **crops} if crops else {}
-    values = {**nested, **config, "output": output}
+    values = {**flatten(record.config), "output": output}
     dests = {action.dest for action in spec_actions(run).values()} - {"reprocess_changed"}
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in dests}
+    return {k: v for k, v in values.items() if k in dests}
 
 
 def subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:

@@ -11,9 +11,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from facesweep.workers.job.driver import JobConfig, run_job
-from facesweep.workers.model.catalog import DEFAULT_MODEL
-from facesweep.workers.model.plan import DetectorSettings
+from facesweep.workers.config import DEFAULT_MODEL, DetectorSettings, JobConfig
+from facesweep.workers.job.driver import run_job
 from facesweep.workers.output.writer import SCHEMA
 from infra.demo import WIDER_SUBSET, sample_photos
 

@@ -17,7 +17,13 @@ from enum import StrEnum
 log = logging.getLogger("facesweep")
 
 
-class JobError(RuntimeError):
+class UserError(Exception):
+    """Bad input, a bad setting or a store that failed, found where it happens: the message names the thing
+    and what to do, in one line. The only errors the CLI turns into a refusal; anything else is a bug and
+    keeps its traceback."""
+
+
+class JobError(UserError, RuntimeError):
     """A job that could not run; the message says why in one line."""
 
 

@@ -17,12 +17,13 @@ import pytest
 
 from facesweep.api import job_config
 from facesweep.report import write_report
+from facesweep.workers.config import AnonymizeSettings
 from facesweep.workers.evaluation.annotations import read_ground_truth
 from facesweep.workers.evaluation.matching import match_faces
 from facesweep.workers.inputs.listing import InputError
 from facesweep.workers.job.driver import run_job
 from facesweep.workers.job.ledger import OutputConflictError
-from facesweep.workers.products.anonymize import AnonymizeSettings, copy_uri, hide_faces, jpeg_quality
+from facesweep.workers.products.anonymize import copy_uri, hide_faces, jpeg_quality
 from facesweep.workers.storage import ObjectError
 from tests.browser import CHROMIUM, chromium
 from tests.outputs import SUBSET_ANNOTATIONS, WIDER_SUBSET

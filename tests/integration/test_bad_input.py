@@ -12,11 +12,11 @@ import cv2
 import numpy as np
 import pytest
 
+from facesweep.workers.config import DetectorSettings, JobConfig
 from facesweep.workers.inputs.images import MAX_PIXELS, ImageError, decode_image, image_format, image_size
 from facesweep.workers.inputs.listing import InputError, list_uris
-from facesweep.workers.job.driver import JobConfig, run_job
+from facesweep.workers.job.driver import run_job
 from facesweep.workers.model.nms import pairwise_iou
-from facesweep.workers.model.plan import DetectorSettings
 from facesweep.workers.storage import ObjectError, storage_for
 from infra.demo import sample_photos
 from infra.local_s3 import LocalS3

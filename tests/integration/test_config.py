@@ -15,10 +15,8 @@ import yaml
 
 from facesweep.cli import build_parser, config_from_args, main
 from facesweep.specs import ConfigError, run_arguments, spec_actions, subcommand
+from facesweep.workers.config import JobConfig, Tuning, job_identity
 from facesweep.workers.evaluation.evaluate import evaluate
-from facesweep.workers.job.driver import JobConfig
-from facesweep.workers.output.record import job_identity
-from facesweep.workers.tuning import Tuning
 from tests.paths import ROOT, WIDER_SUBSET
 
 SPECS = sorted((ROOT / "jobs").glob("*.yaml"))

@@ -16,18 +16,12 @@ import pytest
 
 from facesweep.export import export
 from facesweep.report import write_report
+from facesweep.workers.config import ContainerSettings, DetectorSettings, JobConfig
 from facesweep.workers.evaluation.evaluate import evaluate
-from facesweep.workers.inputs.containers import (
-    ContainerSettings,
-    expand,
-    fetch_members,
-    piece_uri,
-    read_piece,
-)
+from facesweep.workers.inputs.containers import expand, fetch_members, piece_uri, read_piece
 from facesweep.workers.inputs.listing import list_images
-from facesweep.workers.job.driver import JobConfig, run_job
+from facesweep.workers.job.driver import run_job
 from facesweep.workers.job.ledger import OutputConflictError
-from facesweep.workers.model.plan import DetectorSettings
 from facesweep.workers.output.writer import SCHEMA
 from facesweep.workers.storage import request_counts
 from infra.demo import sample_photos

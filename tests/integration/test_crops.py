@@ -20,6 +20,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from facesweep.api import job_config
+from facesweep.workers.config import ConfigError, CropSettings
 from facesweep.workers.faces import Faces
 from facesweep.workers.inputs.images import decode_image
 from facesweep.workers.inputs.listing import InputError
@@ -27,7 +28,6 @@ from facesweep.workers.job.driver import run_job
 from facesweep.workers.job.ledger import Ledger, OutputConflictError
 from facesweep.workers.output.writer import ImageResult, put_table, results_table, shard_path, write_parquet
 from facesweep.workers.products.crops import (
-    CropSettings,
     crop_part_path,
     crop_shard_path,
     crops_table,
@@ -225,9 +225,9 @@ def test_crops_files_of_uncommitted_work_are_removed_by_the_next_run(tmp_path: P
 
 def test_bad_crop_settings_are_refused_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
-    with pytest.raises(ValueError, match="--crop-size 100: use a multiple of 112 or 128"):
-        CropSettings(crop_size=100).check()
+    with pytest.raises(ConfigError, match="--crop-size 100: use a multiple of 112 or 128"):
+        job_config(str(tmp_path / "in"), str(tmp_path / "out"), crops=True, crop_size=100)
     with pytest.raises(ValueError, match="--crop-margin need --crops"):
         job_config(str(tmp_path / "in"), str(tmp_path / "out"), crop_margin=0.3)
-    with pytest.raises(InputError, match="--crop-margin -1"):
-        run_job(job_config(str(tmp_path / "in"), str(tmp_path / "out"), crops=True, crop_margin=-1))
+    with pytest.raises(ConfigError, match="--crop-margin -1: use 0 or more"):
+        job_config(str(tmp_path / "in"), str(tmp_path / "out"), crops=True, crop_margin=-1)

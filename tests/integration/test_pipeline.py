@@ -14,11 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from facesweep.workers.job.driver import JobConfig, run_job
+from facesweep.workers.config import DetectorSettings, JobConfig
+from facesweep.workers.job.driver import run_job
 from facesweep.workers.job.pipeline import ImagePipeline
 from facesweep.workers.model.detector import Detector, Timings
 from facesweep.workers.model.nms import pairwise_iou
-from facesweep.workers.model.plan import DetectorSettings
 from facesweep.workers.output.writer import ImageResult
 from infra.demo import sample_photos
 from infra.local_s3 import LocalS3

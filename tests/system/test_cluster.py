@@ -23,10 +23,10 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
+from facesweep.workers.config import DetectorSettings, JobConfig
 from facesweep.workers.errors import JobError
-from facesweep.workers.job.driver import JobConfig, run_job
+from facesweep.workers.job.driver import run_job
 from facesweep.workers.model.catalog import ModelError, model_checksum, resolve_model
-from facesweep.workers.model.plan import DetectorSettings
 from infra.demo import sample_photos
 from infra.local_s3 import LocalS3, _PortPicker
 from tests.paths import MODELS

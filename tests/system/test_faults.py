@@ -22,10 +22,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from facesweep.workers.job.driver import JobConfig, run_job
+from facesweep.workers.config import AnonymizeSettings, DetectorSettings, JobConfig
+from facesweep.workers.job.driver import run_job
 from facesweep.workers.job.progress import JobProgress
-from facesweep.workers.model.plan import DetectorSettings
-from facesweep.workers.products.anonymize import AnonymizeSettings, copy_uri
+from facesweep.workers.products.anonymize import copy_uri
 from infra.demo import sample_photos
 from infra.local_s3 import LocalS3, start_local_s3
 from tests.outputs import assert_one_crop_per_face

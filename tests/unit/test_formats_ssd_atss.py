@@ -7,13 +7,13 @@ from functools import cache
 import numpy as np
 import pytest
 
+from facesweep.workers.config import DetectorSettings
 from facesweep.workers.faces import Faces
 from facesweep.workers.inputs.images import decode_image
 from facesweep.workers.model.catalog import ModelError
 from facesweep.workers.model.detector import Detector
 from facesweep.workers.model.formats import FORMATS, boxes_labels, detect_format, ssd
 from facesweep.workers.model.formats.base import DecodeSettings, OutputInfo
-from facesweep.workers.model.plan import DetectorSettings
 from facesweep.workers.model.runtime import output_infos, read_model
 from facesweep.workers.model.views import Prepared
 from infra.demo import sample_photos

@@ -7,11 +7,11 @@ import cv2
 import numpy as np
 import pytest
 
+from facesweep.workers.config import DetectorSettings
 from facesweep.workers.faces import Faces
 from facesweep.workers.inputs.images import decode_image, decode_reduced
 from facesweep.workers.model.detector import Detector
 from facesweep.workers.model.nms import pairwise_iou
-from facesweep.workers.model.plan import DetectorSettings
 from tests.detection import detect
 from tests.paths import MODELS, WIDER_SUBSET
 from tests.photos import astronaut, exif_jpeg

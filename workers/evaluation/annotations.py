@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from facesweep.workers.errors import UserError
 from facesweep.workers.output.reader import faces_per_image, read_rows
 from facesweep.workers.storage import is_s3_uri
 
@@ -24,6 +25,10 @@ Predictions = tuple[np.ndarray, np.ndarray]  # boxes [N, 4], scores [N]: float32
 SETTINGS = ("easy", "medium", "hard")
 # the flags in `relpath x y w h blur expression illumination invalid occlusion pose easy medium hard`
 SETTING_COLUMNS = (11, 12, 13)
+
+
+class EvaluationError(UserError, ValueError):
+    """Ground truth or predictions that cannot be read or paired; the message names the file."""
 
 
 class GroundTruth(NamedTuple):
@@ -65,7 +70,7 @@ def _read_annotations(path: str | os.PathLike[str], with_settings: bool) -> dict
     try:
         numbers = np.loadtxt(lines, np.float32, usecols=[1, 2, 3, 4, *(SETTING_COLUMNS if settings else ())])
     except ValueError as error:
-        raise ValueError(f"{path}: not `relpath x y w h ...` on every line ({error})") from None
+        raise EvaluationError(f"{path}: not `relpath x y w h ...` on every line ({error})") from None
     numbers = numbers.reshape(len(lines), -1)
     xywh, flags = numbers[:, :4], (numbers[:, 4:] > 0 if settings else None)
     names_column = np.array([line.split(None, 1)[0] for line in lines])
@@ -95,13 +100,13 @@ def _one_line_per_face(lines: list[str], path: str | os.PathLike[str]) -> tuple[
     while i < len(lines):
         name, count = lines[i].strip(), lines[i + 1].strip() if i + 1 < len(lines) else ""
         if len(name.split()) != 1 or not count.isdigit():
-            raise ValueError(
+            raise EvaluationError(
                 f"{path}: expected an image's relpath, then its number of faces, at {name!r} "
                 "(the layout of WIDER FACE's wider_face_val_bbx_gt.txt)"
             )
         boxes = lines[i + 2 : i + 2 + int(count)]
         if len(boxes) < int(count):
-            raise ValueError(f"{path}: {name} has {count} faces but the file ends after {len(boxes)}")
+            raise EvaluationError(f"{path}: {name} has {count} faces but the file ends after {len(boxes)}")
         names.append(name)
         faces += [f"{name} {box}" for box in boxes]
         i += 2 + int(count)
@@ -121,7 +126,7 @@ def read_wider_txt(folder: str | os.PathLike[str]) -> dict[str, Predictions]:
     """
     root = Path(folder)
     if not root.is_dir():
-        raise FileNotFoundError(f"{folder}: no such directory")
+        raise EvaluationError(f"{folder}: no such directory")
     predictions: dict[str, Predictions] = {}
     for file in sorted(root.glob("*/*.txt")):
         head, _, rest = file.read_text().partition("\n")
@@ -132,18 +137,20 @@ def read_wider_txt(folder: str | os.PathLike[str]) -> dict[str, Predictions]:
         try:
             count = int(count_line)
         except ValueError:
-            raise ValueError(f"{file}: second line {count_line.strip()!r} is not a face count") from None
+            raise EvaluationError(f"{file}: second line {count_line.strip()!r} is not a face count") from None
         try:
             values = np.array(body.split(), np.float64)
         except ValueError as error:
-            raise ValueError(f"{file}: {error}") from None
+            raise EvaluationError(f"{file}: {error}") from None
         if values.size != 5 * count:
-            raise ValueError(f"{file}: expected {count} lines of `x y w h score`, got {values.size} numbers")
+            raise EvaluationError(
+                f"{file}: expected {count} lines of `x y w h score`, got {values.size} numbers"
+            )
         values = values.reshape(count, 5)
         boxes = np.concatenate([values[:, :2], values[:, :2] + values[:, 2:4]], axis=1)
         predictions[f"{file.parent.name}/{name}"] = (boxes, values[:, 4].copy())
     if not predictions:
-        raise ValueError(f"{folder}: no WIDER prediction files (<event>/<name>.txt)")
+        raise EvaluationError(f"{folder}: no WIDER prediction files (<event>/<name>.txt)")
     return predictions
 
 
@@ -162,7 +169,9 @@ def read_predictions(output: str) -> dict[str, Predictions]:
     table = table.filter(pc.is_valid(table["faces"]))
     uris = _names(table)
     if len(set(uris)) != len(uris):
-        raise ValueError(f"{output}: some images appear more than once (an output written by several jobs?)")
+        raise EvaluationError(
+            f"{output}: some images appear more than once (an output written by several jobs?)"
+        )
     return {uri: (faces.boxes, faces.scores) for uri, faces in zip(uris, faces_per_image(table), strict=True)}
 
 
@@ -182,11 +191,13 @@ def load_predictions(source: str) -> dict[str, Predictions]:
         return read_predictions(source)
     path = Path(source)
     if not path.exists():
-        raise FileNotFoundError(f"{source}: no such file or directory")
+        raise EvaluationError(f"{source}: no such file or directory")
     if not path.is_dir():
-        raise ValueError(f"{source}: not a directory (a facesweep output, or WIDER txt predictions)")
+        raise EvaluationError(f"{source}: not a directory (a facesweep output, or WIDER txt predictions)")
     if next(path.rglob("*.parquet"), None) is not None:
         return read_predictions(source)
     if next(path.glob("*/*.txt"), None) is not None:
         return read_wider_txt(path)
-    raise ValueError(f"{source}: neither a facesweep output (*.parquet) nor WIDER txt predictions (*/*.txt)")
+    raise EvaluationError(
+        f"{source}: neither a facesweep output (*.parquet) nor WIDER txt predictions (*/*.txt)"
+    )

@@ -21,6 +21,7 @@ import numpy as np
 
 from facesweep.workers.evaluation.annotations import (
     SETTINGS,
+    EvaluationError,
     GroundTruth,
     Predictions,
     load_predictions,
@@ -58,7 +59,7 @@ def wider_ap(
     """
     images = list(ground_truth.items())
     if any(truth.positives is None for _, truth in images):
-        raise ValueError("WIDER AP needs the easy/medium/hard columns in the ground truth")
+        raise EvaluationError("WIDER AP needs the easy/medium/hard columns in the ground truth")
     # one row per ground-truth face (all images, in order) and one per prediction that takes part
     positives = np.concatenate([truth.positives for _, truth in images] or [np.zeros((0, 3), bool)])
     scored = [predictions[name] for name, _ in images if name in predictions]
@@ -264,7 +265,7 @@ def check_pairing(windows: Iterable[Sequence[str]], ground_truth: str | os.PathL
         if match_by_suffix(dict.fromkeys(uris), truth, both_ways=True):
             return
         example = example or (uris[0] if uris else None)
-    raise ValueError(
+    raise EvaluationError(
         f"--ground-truth {ground_truth}: none of its {len(truth)} images pairs with an image of INPUT "
         f"(e.g. {next(iter(truth), '-')} and {example}); an image pairs when one path ends with the other, "
         "whole folder names"
@@ -281,12 +282,12 @@ def evaluate(predictions: str, ground_truth: str | os.PathLike[str]) -> dict[str
     """
     started = time.perf_counter()
     if not Path(ground_truth).is_file():
-        raise FileNotFoundError(f"{ground_truth}: no such file")
+        raise EvaluationError(f"{ground_truth}: no such file")
     truth = read_ground_truth_with_settings(ground_truth)
     found = load_predictions(predictions)
     matched = match_by_suffix(found, truth, both_ways=True)
     if not matched:
-        raise ValueError(
+        raise EvaluationError(
             f"no image of {predictions} ({len(found)} images) is in {ground_truth} ({len(truth)} images); "
             "images pair when the ground truth's path ends the prediction's (or the other way round)"
         )

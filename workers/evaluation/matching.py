@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from facesweep.workers.evaluation.annotations import Predictions
+from facesweep.workers.evaluation.annotations import EvaluationError, Predictions
 from facesweep.workers.model.nms import pairwise_iou
 
 
@@ -39,14 +39,16 @@ def match_by_suffix(
     for relpath in ground_truth:
         candidates = by_suffix.get(relpath.strip("/"), [])
         if len(candidates) > 1:
-            raise ValueError(f"{relpath} matches several predictions: {', '.join(candidates[:3])}")
+            raise EvaluationError(f"{relpath} matches several predictions: {', '.join(candidates[:3])}")
         if not candidates and keys:
             parts = relpath.strip("/").split("/")
             shorter = ("/".join(parts[start:]) for start in range(1, len(parts)))
             uri = next((keys[suffix] for suffix in shorter if suffix in keys), None)
             if uri is not None:
                 if uri in served:
-                    raise ValueError(f"{uri} matches several ground-truth images: {served[uri]}, {relpath}")
+                    raise EvaluationError(
+                        f"{uri} matches several ground-truth images: {served[uri]}, {relpath}"
+                    )
                 served[uri] = relpath
                 candidates = [uri]
         if candidates:

@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from facesweep.workers.config import PIECE_BYTES, ContainerSettings
 from facesweep.workers.errors import ErrorKind, ImageError, ImageFailure, line_of
 from facesweep.workers.inputs.images import IMAGE_EXTENSIONS
 from facesweep.workers.storage import ObjectError, RangedFile, StorageError, storage_for
@@ -46,8 +47,6 @@ TAR_SUFFIXES = (".tar",)
 GZIP_TAR_SUFFIXES = (".tar.gz", ".tgz")
 PARQUET_SUFFIXES = (".parquet",)
 CONTAINER_SUFFIXES = (*TAR_SUFFIXES, *GZIP_TAR_SUFFIXES, *PARQUET_SUFFIXES)
-PIECE_BYTES = 64 * 1024 * 1024
-"""Bytes of a container per piece (one shard): about 600 WIDER-sized JPEGs, read in one ranged GET."""
 LOOKBACK = 64 * 1024
 """Bytes before a piece's start scanned for headers: a member's pax or long-name headers that begin
 before the piece belong to the piece before it, which must see them whole."""
@@ -56,15 +55,6 @@ WHOLE = 10**12 - 1
 """The end a `.tar.gz` piece is named with: it is always the whole container (a gzip stream cannot be
 entered mid-way), whatever the container's size."""
 PIECE = re.compile(r"#bytes=(\d{12})-(\d{12})$")
-
-
-@dataclass(frozen=True)
-class ContainerSettings:
-    """How containers are cut and read; `piece_bytes` decides the pieces' names, so a job keeps it."""
-
-    piece_bytes: int = PIECE_BYTES
-    image_column: str | None = None  # Parquet: None = the one binary (or Hugging Face image) column
-    id_column: str | None = None  # Parquet: a column carried into the output as `key`
 
 
 @dataclass(frozen=True)

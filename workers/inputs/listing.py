@@ -37,7 +37,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from facesweep.workers.inputs.containers import CONTAINER_SUFFIXES, PIECE_BYTES, expand, is_container
+from facesweep.workers.config import PIECE_BYTES
+from facesweep.workers.errors import UserError
+from facesweep.workers.inputs.containers import CONTAINER_SUFFIXES, expand, is_container
 from facesweep.workers.inputs.images import IMAGE_EXTENSIONS
 from facesweep.workers.inputs.sorted_runs import check_sorted, sort_unsorted
 from facesweep.workers.storage import ObjectInfo, RangedFile, Storage, is_s3_uri, split_s3_uri, storage_for
@@ -51,7 +53,7 @@ LISTERS = 16
 PAGE = 1000
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """INPUT that names nothing usable; the message says what to give instead."""
 
 

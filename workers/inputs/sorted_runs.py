@@ -16,6 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
+from facesweep.workers.errors import UserError
+
 KEY = "uri"
 RUN_ROWS = 200_000
 """Rows sorted in memory at once; a longer unsorted input is spilled to disk in sorted runs of this size."""
@@ -66,13 +68,17 @@ def _count_at_most(keys: pa.ChunkedArray, bound: str) -> int:
     return int(pc.sum(pc.less_equal(keys, bound)).as_py() or 0)
 
 
+class ListingOrderError(UserError, ValueError):
+    """A store's listing out of key order (S3's never is): the job cannot compare it with its ledger."""
+
+
 def check_sorted(table: pa.Table, after: str | None, source: str) -> None:
-    """Raises ValueError unless `table`'s keys are strictly increasing and all greater than `after`."""
+    """Raises ListingOrderError unless `table`'s keys are strictly increasing and all greater than `after`."""
     keys = table[KEY].combine_chunks()
     if len(keys) and after is not None and keys[0].as_py() <= after:
-        raise ValueError(f"{source}: listing not in strictly increasing order at {keys[0].as_py()!r}")
+        raise ListingOrderError(f"{source}: listing not in strictly increasing order at {keys[0].as_py()!r}")
     if len(keys) > 1 and not pc.all(pc.greater(keys.slice(1), keys.slice(0, len(keys) - 1))).as_py():
-        raise ValueError(f"{source}: listing not in strictly increasing order")
+        raise ListingOrderError(f"{source}: listing not in strictly increasing order")
 
 
 def unique_sorted(tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
@@ -88,9 +94,9 @@ def unique_sorted(tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
         yield table.filter(keep)
 
 
-def sort_unsorted(tables: Iterable[pa.Table], schema: pa.Schema) -> Iterator[pa.Table]:
+def sort_unsorted(tables: Iterable[pa.Table], schema: pa.Schema, window: int = 65536) -> Iterator[pa.Table]:
     """`tables` sorted by KEY and de-duplicated, in memory up to RUN_ROWS rows, else through sorted runs
-    spilled to a temporary folder and merged."""
+    spilled to a temporary folder and merged; runs are written and read back in tables of `window` rows."""
     runs: list[Path] = []
     pending: list[pa.Table] = []
     rows = 0
@@ -102,24 +108,24 @@ def sort_unsorted(tables: Iterable[pa.Table], schema: pa.Schema) -> Iterator[pa.
                 rows += piece.num_rows
                 if rows >= RUN_ROWS:
                     run = pa.concat_tables(pending).sort_by(KEY)
-                    runs.append(_spill(run, Path(spill, f"run-{len(runs)}")))
+                    runs.append(_spill(run, Path(spill, f"run-{len(runs)}"), window))
                     pending, rows = [], 0
         last = pa.concat_tables(pending).sort_by(KEY) if pending else schema.empty_table()
         if not runs:
-            yield from unique_sorted(_chunks(last))
+            yield from unique_sorted(_chunks(last, window))
             return
-        streams = [_read_run(path) for path in runs] + [_chunks(last)]
+        streams = [_read_run(path) for path in runs] + [_chunks(last, window)]
         yield from unique_sorted(merge_sorted(streams))
 
 
-def _chunks(table: pa.Table, rows: int = 65536) -> Iterator[pa.Table]:
+def _chunks(table: pa.Table, rows: int) -> Iterator[pa.Table]:
     for start in range(0, table.num_rows, rows):
         yield table.slice(start, rows)
 
 
-def _spill(table: pa.Table, path: Path) -> Path:
+def _spill(table: pa.Table, path: Path, window: int) -> Path:
     with ipc.new_file(path, table.schema) as writer:
-        for chunk in _chunks(table):
+        for chunk in _chunks(table, window):
             writer.write_table(chunk)
     return path
 

@@ -18,14 +18,21 @@ import numpy as np
 import pyarrow.parquet as pq
 import ray
 
+from facesweep.workers.config import (
+    AnonymizeSettings,
+    ContainerSettings,
+    CropSettings,
+    DetectorSettings,
+    Tuning,
+)
 from facesweep.workers.errors import ErrorKind, ImageError, ImageFailure, internal_failure, take_tracebacks
 from facesweep.workers.faces import Faces
-from facesweep.workers.inputs.containers import ContainerSettings, parse_piece, read_piece
+from facesweep.workers.inputs.containers import parse_piece, read_piece
+from facesweep.workers.job.messages import ActorInfo, ShardReport
 from facesweep.workers.job.metrics import error_kinds, shard_metrics
 from facesweep.workers.job.pipeline import ImagePipeline
 from facesweep.workers.job.shards import Shard
 from facesweep.workers.model.detector import Detector, Timings
-from facesweep.workers.model.plan import DetectorSettings
 from facesweep.workers.output.writer import (
     ImageResult,
     Piece,
@@ -35,45 +42,15 @@ from facesweep.workers.output.writer import (
     results_table,
     write_parquet,
 )
-from facesweep.workers.products.anonymize import AnonymizeSettings, anonymized, copy_uri
+from facesweep.workers.products.anonymize import anonymized, copy_uri
 from facesweep.workers.products.crops import (
     CROP_COMPRESSION,
-    CropSettings,
     ImageCrops,
     crop_shard_path,
     crops_table,
     image_crops,
 )
 from facesweep.workers.storage import ObjectError, RangedFile, StorageError, join, request_counts, storage_for
-from facesweep.workers.tuning import Tuning
-
-
-@dataclass(frozen=True)
-class ActorInfo:
-    """A started actor: its model's output format, where Ray placed it, and which process it is (a
-    restarted actor is a new process of the same actor)."""
-
-    format: str
-    node_id: str
-    process: str  # "<Ray actor id>/<pid>"
-
-
-@dataclass(frozen=True)
-class ShardReport:
-    """What one shard produced; the driver sums these."""
-
-    index: int
-    actor: ActorInfo  # who processed it, and on which node
-    images: int
-    faces: int
-    errors: int
-    error_kinds: dict[str, int]  # metrics.error_kinds
-    stage_seconds: dict[str, float]
-    actor_cpu_seconds: float  # CPU time of the actor's process (all its threads) since it was ready
-    requests: dict[str, int]  # storage requests of the actor's process so far, by kind
-    tracebacks: dict[str, str]  # the first of each stage's internal errors since the last report
-    anonymized: int = 0  # anonymized copies written (--anonymize)
-    crops: int = 0  # face crops written (--crops)
 
 
 class ShardCalls:

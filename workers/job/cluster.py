@@ -15,12 +15,11 @@ from facesweep.workers.errors import JobError, line_of
 from facesweep.workers.model.runtime import uses_gpu
 
 if TYPE_CHECKING:
-    from facesweep.workers.job.driver import JobConfig
+    from facesweep.workers.config import JobConfig
     from facesweep.workers.job.progress import JobProgress
 
 MAX_RESTARTS = 4
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024
-STARTUP_TIMEOUT = 300.0
 PLACEMENT_POLL = 2.0
 log = logging.getLogger("facesweep")
 

@@ -16,19 +16,24 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from itertools import chain, islice
 from pathlib import Path
 
 import pyarrow as pa
 import ray
 
+from facesweep.workers.config import (
+    AnonymizeSettings,
+    JobConfig,
+    job_identity,
+)
 from facesweep.workers.errors import JobError, line_of
-from facesweep.workers.inputs.containers import ContainerSettings, is_container
+from facesweep.workers.inputs.containers import is_container
 from facesweep.workers.inputs.listing import InputError, is_manifest, list_images
 from facesweep.workers.inputs.sorted_runs import rebatch
 from facesweep.workers.job.actor import ShardWorker
-from facesweep.workers.job.cluster import STARTUP_TIMEOUT, ensure_ray, start_actors
+from facesweep.workers.job.cluster import ensure_ray, start_actors
 from facesweep.workers.job.ledger import Ledger
 from facesweep.workers.job.progress import JobProgress
 from facesweep.workers.job.shards import (
@@ -40,16 +45,12 @@ from facesweep.workers.job.shards import (
     plan_shards,
     read_ahead,
 )
-from facesweep.workers.model.plan import DetectorSettings, inspect_model
+from facesweep.workers.model.plan import inspect_model
 from facesweep.workers.model.runtime import check_device
-from facesweep.workers.output.record import JobRecord, job_identity, job_record, now
+from facesweep.workers.output.record import JobRecord, job_record, now
 from facesweep.workers.output.writer import CompactionReport, compact
-from facesweep.workers.products.anonymize import METHODS, AnonymizeSettings
-from facesweep.workers.products.crops import CropSettings
 from facesweep.workers.storage import is_s3_uri, request_counts, storage_for
-from facesweep.workers.tuning import Tuning
 
-ROWS_PER_FILE = 100_000
 SHARDS_PER_CALL = 16
 """Shards per actor call once every actor is busy (measured: a Ray call costs the driver ~0.8 ms of CPU)."""
 RAMP_CALLS = 2
@@ -58,27 +59,6 @@ COMPACTION_RETRIES = 3
 log = logging.getLogger("facesweep")
 COMPACTIONS_AT_ONCE = 2
 """Compaction tasks in flight; more wait their turn (each reads rows_per_file / shard_size files)."""
-
-
-@dataclass(frozen=True)
-class JobConfig:
-    """One job: what to read, where to write, which detector, and how many actors."""
-
-    input: str
-    output: str
-    detector: DetectorSettings
-    actors: int | None = None  # None: as many as the cluster's CPUs allow
-    cpus_per_actor: float = 2.0
-    shard_size: int = 64
-    include: str | None = None
-    ray_address: str | None = None  # None: a local Ray instance (or the one RAY_ADDRESS names)
-    rows_per_file: int = ROWS_PER_FILE  # images per part file (the job's tail: fewer)
-    startup_timeout: float = STARTUP_TIMEOUT  # seconds to wait for a cluster to fit the actors
-    reprocess_changed: bool = False  # redo images whose object changed since they were done
-    containers: ContainerSettings = field(default_factory=ContainerSettings)  # how tar / Parquet are read
-    tuning: Tuning = field(default_factory=Tuning)  # throughput levers (not the job's identity)
-    anonymizer: AnonymizeSettings | None = None  # --anonymize DEST: anonymized copies of the images
-    crops: CropSettings | None = None  # --crops: each face's aligned crop in OUTPUT/_crops/
 
 
 def run_job(
@@ -158,11 +138,6 @@ def _prepare(config: JobConfig, overwrite: bool, read_only: bool = False) -> _Jo
     config = replace(config, output=output, detector=replace(config.detector, device=device))
     if config.anonymizer is not None:
         config = replace(config, anonymizer=_anonymizer(config.anonymizer, config.input))
-    if config.crops is not None:
-        try:
-            config.crops.check()
-        except ValueError as error:
-            raise InputError(str(error)) from None
     _check_output(config)
     checksum = inspect_model(config.detector).checksum
     listing = _non_empty(list_images(config.input, config.include, config.containers.piece_bytes), config)
@@ -266,11 +241,7 @@ def _inside(target: str, source: str) -> bool:
 
 def _anonymizer(settings: AnonymizeSettings, source: str) -> AnonymizeSettings:
     """--anonymize as the actors take it: DEST absolute when local, the keys' root (INPUT `source` when
-    it is a folder or prefix), the settings checked."""
-    if settings.anonymize_method not in METHODS:
-        raise InputError(f"--anonymize-method {settings.anonymize_method!r}: use one of {', '.join(METHODS)}")
-    if settings.anonymize_mask_scale <= 0 or not 0 <= settings.anonymize_threshold <= 1:
-        raise InputError("--anonymize-mask-scale must be above 0 and --anonymize-threshold within 0..1")
+    it is a folder or prefix)."""
     dest = settings.anonymize
     dest = dest if is_s3_uri(dest) else str(Path(dest).absolute())
     root = None if is_manifest(source) or is_container(source) else source

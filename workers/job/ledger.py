@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from facesweep.workers.errors import UserError
 from facesweep.workers.inputs.sorted_runs import Prefetched, merge_sorted
 from facesweep.workers.job.shards import DONE_SCHEMA
 from facesweep.workers.output.record import JOB_FILE, JobRecord, encode_record, parse_record
@@ -46,7 +47,7 @@ LEDGER_COLUMNS = ["uri", "etag", "size"]
 FOOTER_READERS = 32
 
 
-class OutputConflictError(ValueError):
+class OutputConflictError(UserError, ValueError):
     """OUTPUT holds another job's results; the message says how they differ and what to do."""
 
 

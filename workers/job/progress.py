@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from facesweep.workers.job.actor import ActorInfo, ShardReport
+from facesweep.workers.job.messages import ActorInfo, ShardReport
 from facesweep.workers.job.shards import PlanCounts
 from facesweep.workers.output.writer import NO_COUNTS, ShardCounts
 

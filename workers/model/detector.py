@@ -11,12 +11,12 @@ from itertools import islice
 
 import numpy as np
 
+from facesweep.workers.config import DetectorSettings, Tuning
 from facesweep.workers.errors import ImageFailure, internal_failure
 from facesweep.workers.faces import Faces
-from facesweep.workers.model.plan import DetectorSettings, plan_model
+from facesweep.workers.model.plan import plan_model
 from facesweep.workers.model.runtime import compile_model, run_in_flight, warm_up
 from facesweep.workers.model.views import Prepared, View, image_views, in_original, merge, reduction
-from facesweep.workers.tuning import Tuning
 
 
 @dataclass

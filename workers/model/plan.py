@@ -5,40 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
 
 import openvino as ov
 
+from facesweep.workers.config import DetectorSettings
 from facesweep.workers.model.catalog import ModelError, model_checksum, resolve_model
 from facesweep.workers.model.formats import detect_format
 from facesweep.workers.model.formats.base import DecodeSettings, Format
 from facesweep.workers.model.formats.known import KnownModel, recognise
 from facesweep.workers.model.preprocess import Preprocess
 from facesweep.workers.model.runtime import output_infos, read_model, static_input_size
-
-
-@dataclass(frozen=True)
-class DetectorSettings:
-    """Everything that decides which faces come out of an image. None means: the model's or format's value."""
-
-    model: str
-    device: str = "CPU"
-    threads: int = 1
-    score_threshold: float = 0.5
-    nms_threshold: float | None = None
-    format: str | None = None  # None: detected from the model's outputs
-    resize: Literal["stretch", "letterbox"] | None = None
-    input_size: tuple[int, int] | None = None  # (width, height)
-    color: Literal["BGR", "RGB"] | None = None
-    mean: tuple[float, float, float] | None = None
-    scale: tuple[float, float, float] | None = None
-    face_label: int | None = None
-    batch: int = 1
-    precision: str | None = None  # INFERENCE_PRECISION_HINT, e.g. "f32"; None: the device's default
-    model_sha256: str | None = None  # refuse a model whose bytes have another checksum
-    scales: tuple[float, ...] = (1.0,)  # test-time pyramid: run each image at these scales (views)
-    tile: bool = False  # also run images larger than a fixed network input as native-resolution tiles
-    reduced_decode: bool = True  # decode a JPEG at 1/2, 1/4, 1/8 when every view downscales that much
 
 
 @dataclass(frozen=True)

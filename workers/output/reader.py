@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from facesweep.workers.errors import line_of
+from facesweep.workers.errors import UserError, line_of
 from facesweep.workers.faces import Faces
 from facesweep.workers.output.writer import SCHEMA
 from facesweep.workers.storage import ObjectInfo, RangedFile, StorageError, is_s3_uri, storage_for
@@ -37,7 +37,7 @@ FLAT_SCHEMA = pa.schema(
 corners, score, and the five landmarks' x and y (null when the model has none)."""
 
 
-class OutputError(ValueError):
+class OutputError(UserError, ValueError):
     """OUTPUT is not a readable facesweep output; the message says which and what to do, in one line."""
 
 

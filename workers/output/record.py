@@ -14,13 +14,12 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from facesweep.workers.inputs.containers import ContainerSettings
+from facesweep.workers.config import AnonymizeSettings, ContainerSettings
 from facesweep.workers.output.writer import ShardCounts
-from facesweep.workers.products.anonymize import AnonymizeSettings
 from facesweep.workers.storage import ObjectError, join, storage_for
 
 if TYPE_CHECKING:
-    from facesweep.workers.job.driver import JobConfig
+    from facesweep.workers.config import JobConfig
     from facesweep.workers.job.progress import JobProgress
 
 JOB_FILE = "_job.json"
@@ -85,21 +84,6 @@ def encode_record(record: JobRecord) -> bytes:
 def now() -> str:
     """The record's timestamps: UTC, ISO 8601, to the second."""
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def job_identity(config: JobConfig, checksum: str) -> dict[str, Any]:
-    """What decides which faces the job writes; a re-run into the same OUTPUT must match it."""
-    detector = {
-        k: v for k, v in asdict(config.detector).items() if k not in ("model", "threads", "model_sha256")
-    }
-    identity = {"input": config.input, "include": config.include, "model_sha256": checksum, **detector}
-    defaults = ContainerSettings()  # in the identity when set: older records have no such keys
-    identity.update({k: v for k, v in asdict(config.containers).items() if v != getattr(defaults, k)})
-    if config.anonymizer is not None:  # the copies are part of what the job writes
-        identity.update({k: v for k, v in asdict(config.anonymizer).items() if k != "root"})
-    if config.crops is not None:  # so are the crops
-        identity.update({"crops": True, **asdict(config.crops)})
-    return json.loads(json.dumps(identity))  # as _job.json stores it (tuples become lists)
 
 
 def job_record(

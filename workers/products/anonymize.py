@@ -11,18 +11,16 @@ with one atomic PUT (or a renamed temporary file), so a kill never leaves a part
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Literal
 
 import cv2
 import numpy as np
 
+from facesweep.workers.config import AnonymizeSettings
 from facesweep.workers.faces import Faces
 from facesweep.workers.inputs.images import image_format
 from facesweep.workers.storage import ObjectError, is_s3_uri, join, split_s3_uri
 
-METHODS = ("blur", "mosaic", "solid")
 MOSAIC_CELLS = 8
 """Cells across a face's mask in a mosaic."""
 ENCODINGS = {"JPEG": ".jpg", "PNG": ".png", "WebP": ".webp", "BMP": ".bmp", "TIFF": ".tiff"}
@@ -36,17 +34,6 @@ _ZIGZAG_STANDARD_LUMA = np.array(
     np.float64,
 )
 """The JPEG standard's luminance quantization table (Annex K) in zigzag order, as a DQT segment holds it."""
-
-
-@dataclass(frozen=True)
-class AnonymizeSettings:
-    """`facesweep run --anonymize DEST`: where the copies go and how faces are hidden."""
-
-    anonymize: str  # DEST: a folder or s3://bucket/prefix
-    anonymize_method: Literal["blur", "mosaic", "solid"] = "blur"
-    anonymize_mask_scale: float = 1.3
-    anonymize_threshold: float = 0.2
-    root: str | None = None  # INPUT when it is a folder or prefix (keys are relative to it), else None
 
 
 def jpeg_quality(data: bytes) -> int | None:

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
+from facesweep.workers.config import CropSettings
 from facesweep.workers.faces import Faces
 
 ARCFACE_TEMPLATE = np.array(
@@ -50,21 +51,6 @@ SCHEMA = pa.schema(
     [pa.field(name, kind, metadata={"description": text}) for name, (kind, text) in COLUMNS.items()]
 )
 """The crops table: one row per face of the detections, keyed by (uri, face)."""
-
-
-@dataclass(frozen=True)
-class CropSettings:
-    """`facesweep run --crops`: the crops' size and, for models without landmarks, their margin."""
-
-    crop_size: int = 112
-    crop_margin: float = 0.25  # a square crop's side: the box's longer side times 1 + margin
-
-    def check(self) -> None:
-        """A one-line ValueError for a size `norm_crop`'s template cannot take, or a negative margin."""
-        if self.crop_size <= 0 or (self.crop_size % 112 and self.crop_size % 128):
-            raise ValueError(f"--crop-size {self.crop_size}: use a multiple of 112 or 128 (ArcFace's)")
-        if self.crop_margin < 0:
-            raise ValueError(f"--crop-margin {self.crop_margin}: use 0 or more")
 
 
 def alignments(faces: Faces, settings: CropSettings) -> np.ndarray:

@@ -38,14 +38,14 @@ from obstore.exceptions import (
 )
 from obstore.store import S3Store
 
-from facesweep.workers.errors import line_of
+from facesweep.workers.errors import UserError, line_of
 
 S3_SCHEME = "s3://"
 PARTIAL = ".partial"
 """How a local write's temporary file ends (`_<name>.<pid>.<thread>.partial`, renamed once whole)."""
 
 
-class StorageError(OSError):
+class StorageError(UserError, OSError):
     """A storage operation that failed; the message names the object and the reason in one line.
 
     Raised as is when the store itself failed (unreachable, still failing after boto3's retries): the

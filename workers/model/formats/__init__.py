@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from facesweep.workers.errors import UserError
 from facesweep.workers.model.formats import anchors, boxes_labels, centerface, priorbox, scrfd, ssd, yunet
 from facesweep.workers.model.formats.base import Format, OutputInfo
 
@@ -23,7 +24,7 @@ FORMATS: dict[str, Format] = {
 }
 
 
-class UnknownFormatError(ValueError):
+class UnknownFormatError(UserError, ValueError):
     """The model's outputs match no known format."""
 
 
