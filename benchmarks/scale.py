@@ -42,7 +42,8 @@ from facesweep.workers.faces import Faces  # noqa: E402
 from facesweep.workers.job.actor import ShardCalls  # noqa: E402
 from facesweep.workers.job.messages import ActorInfo, ShardReport  # noqa: E402
 from facesweep.workers.job.shards import Shard  # noqa: E402
-from facesweep.workers.output.writer import ImageResult, results_table, write_parquet  # noqa: E402
+from facesweep.workers.output.schema import ImageResult, results_table  # noqa: E402
+from facesweep.workers.output.writer import write_parquet  # noqa: E402
 from facesweep.workers.storage import join, storage_for  # noqa: E402
 from infra.local_s3 import LocalS3, start_local_s3  # noqa: E402
 

@@ -30,7 +30,7 @@ from facesweep.workers.job.driver import run_job
 from facesweep.workers.job.pipeline import ImagePipeline, Loaded
 from facesweep.workers.job.progress import JobProgress
 from facesweep.workers.model.detector import Detector, Timings
-from facesweep.workers.output.writer import SCHEMA, ImageResult, results_table
+from facesweep.workers.output.schema import SCHEMA, ImageResult, results_table
 
 RESULT_COLUMNS = ("width", "height", "status", "error", "error_kind", "model", "faces")
 """What `FaceDetector` adds to a Ray Data batch: the output contract's columns but the uri and version."""

@@ -59,6 +59,11 @@ def _flag(parse: Callable[[Any], Any]) -> Callable[[str], Any]:
     return parsed
 
 
+def _choice(option: str) -> Callable[[str], Any]:
+    """The option's own choice parser, so a bad choice reads as the API and a spec say it."""
+    return _flag(OPTIONS[option].parse)
+
+
 _positive_int, _positive_float = _flag(positive_int), _flag(positive_float)
 _fraction, _size, _triple, _scales = _flag(fraction), _flag(size), _flag(triple), _flag(scales)
 
@@ -85,14 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
         "input",
         nargs="?",
         metavar="INPUT",
-        help="s3://bucket/prefix, a local directory, or a manifest "
+        help="s3://bucket/prefix, az://container/prefix, a local directory, or a manifest "
         "(.txt/.lst: one URI per line; .parquet: a `uri` column) (or from --config)",
     )
     run.add_argument(
         "output",
         nargs="?",
         metavar="OUTPUT",
-        help="s3://bucket/prefix or a local directory (or from --config)",
+        help="s3://bucket/prefix, az://container/prefix or a local directory (or from --config)",
     )
     run.add_argument(
         "--resume",
@@ -119,9 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--format", choices=sorted(FORMATS), help="output format (default: from the outputs)")
     model.add_argument("--face-label", type=int, help="class id of faces in multi-class outputs")
     pre = run.add_argument_group("preprocessing (default: the known model's, else its format's)")
-    pre.add_argument("--resize", choices=["stretch", "letterbox"], help="plain resize or aspect-keeping")
+    pre.add_argument(
+        "--resize",
+        type=_choice("resize"),
+        metavar="{stretch,letterbox}",
+        help="plain resize or aspect-keeping",
+    )
     pre.add_argument("--input-size", type=_size, metavar="WxH", help="network input (default: the IR's)")
-    pre.add_argument("--color", choices=["BGR", "RGB"], help="channel order the network expects")
+    pre.add_argument(
+        "--color", type=_choice("color"), metavar="{BGR,RGB}", help="channel order the network expects"
+    )
     pre.add_argument("--mean", type=_triple, metavar="A,B,C", help="subtracted per channel (network order)")
     pre.add_argument("--scale", type=_triple, metavar="A,B,C", help="divides per channel after the mean")
     pre.add_argument(
@@ -166,7 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"({STARTUP_TIMEOUT:g}); a local Ray that cannot fit them is refused at once",
     )
     res.add_argument("--batch", type=_positive_int, default=1, help="images per inference request (1)")
-    res.add_argument("--precision", choices=["f32", "bf16", "f16"], help="inference precision (device's)")
+    res.add_argument(
+        "--precision",
+        type=_choice("precision"),
+        metavar="{f32,bf16,f16}",
+        help="inference precision (device's)",
+    )
     res.add_argument(
         "--shard-size", type=_positive_int, default=64, help="images per shard: per actor call (64)"
     )
@@ -191,7 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     hide = run.add_argument_group("anonymized copies (each image, its faces hidden, under the same key)")
     hide.add_argument("--anonymize", metavar="DEST", help="write the copies below DEST (a folder or s3://)")
     hide.add_argument(
-        "--anonymize-method", choices=METHODS, help="blur (default; a third of the face), mosaic or solid"
+        "--anonymize-method",
+        type=_choice("anonymize_method"),
+        metavar="{" + ",".join(METHODS) + "}",
+        help="blur (default; a third of the face), mosaic or solid",
     )
     hide.add_argument(
         "--anonymize-mask-scale", type=_positive_float, metavar="F", help="ellipse around a face's box (1.3)"

@@ -35,7 +35,7 @@ from facesweep.workers.output.reader import (
     one_row_per_image,
     read_output,
 )
-from facesweep.workers.storage import is_s3_uri, join, storage_for
+from facesweep.workers.storage import is_remote, join, storage_for
 
 DEFAULT_FILES = {"coco": "faces.coco.json", "csv": "faces.csv", "flat-parquet": "faces.parquet"}
 """Where each format goes without `--out` (the current directory), or in the folder `--out` names."""
@@ -91,7 +91,7 @@ def destination(out: str | None, format: str) -> str:
     local directory), or in the current directory without it."""
     if out is None:
         return DEFAULT_FILES[format]
-    folder = out.endswith("/") or (not is_s3_uri(out) and Path(out).is_dir())
+    folder = out.endswith("/") or (not is_remote(out) and Path(out).is_dir())
     return join(out, DEFAULT_FILES[format]) if folder else out
 
 

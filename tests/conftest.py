@@ -1,15 +1,20 @@
-"""Shared pytest fixtures: a real local S3 server (SeaweedFS), an AWS environment pointing at it, one local
-Ray, and one small real job's output for the tests of what reads outputs."""
+"""Shared pytest fixtures: a real local S3 server (SeaweedFS), an AWS environment pointing at it, a real
+local Azure Blob Storage (Azurite), one local Ray, and one small real job's output for the tests of what
+reads outputs."""
 
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from infra.azurite import Azurite, find_azurite, start_azurite
 from infra.local_s3 import LocalS3, start_local_s3
+from tests.paths import ROOT
 
 # Telemetry opt-outs, set at import time so they are in place before any test imports ray or openvino
 # (so this file must not import them at module level) and are inherited by processes tests start.
@@ -23,6 +28,41 @@ os.environ.setdefault("CI", "true")
 
 # Variables that would make boto3 sign requests with something other than the local server's keys.
 _CONFLICTING_AWS_VARS = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+
+# Files the suite never writes: tools' own (Python, pytest, ruff, pip, npm) and sources, which people may be
+# adding to the checkout while a session runs (the suite writes data: Parquet, JSON, images, reports).
+_NOT_THE_SUITES = re.compile(
+    r"(^|/)(__pycache__|\.pytest_cache|\.ruff_cache|\.venv|\.cache|node_modules|[^/]+\.egg-info)/|\.(py|md)$"
+)
+
+
+def checkout_files() -> set[str] | None:
+    """The checkout's untracked and ignored files (`git status`) of kinds the suite could write; None when
+    the checkout is not the top of a git work tree."""
+    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=ROOT, capture_output=True, text=True)
+    if top.returncode != 0 or Path(top.stdout.strip()).resolve() != ROOT:
+        return None
+    listed = subprocess.run(
+        ["git", "status", "--porcelain", "-z", "--untracked-files=all", "--ignored"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    paths = {entry[3:] for entry in listed.split("\0") if entry[:3] in ("?? ", "!! ")}
+    return {path for path in paths if not _NOT_THE_SUITES.search(path)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_untouched() -> Iterator[None]:
+    """Fails the session (at its last teardown) when a file appeared in the checkout while it ran: a
+    test, or a process it started (Ray's workers included), resolved a relative path there. Files that
+    were there when the session started never count."""
+    before = checkout_files()
+    yield
+    if before is not None:
+        new = sorted((checkout_files() or set()) - before)
+        assert not new, f"the tests wrote {len(new)} files into the checkout {ROOT}: {new[:10]}"
 
 
 @pytest.fixture(scope="session")
@@ -43,18 +83,63 @@ def s3_env(local_s3: LocalS3, monkeypatch: pytest.MonkeyPatch) -> LocalS3:
 
 
 @pytest.fixture(scope="session")
-def ray_local(local_s3: LocalS3) -> Iterator[None]:
-    """One local, loopback-only Ray for the session; its workers see the local S3 server's AWS_* vars."""
+def azurite_if_installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite | None]:
+    """A local Azure Blob Storage (Azurite) shared by the whole test session (a random account key, own
+    data dir), None where `make setup` has not installed it. Ray's workers get its connection string at
+    start, so it starts with the session's Ray."""
+    try:
+        find_azurite()
+    except FileNotFoundError:
+        yield None
+        return
+    with start_azurite(tmp_path_factory.mktemp("azurite")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def azurite(azurite_if_installed: Azurite | None) -> Azurite:
+    """The session's Azurite; a test that needs it is skipped where it is not installed."""
+    if azurite_if_installed is None:
+        pytest.skip("Azurite is not installed: run `make setup` (npm installs it into .cache/azurite)")
+    return azurite_if_installed
+
+
+@pytest.fixture
+def az_env(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> Azurite:
+    """The session's Azurite, with AZURE_STORAGE_CONNECTION_STRING pointing at it for this test."""
+    for name, value in azurite.env().items():
+        monkeypatch.setenv(name, value)
+    return azurite
+
+
+@pytest.fixture(scope="session")
+def ray_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The working directory of the session's Ray: its actors and tasks resolve relative paths here."""
+    return tmp_path_factory.mktemp("ray-workdir")
+
+
+@pytest.fixture(scope="session")
+def ray_local(local_s3: LocalS3, azurite_if_installed: Azurite | None, ray_workdir: Path) -> Iterator[None]:
+    """One local, loopback-only Ray for the session; its workers see the local S3 server's AWS_* vars (and
+    Azurite's connection string) and run in `ray_workdir`, not in the directory pytest runs in (the
+    checkout)."""
     import ray
 
     os.environ.update(local_s3.env())
-    ray.init(
-        num_cpus=2,
-        _node_ip_address="127.0.0.1",
-        include_dashboard=False,
-        object_store_memory=100 * 1024 * 1024,
-        logging_level="WARNING",
-    )
+    if azurite_if_installed is not None:
+        os.environ.update(azurite_if_installed.env())
+    here = Path.cwd()
+    os.chdir(ray_workdir)  # Ray's processes keep the working directory ray.init was called in
+    try:
+        ray.init(
+            num_cpus=2,
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            object_store_memory=100 * 1024 * 1024,
+            logging_level="WARNING",
+        )
+    finally:
+        os.chdir(here)
     yield
     ray.shutdown()
 

@@ -13,7 +13,7 @@ import pyarrow.fs as pafs
 
 from facesweep.workers.config import DEFAULT_MODEL, DetectorSettings, JobConfig
 from facesweep.workers.job.driver import run_job
-from facesweep.workers.output.writer import SCHEMA
+from facesweep.workers.output.schema import SCHEMA
 from infra.demo import WIDER_SUBSET, sample_photos
 
 SUBSET_ANNOTATIONS = WIDER_SUBSET.parent / "annotations.txt"

@@ -162,7 +162,7 @@ class DetectorSettings:
 
     model: str = setting(parse=text, faces=False)
     device: str = setting("CPU", parse=text, faces=True)
-    threads: int = setting(1, parse=positive_int, faces=False)
+    threads: int = 1  # not an option: an actor's CPUs (--cpus-per-actor), or FaceDetector's `threads`
     score_threshold: float = setting(0.5, parse=fraction, faces=True)
     nms_threshold: float | None = setting(None, parse=fraction, faces=True)
     format: str | None = setting(None, parse=text, faces=True)  # None: detected from the model's outputs

@@ -22,7 +22,7 @@ from facesweep.workers.inputs.containers import expand, fetch_members, piece_uri
 from facesweep.workers.inputs.listing import list_images
 from facesweep.workers.job.driver import run_job
 from facesweep.workers.job.ledger import OutputConflictError
-from facesweep.workers.output.writer import SCHEMA
+from facesweep.workers.output.schema import SCHEMA
 from facesweep.workers.storage import request_counts
 from infra.demo import sample_photos
 from infra.local_s3 import LocalS3

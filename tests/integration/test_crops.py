@@ -23,17 +23,12 @@ from facesweep.api import job_config
 from facesweep.workers.config import ConfigError, CropSettings
 from facesweep.workers.faces import Faces
 from facesweep.workers.inputs.images import decode_image
-from facesweep.workers.inputs.listing import InputError
 from facesweep.workers.job.driver import run_job
 from facesweep.workers.job.ledger import Ledger, OutputConflictError
-from facesweep.workers.output.writer import ImageResult, put_table, results_table, shard_path, write_parquet
-from facesweep.workers.products.crops import (
-    crop_part_path,
-    crop_shard_path,
-    crops_table,
-    image_crops,
-    warped_crops,
-)
+from facesweep.workers.output.layout import crop_part_path, crop_shard_path, shard_path
+from facesweep.workers.output.schema import ImageResult, results_table
+from facesweep.workers.output.writer import put_table, write_parquet
+from facesweep.workers.products.crops import crops_table, image_crops, warped_crops
 from facesweep.workers.storage import storage_for
 from tests.outputs import assert_one_crop_per_face, read_crops
 from tests.paths import MODELS, WIDER_SUBSET

@@ -28,7 +28,8 @@ from facesweep.workers.evaluation.evaluate import evaluate, omz_ap, voc_ap, wide
 from facesweep.workers.evaluation.matching import match_by_suffix, match_faces, recall
 from facesweep.workers.faces import Faces
 from facesweep.workers.model.nms import pairwise_iou
-from facesweep.workers.output.writer import ImageResult, results_table, write_parquet
+from facesweep.workers.output.schema import ImageResult, results_table
+from facesweep.workers.output.writer import write_parquet
 from facesweep.workers.storage import storage_for
 from infra.local_s3 import LocalS3
 from tests.paths import SHARED

@@ -17,7 +17,8 @@ from facesweep.cli import main
 from facesweep.export import DEFAULT_FILES, export
 from facesweep.workers.faces import Faces
 from facesweep.workers.output.reader import FLAT_SCHEMA, LANDMARK_NAMES, faces_per_image, read_output
-from facesweep.workers.output.writer import ImageResult, results_table, write_parquet
+from facesweep.workers.output.schema import ImageResult, results_table
+from facesweep.workers.output.writer import write_parquet
 from facesweep.workers.storage import storage_for
 from infra.local_s3 import LocalS3
 from tests.outputs import BROKEN

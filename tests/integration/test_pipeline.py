@@ -19,7 +19,7 @@ from facesweep.workers.job.driver import run_job
 from facesweep.workers.job.pipeline import ImagePipeline
 from facesweep.workers.model.detector import Detector, Timings
 from facesweep.workers.model.nms import pairwise_iou
-from facesweep.workers.output.writer import ImageResult
+from facesweep.workers.output.schema import ImageResult
 from infra.demo import sample_photos
 from infra.local_s3 import LocalS3
 from tests.outputs import read_rows
@@ -122,25 +122,35 @@ def test_manifests_list_exactly_their_images(ray_local: None, photo_dir: Path, t
 
 def test_a_slow_step_after_detection_holds_back_the_loading() -> None:
     """With a `finish` step (copies, crops) slower than the model, at most `in_flight` images are
-    loaded and not yet finished: decoded images never pile up behind it."""
+    loaded and not yet finished, so decoded images never pile up behind it; and the loading keeps that
+    many ahead: no image is finished before the `in_flight` - 1 after it (or the rest) are loaded."""
+    images, in_flight = 40, 8
     detector = Detector(DetectorSettings(model="retinaface-mnet025", threads=2))
-    pipeline = ImagePipeline(detector, ThreadPoolExecutor(8), in_flight=8)
+    assert 2 * detector.plan.batch <= in_flight  # else the pipeline holds two batches, not `in_flight`
+    pipeline = ImagePipeline(detector, ThreadPoolExecutor(8), in_flight=in_flight)
     image = cv2.resize(astronaut(), (256, 256))
-    lock, live, most = threading.Lock(), [0], [0]
+    changed = threading.Condition()
+    loaded, finished, most = [0], [0], [0]
 
     def load(i: int) -> np.ndarray:
-        with lock:
-            live[0] += 1
-            most[0] = max(most[0], live[0])
+        with changed:
+            loaded[0] += 1
+            most[0] = max(most[0], loaded[0] - finished[0])
+            changed.notify_all()
         return image
 
     def finish(position: int, result: ImageResult, pixels: np.ndarray) -> ImageResult:
+        with changed:
+            ahead = min(finished[0] + in_flight, images)
+            if not changed.wait_for(lambda: loaded[0] >= ahead, timeout=60):
+                raise AssertionError(f"{loaded[0]} images loaded, {finished[0]} finished: not loading ahead")
         time.sleep(0.2)  # slower than the model: without the hold, every image would be loaded at once
-        with lock:
-            live[0] -= 1
+        with changed:
+            finished[0] += 1
+            changed.notify_all()
         return replace(result, key=str(position))
 
-    results = pipeline.run([f"a{i}" for i in range(40)], load, Timings(), finish)
-    assert [r.key for r in results] == [str(i) for i in range(40)]
+    results = pipeline.run([f"a{i}" for i in range(images)], load, Timings(), finish)
+    assert [r.key for r in results] == [str(i) for i in range(images)]
     assert all(r.faces is not None and len(r.faces) == 1 for r in results)
-    assert most[0] <= 8, most[0]
+    assert most[0] == in_flight, most[0]

@@ -22,7 +22,8 @@ from facesweep.workers.evaluation.annotations import (
 from facesweep.workers.evaluation.evaluate import omz_ap, omz_difficult, omz_faces, wider_ap
 from facesweep.workers.evaluation.matching import match_by_suffix
 from facesweep.workers.faces import Faces
-from facesweep.workers.output.writer import ImageResult, results_table, write_parquet
+from facesweep.workers.output.schema import ImageResult, results_table
+from facesweep.workers.output.writer import write_parquet
 from facesweep.workers.storage import storage_for
 from tests.paths import WIDER
 

@@ -20,7 +20,8 @@ from facesweep.workers.config import CropSettings, DetectorSettings, JobConfig
 from facesweep.workers.job.driver import run_job
 from facesweep.workers.job.ledger import OutputConflictError
 from facesweep.workers.model.catalog import model_checksum, resolve_model
-from facesweep.workers.output.writer import SHARDS_KEY, shard_path, write_parquet
+from facesweep.workers.output.layout import shard_path
+from facesweep.workers.output.writer import SHARDS_KEY, write_parquet
 from facesweep.workers.storage import storage_for
 from infra.demo import sample_photos
 

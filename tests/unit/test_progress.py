@@ -27,20 +27,31 @@ def shards(count: int, produced: list[int], fail_at: int | None = None) -> Itera
         yield Shard(index, (f"s3://b/{index}.jpg",), (None,), (None,))
 
 
-def wait_for(condition, seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.01)
+def test_read_ahead_plans_up_to_its_limit_and_no_further() -> None:
+    """After the first shard is taken the plan fills the queue (`limit`) and holds one more; from then on
+    it never asks for a shard more than `limit` + 1 beyond those the consumer has taken."""
+    limit, taken, produced, beyond = 10, [0], [], []
+    planned = threading.Condition()
 
+    def plan() -> Iterator[Shard]:
+        for shard in shards(100, produced):
+            # the queue's `limit`, one in the planning thread's hand and one on its way to the consumer
+            if shard.index > taken[0] + limit + 1:
+                beyond.append((shard.index, taken[0]))
+            with planned:
+                planned.notify_all()
+            yield shard
 
-def test_read_ahead_plans_up_to_its_limit_before_the_first_shard_is_taken() -> None:
-    produced: list[int] = []
-    ahead = read_ahead(shards(100, produced), limit=10)
+    ahead = read_ahead(plan(), limit)
     assert next(ahead).index == 0
-    wait_for(lambda: len(produced) >= 12)
-    time.sleep(0.2)  # had it no bound, the thread would run on to 100
-    assert 10 <= len(produced) <= 12
-    assert [s.index for s in ahead] == list(range(1, 100))
+    taken[0] = 1
+    with planned:
+        assert planned.wait_for(lambda: len(produced) >= limit + 2, timeout=30), produced
+    rest = []
+    for shard in ahead:
+        rest.append(shard.index)
+        taken[0] += 1
+    assert rest == list(range(1, 100)) and not beyond, beyond
 
 
 def test_read_ahead_raises_the_plans_error_at_the_consumer_after_what_came_before() -> None:
@@ -51,11 +62,13 @@ def test_read_ahead_raises_the_plans_error_at_the_consumer_after_what_came_befor
 
 
 def test_closing_read_ahead_stops_its_thread() -> None:
+    before = set(threading.enumerate())
     ahead = read_ahead(shards(10**6, []), limit=4)
     next(ahead)
+    [thread] = [t for t in threading.enumerate() if t.name == "facesweep-plan" and t not in before]
     ahead.close()
-    wait_for(lambda: not any(t.name == "facesweep-plan" for t in threading.enumerate()))
-    assert not any(t.name == "facesweep-plan" for t in threading.enumerate())
+    thread.join(timeout=30)
+    assert not thread.is_alive()
 
 
 def frames(stream: io.StringIO) -> list[str]:
@@ -65,16 +78,21 @@ def frames(stream: io.StringIO) -> list[str]:
 def test_the_bar_shows_the_jobs_rate_and_ends_on_the_summarys() -> None:
     stream = io.StringIO()
     bar = TerminalProgress(stream)
-    progress = JobProgress(started=time.monotonic() - 12.0, startup_seconds=4.0)
+    started = time.monotonic() - 12.0
+    progress = JobProgress(started=started, startup_seconds=4.0)
     progress.images, progress.faces = 64, 9  # the first shard, in the bar's first instant
     progress.plan.new, progress.plan.finished = 640, True
+    before = time.monotonic()
     bar(progress)
+    after = time.monotonic()
     first = frames(stream)[-1]
+    # 64 images in the 8 s (and the bar's call) since the actors were ready, not 64 in a millisecond
+    slowest, fastest = 64 / (after - started - 4.0), 64 / (before - started - 4.0)
     rate = float(re.search(r"([\d.]+) img/s", first).group(1))
-    assert 7.5 <= rate <= 8.5, first  # 64 images in ~8 s after start-up, not 64 in a millisecond
+    assert round(slowest, 1) <= rate <= round(fastest, 1), first
     assert "64/640" in first and "left" in first and "faces 9" in first
-    progress.images, progress.finished = 640, time.monotonic()
+    progress.images, progress.finished = 640, started + 20.0
     bar.close(progress)
     last = frames(stream)[-1]
-    assert f"{progress.processing_images_per_second:.1f} img/s" in last and "left" not in last
+    assert "40.0 img/s" in last and "left" not in last  # 640 images in the 16 s after start-up
     assert "640/640" in last

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from facesweep.workers.errors import UserError
 from facesweep.workers.output.reader import faces_per_image, read_rows
-from facesweep.workers.storage import is_s3_uri
+from facesweep.workers.storage import is_remote
 
 Predictions = tuple[np.ndarray, np.ndarray]  # boxes [N, 4], scores [N]: float32 (float64 from WIDER txt)
 
@@ -187,7 +187,7 @@ def _names(table: pa.Table) -> list[str]:
 
 def load_predictions(source: str) -> dict[str, Predictions]:
     """A facesweep output (local directory or s3://) or a folder of official WIDER txt predictions."""
-    if is_s3_uri(source):
+    if is_remote(source):
         return read_predictions(source)
     path = Path(source)
     if not path.exists():

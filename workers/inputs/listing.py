@@ -1,10 +1,10 @@
 """What INPUT names, as a stream of Arrow tables (uri, etag, size) sorted by uri, each image once.
 
-- an `s3://` prefix or a local directory: every image below it. The first level of sub-folders is listed
-  with LISTERS requests in flight (one listing per sub-folder, merged in order), so a date- or
-  shard-partitioned bucket lists at LISTERS times the speed of one page after another;
+- a store's prefix (`s3://`, `az://`) or a local directory: every image below it. The first level of
+  sub-folders is listed with LISTERS requests in flight (one listing per sub-folder, merged in order), so a
+  date- or shard-partitioned bucket lists at LISTERS times the speed of one page after another;
 - a manifest: `.txt`/`.lst` (one URI or path per line; blank lines and `#` comments skipped) or `.parquet`
-  with a `uri` column (and optional `etag`, `size`), local or on S3; relative paths are taken from the
+  with a `uri` column (and optional `etag`, `size`), local or in a store; relative paths are taken from the
   manifest's folder;
 - an S3 Inventory report: its `manifest.json` (CSV or Parquet inventories; keys of the source bucket,
   delete markers and non-current versions left out).
@@ -16,7 +16,7 @@ Prefixes, directories and inventories yield only image files and containers: by 
 (case-insensitive), or by `include`, a glob matched case-insensitively against the path below the
 prefix (an inventory's keys).
 Manifests and inventories are not in key order: they are sorted (through disk beyond sorted_runs.RUN_ROWS)
-and duplicates dropped. The version tag is the S3 ETag, a local file's modification time, or null.
+and duplicates dropped. The version tag is the store's ETag, a local file's modification time, or null.
 """
 
 from __future__ import annotations
@@ -42,7 +42,17 @@ from facesweep.workers.errors import UserError
 from facesweep.workers.inputs.containers import CONTAINER_SUFFIXES, expand, is_container
 from facesweep.workers.inputs.images import IMAGE_EXTENSIONS
 from facesweep.workers.inputs.sorted_runs import check_sorted, sort_unsorted
-from facesweep.workers.storage import ObjectInfo, RangedFile, Storage, is_s3_uri, split_s3_uri, storage_for
+from facesweep.workers.storage import (
+    URI_PATTERN,
+    ObjectInfo,
+    RangedFile,
+    Storage,
+    as_folder,
+    is_remote,
+    parent,
+    split_uri,
+    storage_for,
+)
 
 LISTING_SCHEMA = pa.schema([("uri", pa.string()), ("etag", pa.string()), ("size", pa.int64())])
 TEXT_MANIFESTS = (".txt", ".lst")
@@ -71,21 +81,21 @@ def list_images(
 
 def _list(source: str, include: str | None) -> Iterator[pa.Table]:
     if source.endswith(INVENTORY_MANIFEST):
-        if not is_s3_uri(source):
+        if not is_remote(source):
             raise InputError(f"{source}: an S3 Inventory report is read from S3: give its s3:// URI")
         return sort_unsorted(_read_inventory(source, include), LISTING_SCHEMA)
     if is_manifest(source) and not _holds_images(source):
         return sort_unsorted(_read_manifest(source), LISTING_SCHEMA)
-    if not is_s3_uri(source) and Path(source).is_file():  # one image or container
+    if not is_remote(source) and Path(source).is_file():  # one image or container
         return iter([_table([storage_for(source).head(str(Path(source).absolute()))])])
-    if is_s3_uri(source) and is_container(source):  # one tar or Parquet object
+    if is_remote(source) and is_container(source):  # one tar or Parquet object
         return iter([_table([storage_for(source).head(source)])])
-    if not is_s3_uri(source) and not Path(source).is_dir():
+    if not is_remote(source) and not Path(source).is_dir():
         raise InputError(
-            f"INPUT {source} does not exist: give an s3://bucket/prefix, a directory, a manifest "
+            f"INPUT {source} does not exist: give an s3:// or az:// prefix, a directory, a manifest "
             f"({', '.join(TEXT_MANIFESTS + PARQUET_MANIFESTS)}) or an S3 Inventory {INVENTORY_MANIFEST}"
         )
-    root = source.rstrip("/") + "/" if is_s3_uri(source) else str(Path(source).absolute()) + "/"
+    root = as_folder(source)
     return _checked(_filtered(map(_table, _folder_pages(storage_for(source), root)), root, include), source)
 
 
@@ -100,7 +110,7 @@ def _holds_images(source: str) -> bool:
     no `uri` column (one GET of its footer)."""
     if not source.lower().endswith(PARQUET_MANIFESTS):
         return False
-    if not is_s3_uri(source) and not Path(source).is_file():
+    if not is_remote(source) and not Path(source).is_file():
         raise InputError(f"manifest {source} does not exist")
     return "uri" not in pq.ParquetFile(RangedFile(source)).schema_arrow.names
 
@@ -195,9 +205,9 @@ def _list_into(storage: Storage, folder: str, pages: queue.Queue, stop: threadin
 
 
 def _read_manifest(source: str) -> Iterator[pa.Table]:
-    if not is_s3_uri(source) and not Path(source).is_file():
+    if not is_remote(source) and not Path(source).is_file():
         raise InputError(f"manifest {source} does not exist")
-    base = source.rsplit("/", 1)[0] if is_s3_uri(source) else str(Path(source).absolute().parent)
+    base = parent(source)
     if source.lower().endswith(PARQUET_MANIFESTS):
         file = pq.ParquetFile(RangedFile(source))
         names = file.schema_arrow.names
@@ -228,8 +238,8 @@ def _listing(uris: pa.Array, columns: pa.Table, keep: pa.Array | None = None) ->
 
 
 def _absolute(entries: pa.Array | pa.ChunkedArray, base: str) -> pa.Array:
-    """Manifest entries as URIs: s3:// and absolute paths as they are, others below `base`."""
-    absolute = pc.or_(pc.starts_with(entries, "s3://"), pc.starts_with(entries, "/"))
+    """Manifest entries as URIs: a store's URIs and absolute paths as they are, others below `base`."""
+    absolute = pc.or_(pc.match_substring_regex(entries, URI_PATTERN), pc.starts_with(entries, "/"))
     relative = pc.replace_substring_regex(entries, r"^(\./)+", "")
     return pc.if_else(absolute, entries, pc.binary_join_element_wise(base, relative, "/"))
 
@@ -243,13 +253,13 @@ def _read_inventory(source: str, include: str | None) -> Iterator[pa.Table]:
         raise InputError(f"{source} is not an S3 Inventory manifest.json ({error})") from None
     if data_format not in ("CSV", "PARQUET"):
         raise InputError(f"{source}: {data_format} inventories are not supported: use CSV or Parquet")
-    bucket = split_s3_uri(source)[0]  # the report's data files are in the manifest's bucket
+    store, bucket, _ = split_uri(source)  # the report's data files are in the manifest's bucket
     for entry in files:
-        uri = f"s3://{bucket}/{entry['key']}"
+        uri = f"{store}{bucket}/{entry['key']}"
         if data_format == "CSV":
-            yield _inventory_rows(_inventory_csv(uri, manifest["fileSchema"]), include)
+            yield _inventory_rows(store, _inventory_csv(uri, manifest["fileSchema"]), include)
         else:
-            yield _inventory_rows(_inventory_parquet(uri), include)
+            yield _inventory_rows(store, _inventory_parquet(uri), include)
 
 
 _INVENTORY_COLUMNS = {"bucket": "bucket", "key": "key", "size": "size", "etag": "e_tag", "e_tag": "e_tag"}
@@ -283,14 +293,14 @@ def _inventory_parquet(uri: str) -> pa.Table:
     return file.read(columns=[c for c in wanted if c in file.schema_arrow.names])
 
 
-def _inventory_rows(table: pa.Table, include: str | None) -> pa.Table:
-    """LISTING_SCHEMA rows of an inventory file's current, non-deleted images."""
+def _inventory_rows(store: str, table: pa.Table, include: str | None) -> pa.Table:
+    """LISTING_SCHEMA rows of an inventory file's current, non-deleted images (URIs in `store`, `s3://`)."""
     keep = _is_image(table["key"], include)
     if "is_latest" in table.column_names:
         keep = pc.and_(keep, pc.fill_null(pc.equal(table["is_latest"].cast(pa.string()), "true"), True))
     if "is_delete_marker" in table.column_names:
         marker = pc.equal(table["is_delete_marker"].cast(pa.string()), "true")
         keep = pc.and_(keep, pc.invert(pc.fill_null(marker, False)))
-    uris = pc.binary_join_element_wise("s3://", table["bucket"], "/", table["key"], "")
+    uris = pc.binary_join_element_wise(store, table["bucket"], "/", table["key"], "")
     columns = table.rename_columns(["etag" if n == "e_tag" else n for n in table.column_names])
     return _listing(uris, columns, keep)

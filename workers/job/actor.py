@@ -33,23 +33,11 @@ from facesweep.workers.job.metrics import error_kinds, shard_metrics
 from facesweep.workers.job.pipeline import ImagePipeline
 from facesweep.workers.job.shards import Shard
 from facesweep.workers.model.detector import Detector, Timings
-from facesweep.workers.output.writer import (
-    ImageResult,
-    Piece,
-    ShardCounts,
-    put_table,
-    read_footer,
-    results_table,
-    write_parquet,
-)
+from facesweep.workers.output.layout import crop_shard_path
+from facesweep.workers.output.schema import CROP_COMPRESSION, ImageResult, results_table
+from facesweep.workers.output.writer import Piece, ShardCounts, put_table, read_footer, write_parquet
 from facesweep.workers.products.anonymize import anonymized, copy_uri
-from facesweep.workers.products.crops import (
-    CROP_COMPRESSION,
-    ImageCrops,
-    crop_shard_path,
-    crops_table,
-    image_crops,
-)
+from facesweep.workers.products.crops import ImageCrops, crops_table, image_crops
 from facesweep.workers.storage import ObjectError, RangedFile, StorageError, join, request_counts, storage_for
 
 

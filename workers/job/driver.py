@@ -35,7 +35,7 @@ from facesweep.workers.inputs.sorted_runs import rebatch
 from facesweep.workers.job.actor import ShardWorker
 from facesweep.workers.job.cluster import ensure_ray, start_actors
 from facesweep.workers.job.ledger import Ledger
-from facesweep.workers.job.progress import JobProgress
+from facesweep.workers.job.progress import JobProgress, job_record
 from facesweep.workers.job.shards import (
     READ_AHEAD_IMAGES,
     PlanCounts,
@@ -47,9 +47,10 @@ from facesweep.workers.job.shards import (
 )
 from facesweep.workers.model.plan import inspect_model
 from facesweep.workers.model.runtime import check_device
-from facesweep.workers.output.record import JobRecord, job_record, now
-from facesweep.workers.output.writer import CompactionReport, compact
-from facesweep.workers.storage import is_s3_uri, request_counts, storage_for
+from facesweep.workers.output.compaction import CompactionReport, compact
+from facesweep.workers.output.layout import expected_requests
+from facesweep.workers.output.record import JobRecord, now
+from facesweep.workers.storage import absolute, is_below, is_remote, request_counts, storage_for
 
 SHARDS_PER_CALL = 16
 """Shards per actor call once every actor is busy (measured: a Ray call costs the driver ~0.8 ms of CPU)."""
@@ -134,7 +135,7 @@ def _prepare(config: JobConfig, overwrite: bool, read_only: bool = False) -> _Jo
     except ValueError as error:
         raise JobError(str(error)) from None
     # A local OUTPUT as an absolute path: actors and compactions run in other working directories.
-    output = config.output if is_s3_uri(config.output) else str(Path(config.output).absolute())
+    output = absolute(config.output)
     config = replace(config, output=output, detector=replace(config.detector, device=device))
     if config.anonymizer is not None:
         config = replace(config, anonymizer=_anonymizer(config.anonymizer, config.input))
@@ -183,20 +184,14 @@ def dry_run(config: JobConfig, rate: float | None = None) -> DryRun:
     counts = job.progress.plan
     pending = sum(f.footer.counts.images for f in job.ledger.shards)
     files = math.ceil((counts.new + pending) / config.rows_per_file)
-    shards = counts.shards + len(job.ledger.shards)
-    expected = {
-        "LIST": 0,
-        "GET": counts.new + shards,  # each image, each shard file when it is compacted
-        "PUT": counts.shards + files + 2,  # shard files, part files, the job record twice
-        "HEAD": 0,
-        "DELETE": math.ceil(shards / 1000),  # a DeleteObjects call takes 1,000 keys
-    }
-    if config.anonymizer is not None:  # a copy of each new image
-        expected["PUT"] += counts.new
-    if config.crops is not None:  # at most a crops file per shard, read back and deleted by its compaction
-        expected["PUT"] += counts.shards + files
-        expected["GET"] += shards
-        expected["DELETE"] += math.ceil(shards / 1000)
+    expected = expected_requests(
+        counts.new,
+        counts.shards,
+        len(job.ledger.shards),
+        files,
+        copies=config.anonymizer is not None,
+        crops=config.crops is not None,
+    )
     after = request_counts()
     last_rate = job.ledger.record and job.ledger.record.processing_rate
     source = "--rate" if rate else "the last run's rate"
@@ -220,7 +215,7 @@ def _check_output(config: JobConfig) -> None:
     if config.anonymizer is not None:
         targets.append(("--anonymize", config.anonymizer.anonymize))
     for name, target in targets:
-        if not is_s3_uri(target) and Path(target).is_file():
+        if not is_remote(target) and Path(target).is_file():
             raise InputError(f"{name} {target} is a file: give a directory or an s3://bucket/prefix")
         if _inside(target, config.input):
             raise InputError(
@@ -231,23 +226,14 @@ def _check_output(config: JobConfig) -> None:
 
 def _inside(target: str, source: str) -> bool:
     """Whether `target` is the folder or prefix `source` or below it (never for a manifest)."""
-    if is_manifest(source) or is_s3_uri(source) != is_s3_uri(target):
-        return False
-    if is_s3_uri(source):
-        target, source = target.rstrip("/"), source.rstrip("/")
-        return target == source or target.startswith(source + "/")
-    return Path(target).resolve().is_relative_to(Path(source).resolve())
+    return not is_manifest(source) and is_below(target, source)
 
 
 def _anonymizer(settings: AnonymizeSettings, source: str) -> AnonymizeSettings:
     """--anonymize as the actors take it: DEST absolute when local, the keys' root (INPUT `source` when
     it is a folder or prefix)."""
-    dest = settings.anonymize
-    dest = dest if is_s3_uri(dest) else str(Path(dest).absolute())
-    root = None if is_manifest(source) or is_container(source) else source
-    if root is not None and not is_s3_uri(root):
-        root = str(Path(root).absolute())
-    return replace(settings, anonymize=dest, root=root)
+    root = None if is_manifest(source) or is_container(source) else absolute(source)
+    return replace(settings, anonymize=absolute(settings.anonymize), root=root)
 
 
 def _remove_partials(config: JobConfig) -> None:

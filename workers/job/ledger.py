@@ -3,9 +3,8 @@ missing, and new images are found without holding the set of done ones.
 
 - `OUTPUT/_job.json`: the job record (`workers/output/record.py`), read here for the identity a re-run
   must match.
-- `OUTPUT/part-NNNNNN.parquet`: compacted results; `OUTPUT/_shards/shard-NNNNNNNNN.parquet`: committed
-  shards not yet compacted (sink.py); with --crops, `OUTPUT/_crops/` holds the crops of each (a shard's
-  crops file is written before it, a part's before it): a crops file whose data file is not committed,
+- The data files (parts and shards, `workers/output/layout.py`), and with --crops the crops of each (a
+  shard's crops file is written before it, a part's before it): a crops file whose data file is not committed,
   or whose data file's footer counts no crops, is left from a kill, and removed. The data files are
   the ledger: an image is done exactly when its row is in one of them. Their footers hold their counts
   (and a part's shards), their rows are sorted by uri, so reading the ledger is one LIST, a footer GET
@@ -28,21 +27,23 @@ import pyarrow.parquet as pq
 from facesweep.workers.errors import UserError
 from facesweep.workers.inputs.sorted_runs import Prefetched, merge_sorted
 from facesweep.workers.job.shards import DONE_SCHEMA
-from facesweep.workers.output.record import JOB_FILE, JobRecord, encode_record, parse_record
+from facesweep.workers.output.layout import (
+    JOB_FILE,
+    OutputPath,
+    parse,
+)
+from facesweep.workers.output.record import JobRecord, encode_record, parse_record
+from facesweep.workers.output.schema import CROP_COMPRESSION
 from facesweep.workers.output.writer import (
     NO_COUNTS,
-    PART_PREFIX,
-    SHARD_FOLDER,
     Footer,
     ShardCounts,
     put_table,
     read_footer,
     write_parquet,
 )
-from facesweep.workers.products.crops import CROP_COMPRESSION, CROP_FOLDER
-from facesweep.workers.storage import ObjectInfo, RangedFile, Storage, is_s3_uri, join, storage_for
+from facesweep.workers.storage import ObjectInfo, RangedFile, Storage, is_remote, join, storage_for
 
-OLD_PLAN_FOLDER = "_plan"  # written by facesweep before the ledger; --overwrite removes it too
 LEDGER_COLUMNS = ["uri", "etag", "size"]
 FOOTER_READERS = 32
 
@@ -79,27 +80,27 @@ class Ledger:
         """Reads OUTPUT's record and footers, and removes shard files a compaction had already merged
         (unless `read_only`: then a missing local OUTPUT is an empty one, not created)."""
         storage = storage_for(output)
-        if read_only and not is_s3_uri(output) and not Path(output).exists():
+        if read_only and not is_remote(output) and not Path(output).exists():
             return cls(output, storage, None, [])
         storage.make_folder(output)
         root = output.rstrip("/") + "/"
-        listed = [o for o in storage.list_objects(output) if _kind(o.uri[len(root) :]) is not None]
+        listed = [(o, parse(o.uri[len(root) :])) for o in storage.list_objects(output)]
+        ours = [(info, path) for info, path in listed if path is not None]
         record_uri = join(output, JOB_FILE)
-        record = parse_record(storage.get(record_uri)) if any(o.uri == record_uri for o in listed) else None
-        data = [o for o in listed if _kind(o.uri[len(root) :]) in ("part", "shard")]
+        record = parse_record(storage.get(record_uri)) if any(o.uri == record_uri for o, _ in ours) else None
+        data = [(info, path) for info, path in ours if path.kind in ("part", "shard")]
         with ThreadPoolExecutor(FOOTER_READERS, thread_name_prefix="footer") as pool:
-            files = list(pool.map(lambda o: _data_file(o, o.uri[len(root) :]), data))
+            files = list(pool.map(lambda item: _data_file(*item), data))
         merged = {shard for f in files if f.part for shard in f.footer.shards}
         stale = {f.uri for f in files if not f.part and f.number in merged}
         files = [f for f in files if f.uri not in stale]
         committed = {(f.part, f.number) for f in files if f.footer.counts.crops}  # files with crops
         crop_files: dict[tuple[bool, int], list[str]] = {}
-        for info in listed:
-            owner = _crops_owner(info.uri[len(root) :])
-            if owner is None:
+        for info, path in ours:
+            if path.kind != "crops":
                 continue
-            if owner in committed:
-                crop_files.setdefault(owner, []).append(info.uri)
+            if (path.part, path.number) in committed:
+                crop_files.setdefault((path.part, path.number), []).append(info.uri)
             else:
                 stale.add(info.uri)
         if not read_only:
@@ -169,7 +170,7 @@ class Ledger:
     def clear(self) -> None:
         """--overwrite: removes this tool's files (results, record), nothing else in OUTPUT."""
         root = self.output.rstrip("/") + "/"
-        ours = [uri for uri in self.storage.list(self.output) if _kind(uri[len(root) :]) is not None]
+        ours = [uri for uri in self.storage.list(self.output) if parse(uri[len(root) :]) is not None]
         self.storage.delete(ours)
         self.record, self.files = None, []
 
@@ -215,39 +216,10 @@ class Ledger:
         self.storage.put(join(self.output, JOB_FILE), encode_record(record))
 
 
-def _kind(relative: str) -> str | None:
-    """Which of facesweep's files `relative` (a path below OUTPUT) is: part, shard, record, crops or old
-    plan."""
-    if relative.startswith(PART_PREFIX) and relative.endswith(".parquet") and "/" not in relative:
-        return "part"
-    if relative.startswith(f"{SHARD_FOLDER}/shard-") and relative.endswith(".parquet"):
-        return "shard"
-    if relative == JOB_FILE:
-        return "record"
-    if relative.startswith(f"{OLD_PLAN_FOLDER}/"):
-        return "plan"
-    if _crops_owner(relative) is not None:
-        return "crops"
-    return None
-
-
-def _crops_owner(relative: str) -> tuple[bool, int] | None:
-    """Which data file the crops file `relative` belongs to, as (part, number); None if it is none."""
-    if not relative.startswith(f"{CROP_FOLDER}/") or not relative.endswith(".parquet"):
-        return None
-    name = relative[len(CROP_FOLDER) + 1 :].removesuffix(".parquet")
-    if name.startswith("_shards/shard-"):
-        return False, int(name.rsplit("-", 1)[1])
-    if name.startswith("part-") and "/" not in name:
-        return True, int(name.split("-")[1])
-    return None
-
-
-def _data_file(info: ObjectInfo, relative: str) -> DataFile:
-    number = int(relative.rsplit("-", 1)[-1].removesuffix(".parquet"))
+def _data_file(info: ObjectInfo, path: OutputPath) -> DataFile:
     size = info.size if info.size is not None else storage_for(info.uri).size(info.uri)
     file = pq.ParquetFile(RangedFile(info.uri, size))
-    return DataFile(info.uri, _kind(relative) == "part", number, size, read_footer(file), file.metadata)
+    return DataFile(info.uri, path.part, path.number, size, read_footer(file), file.metadata)
 
 
 def _rows(file: DataFile, index: int) -> Iterator[pa.Table]:

@@ -20,7 +20,7 @@ from facesweep.workers.faces import Faces
 from facesweep.workers.inputs.images import decode_reduced
 from facesweep.workers.model.detector import Detector, Timings
 from facesweep.workers.model.views import Prepared
-from facesweep.workers.output.writer import ImageResult
+from facesweep.workers.output.schema import ImageResult
 from facesweep.workers.storage import ObjectError
 
 Loaded = bytes | np.ndarray

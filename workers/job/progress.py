@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
+from facesweep.workers.config import JobConfig
 from facesweep.workers.job.messages import ActorInfo, ShardReport
 from facesweep.workers.job.shards import PlanCounts
+from facesweep.workers.output.record import JobRecord
 from facesweep.workers.output.writer import NO_COUNTS, ShardCounts
 
 
@@ -96,3 +99,63 @@ class JobProgress:
     def add_actors(self, infos: list[ActorInfo]) -> None:
         for info in infos:
             self.nodes.setdefault(info.node_id, NodeUse()).actors += 1
+
+
+def job_record(
+    config: JobConfig,
+    identity: dict[str, Any],
+    started_at: str,
+    progress: JobProgress,
+    finished_at: str | None = None,
+) -> JobRecord:
+    """The record of a run in progress (`finished_at` None) or ended (no credentials are ever part of a
+    JobConfig)."""
+    plan = progress.plan
+    complete = finished_at is not None and plan.finished and not progress.failed_shards
+    actor_cpu = sum(progress.actor_cpu.values())
+    total = progress.resumed + ShardCounts(progress.images, progress.faces, progress.errors, progress.crops)
+    per_image = 1000 / max(progress.images, 1)
+    return JobRecord(
+        {
+            "identity": identity,
+            "config": asdict(config),
+            "started_at": started_at,
+            "finished_at": finished_at,
+            "complete": complete,
+            "images": total.images,
+            "faces": total.faces,
+            "errors": total.errors,
+            "crops": total.crops,
+            "this_run": {
+                "listed": plan.listed,
+                "new_images": plan.new,
+                "already_done": plan.done,
+                "changed": plan.changed,
+                "changed_redone": progress.redone_changed,
+                "vanished": plan.vanished,
+                "changed_examples": plan.changed_examples,
+                "vanished_examples": plan.vanished_examples,
+                "images": progress.images,
+                "shards": progress.shards,
+                "part_files_written": progress.files,
+                "anonymized_copies": progress.anonymized,
+                "crops": progress.crops,
+                "failed": progress.failed_shards,
+                "requests": progress.requests,
+                "seconds": round(progress.seconds, 3),
+                "startup_seconds": round(progress.startup_seconds, 3),
+                "images_per_second": round(progress.images_per_second, 3),
+                "processing_images_per_second": round(progress.processing_images_per_second, 3),
+                "stage_seconds": {k: round(v, 3) for k, v in progress.stage_seconds.items()},
+                "stage_ms_per_image": {k: round(v * per_image, 3) for k, v in progress.stage_seconds.items()},
+                "actor_cpu_seconds": round(actor_cpu, 3),
+                "actor_cpu_ms_per_image": round(actor_cpu * per_image, 3),
+                "faces": progress.faces,
+                "errors": progress.errors,
+                "errors_by_kind": progress.error_kinds,
+                "internal_error_tracebacks": progress.tracebacks,
+                "device": config.detector.device,
+                "nodes": {node_id: asdict(use) for node_id, use in progress.nodes.items()},
+            },
+        }
+    )

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from facesweep.workers.inputs.containers import PIECE
-from facesweep.workers.output.writer import shard_path
+from facesweep.workers.output.layout import shard_path
 
 EXAMPLES = 5
 LISTED = ("uri", "etag", "size")

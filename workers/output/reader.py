@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 
 from facesweep.workers.errors import UserError, line_of
 from facesweep.workers.faces import Faces
-from facesweep.workers.output.writer import SCHEMA
-from facesweep.workers.storage import ObjectInfo, RangedFile, StorageError, is_s3_uri, storage_for
+from facesweep.workers.output.schema import SCHEMA
+from facesweep.workers.storage import ObjectInfo, RangedFile, StorageError, as_folder, is_remote, storage_for
 
 READERS = 16
 """Output files read at once."""
@@ -46,7 +46,7 @@ def read_output(output: str) -> pa.Table:
 
     Raises OutputError when `output` is missing, holds no Parquet file or one that is not facesweep's,
     StorageError when its bucket is missing or the store fails."""
-    if not is_s3_uri(output) and not Path(output).is_dir():
+    if not is_remote(output) and not Path(output).is_dir():
         raise OutputError(f"{output}: no such directory: give the OUTPUT folder of a `facesweep run`")
     table = read_rows(output)
     if table is None:
@@ -58,11 +58,11 @@ def read_output(output: str) -> pa.Table:
 
 def read_rows(output: str, columns: Sequence[str] = SCHEMA.names) -> pa.Table | None:
     """`columns` of every row of the output's `.parquet` files (None when it has none), through the one
-    storage client every request of facesweep's takes (`workers/storage/__init__.py`), READERS files at once.
+    storage client every request of facesweep's takes (`workers/storage/`), READERS files at once.
 
     Files under a name that starts with `_` or `.` (the job's own files, partial writes) are left out, as
     pyarrow, DuckDB and Spark leave them out; a column a file predates reads as nulls."""
-    root = output.rstrip("/") + "/" if is_s3_uri(output) else str(Path(output).absolute()) + "/"
+    root = as_folder(output)
     files = [
         info
         for info in storage_for(output).list_objects(root)

@@ -10,19 +10,13 @@ run the last run's rate.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from facesweep.workers.config import AnonymizeSettings, ContainerSettings
-from facesweep.workers.output.writer import ShardCounts
+from facesweep.workers.output.layout import JOB_FILE
 from facesweep.workers.storage import ObjectError, join, storage_for
-
-if TYPE_CHECKING:
-    from facesweep.workers.config import JobConfig
-    from facesweep.workers.job.progress import JobProgress
-
-JOB_FILE = "_job.json"
 
 
 @dataclass(frozen=True)
@@ -84,63 +78,3 @@ def encode_record(record: JobRecord) -> bytes:
 def now() -> str:
     """The record's timestamps: UTC, ISO 8601, to the second."""
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def job_record(
-    config: JobConfig,
-    identity: dict[str, Any],
-    started_at: str,
-    progress: JobProgress,
-    finished_at: str | None = None,
-) -> JobRecord:
-    """The record of a run in progress (`finished_at` None) or ended (no credentials are ever part of a
-    JobConfig)."""
-    plan = progress.plan
-    complete = finished_at is not None and plan.finished and not progress.failed_shards
-    actor_cpu = sum(progress.actor_cpu.values())
-    total = progress.resumed + ShardCounts(progress.images, progress.faces, progress.errors, progress.crops)
-    per_image = 1000 / max(progress.images, 1)
-    return JobRecord(
-        {
-            "identity": identity,
-            "config": asdict(config),
-            "started_at": started_at,
-            "finished_at": finished_at,
-            "complete": complete,
-            "images": total.images,
-            "faces": total.faces,
-            "errors": total.errors,
-            "crops": total.crops,
-            "this_run": {
-                "listed": plan.listed,
-                "new_images": plan.new,
-                "already_done": plan.done,
-                "changed": plan.changed,
-                "changed_redone": progress.redone_changed,
-                "vanished": plan.vanished,
-                "changed_examples": plan.changed_examples,
-                "vanished_examples": plan.vanished_examples,
-                "images": progress.images,
-                "shards": progress.shards,
-                "part_files_written": progress.files,
-                "anonymized_copies": progress.anonymized,
-                "crops": progress.crops,
-                "failed": progress.failed_shards,
-                "requests": progress.requests,
-                "seconds": round(progress.seconds, 3),
-                "startup_seconds": round(progress.startup_seconds, 3),
-                "images_per_second": round(progress.images_per_second, 3),
-                "processing_images_per_second": round(progress.processing_images_per_second, 3),
-                "stage_seconds": {k: round(v, 3) for k, v in progress.stage_seconds.items()},
-                "stage_ms_per_image": {k: round(v * per_image, 3) for k, v in progress.stage_seconds.items()},
-                "actor_cpu_seconds": round(actor_cpu, 3),
-                "actor_cpu_ms_per_image": round(actor_cpu * per_image, 3),
-                "faces": progress.faces,
-                "errors": progress.errors,
-                "errors_by_kind": progress.error_kinds,
-                "internal_error_tracebacks": progress.tracebacks,
-                "device": config.detector.device,
-                "nodes": {node_id: asdict(use) for node_id, use in progress.nodes.items()},
-            },
-        }
-    )

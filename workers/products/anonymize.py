@@ -19,7 +19,7 @@ import numpy as np
 from facesweep.workers.config import AnonymizeSettings
 from facesweep.workers.faces import Faces
 from facesweep.workers.inputs.images import image_format
-from facesweep.workers.storage import ObjectError, is_s3_uri, join, split_s3_uri
+from facesweep.workers.storage import ObjectError, is_remote, join, split_uri
 
 MOSAIC_CELLS = 8
 """Cells across a face's mask in a mosaic."""
@@ -123,9 +123,9 @@ def copy_uri(uri: str, settings: AnonymizeSettings, member_suffix: str = "") -> 
     root = settings.root
     if root is not None and uri.startswith(root.rstrip("/") + "/"):
         relative = uri[len(root.rstrip("/")) + 1 :]
-    elif is_s3_uri(uri):
-        bucket, key = split_s3_uri(uri)
-        relative = f"{bucket}/{key}"
+    elif is_remote(uri):
+        _, container, key = split_uri(uri)
+        relative = f"{container}/{key}"
     else:
         relative = uri.lstrip("/")
     relative = relative.replace("#", "/")  # a container's member: a folder named after the container

@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from facesweep.workers.config import CropSettings
 from facesweep.workers.faces import Faces
+from facesweep.workers.output.schema import CROPS_SCHEMA
 
 ARCFACE_TEMPLATE = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
@@ -28,29 +29,6 @@ ARCFACE_TEMPLATE = np.array(
 )
 """Where ArcFace's 112x112 crops put the five landmarks (insightface's `arcface_dst`, float32 as there)."""
 JPEG_QUALITY = 95
-CROP_FOLDER = "_crops"
-CROP_COMPRESSION = "none"
-"""The crops files' Parquet compression: their bytes are JPEG, compressed already."""
-COLUMNS = {
-    "uri": (pa.string(), "the image, as the detections' uri"),
-    "face": (pa.int32(), "the face's place in the detections' faces list of that uri (0 = best score)"),
-    "score": (pa.float32(), "the face's score, as in the detections"),
-    "aligned": (
-        pa.bool_(),
-        "true: the five landmarks warped onto ArcFace's template (insightface's norm_crop); false: a "
-        "square around the box (a model without landmarks)",
-    ),
-    "transform": (
-        pa.list_(pa.float32(), 6),
-        "the 2x3 affine matrix, row by row, taking a point (x, y) of the original upright image, in the "
-        "faces' coordinates, to the crop's",
-    ),
-    "jpeg": (pa.binary(), "the crop, crop_size x crop_size, as a JPEG at quality 95"),
-}
-SCHEMA = pa.schema(
-    [pa.field(name, kind, metadata={"description": text}) for name, (kind, text) in COLUMNS.items()]
-)
-"""The crops table: one row per face of the detections, keyed by (uri, face)."""
 
 
 def alignments(faces: Faces, settings: CropSettings) -> np.ndarray:
@@ -136,21 +114,6 @@ def crops_table(crops: Sequence[ImageCrops]) -> pa.Table:
             ),
             "jpeg": pa.array([jpeg for c in crops for jpeg in c.jpegs], pa.binary()),
         },
-        schema=SCHEMA,
+        schema=CROPS_SCHEMA,
     )
     return table.sort_by([("uri", "ascending"), ("face", "ascending")])
-
-
-def crop_shard_path(index: int) -> str:
-    """A shard's crops file, relative to OUTPUT (hidden, as the shard's detections file)."""
-    return f"{CROP_FOLDER}/_shards/shard-{index:09d}.parquet"
-
-
-def crop_part_prefix(number: int) -> str:
-    """The start of part file `number`'s crops files, relative to OUTPUT."""
-    return f"{CROP_FOLDER}/part-{number:06d}-"
-
-
-def crop_part_path(number: int, file: int) -> str:
-    """Crops file `file` of part file `number`, relative to OUTPUT: `_crops/part-NNNNNN-KKK.parquet`."""
-    return f"{crop_part_prefix(number)}{file:03d}.parquet"

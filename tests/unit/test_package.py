@@ -1,0 +1,50 @@
+"""The package as users install it: one name in site-packages, and the entry points that must start
+light (show, export, eval, --help) import neither Ray nor OpenVINO."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from tests.paths import ROOT
+
+
+def test_the_wheel_installs_only_facesweep(tmp_path: Path) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--wheel-dir",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    [wheel] = tmp_path.glob("facesweep-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {name.split("/")[0] for name in names}
+    assert tops == {"facesweep", wheel.name.split("-py3")[0] + ".dist-info"}
+    assert "facesweep/workers/job/driver.py" in names and "facesweep/cli.py" in names
+
+
+def test_the_cli_and_the_readers_start_without_ray_or_openvino() -> None:
+    code = (
+        "import sys, facesweep, facesweep.cli, facesweep.report, facesweep.export;"
+        "from facesweep.workers.evaluation import evaluate;"
+        "print(sorted(m for m in ('ray', 'openvino') if m in sys.modules))"
+    )
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == "[]"
+    helped = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "facesweep.cli", "--help"], capture_output=True, text=True
+    )
+    assert helped.returncode == 0
+    imported = {line.rsplit("|", 1)[-1].strip() for line in helped.stderr.splitlines()}
+    assert not {"ray", "openvino"} & imported

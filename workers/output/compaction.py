@@ -1,0 +1,111 @@
+"""Compaction: committed shard files merged into one part file (and their crops into the part's crops
+files), then deleted. Safe to repeat at any point: a part file's footer names its shards, so a shard file
+left behind by a compaction that was cut short is known to be a copy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from facesweep.workers.output.layout import (
+    CROP_FOLDER,
+    crop_part_path,
+    crop_part_prefix,
+    crop_shard_path,
+    part_path,
+    shard_path,
+)
+from facesweep.workers.output.schema import CROP_COMPRESSION, SCHEMA
+from facesweep.workers.output.writer import (
+    PART_ROW_GROUP,
+    ShardCounts,
+    footer_of,
+    put_table,
+    read_footer,
+    write_parquet,
+)
+from facesweep.workers.storage import ObjectError, RangedFile, Storage, join, request_counts, storage_for
+
+READERS = 32
+"""Shard files a compaction reads at once."""
+CROP_PART_BYTES = 256 * 2**20
+"""Crop bytes per crops file of a part (a part's 100,000 images can hold a million faces: 4 GB of crops)."""
+
+
+@dataclass(frozen=True)
+class CompactionReport:
+    """A part file written from committed shard files (which are then deleted)."""
+
+    number: int
+    counts: ShardCounts
+    requests: dict[str, int]  # made by this compaction
+
+
+def compact(output: str, shards: Sequence[int], number: int) -> CompactionReport:
+    """Merges the shard files `shards` of OUTPUT into part file `number`, sorted by uri, then deletes them;
+    their crops first into the part's crops files.
+
+    Safe to repeat: when an earlier attempt already wrote the part file and deleted some shard files, it
+    finishes the deletion."""
+    before = request_counts()
+    storage = storage_for(output)
+    target = join(output, part_path(number))
+    sources = [join(output, shard_path(i)) for i in shards]
+    with ThreadPoolExecutor(READERS, thread_name_prefix="compact") as pool:
+        try:
+            tables = list(pool.map(lambda uri: pq.read_table(pa.BufferReader(storage.get(uri))), sources))
+        except ObjectError:
+            tables = None
+        if tables is None:
+            footer = read_footer(pq.ParquetFile(RangedFile(target)))
+            if sorted(footer.shards) != sorted(shards):
+                raise RuntimeError(f"{target}: a shard file to compact into it is missing")
+            counts = footer.counts
+        else:
+            footers = [footer_of(t.schema.metadata or {}) for t in tables]
+            cropped = [i for i, f in zip(shards, footers, strict=True) if f.counts.crops]
+            if cropped:
+                compact_crops(storage, output, cropped, number, pool)
+            pieces = [p for f in footers for p in f.pieces]
+            table = pa.concat_tables(tables, promote_options="default")  # files older than a column
+            table = table.select(SCHEMA.names).cast(SCHEMA).sort_by("uri")
+            crops = sum(f.counts.crops for f in footers)
+            counts = write_parquet(table, storage, target, shards, PART_ROW_GROUP, pieces, crops)
+    storage.delete(sources)
+    if counts.crops:  # after the shard files: while one of those is left, a repeat needs all its crops
+        storage.delete([join(output, crop_shard_path(i)) for i in shards])
+    after = request_counts()
+    return CompactionReport(number, counts, {k: after[k] - before[k] for k in after})
+
+
+def compact_crops(
+    storage: Storage, output: str, shards: Sequence[int], number: int, pool: ThreadPoolExecutor
+) -> None:
+    """The crops files of part `number` from the crops files of `shards`, each of about CROP_PART_BYTES,
+    sorted by uri and face; a longer run of them left by an earlier attempt of this part is removed."""
+    held: list[pa.Table] = []
+    size = written = 0
+
+    def flush() -> None:
+        nonlocal held, size, written
+        if held:
+            table = pa.concat_tables(held).sort_by([("uri", "ascending"), ("face", "ascending")])
+            put_table(storage, join(output, crop_part_path(number, written)), table, CROP_COMPRESSION)
+            held, size, written = [], 0, written + 1
+
+    for start in range(0, len(shards), READERS):
+        uris = [join(output, crop_shard_path(i)) for i in shards[start : start + READERS]]
+        for table in pool.map(lambda uri: pq.read_table(pa.BufferReader(storage.get(uri))), uris):
+            held.append(table)
+            size += table.nbytes
+            if size >= CROP_PART_BYTES:
+                flush()
+    flush()
+    if storage.exists(join(output, crop_part_path(number, written))):
+        prefix = join(output, crop_part_prefix(number))
+        left = [uri for uri in storage.list(join(output, CROP_FOLDER)) if uri.startswith(prefix)]
+        storage.delete(left[written:])
