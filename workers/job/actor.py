@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import cv2
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
@@ -26,7 +29,6 @@ from facesweep.workers.config import (
     Tuning,
 )
 from facesweep.workers.errors import ErrorKind, ImageError, ImageFailure, internal_failure, take_tracebacks
-from facesweep.workers.faces import Faces
 from facesweep.workers.inputs.containers import parse_piece, read_piece
 from facesweep.workers.job.messages import ActorInfo, ShardReport
 from facesweep.workers.job.metrics import error_kinds, shard_metrics
@@ -36,8 +38,7 @@ from facesweep.workers.model.detector import Detector, Timings
 from facesweep.workers.output.layout import crop_shard_path
 from facesweep.workers.output.schema import CROP_COMPRESSION, ImageResult, results_table
 from facesweep.workers.output.writer import Piece, ShardCounts, put_table, read_footer, write_parquet
-from facesweep.workers.products.anonymize import anonymized, copy_uri
-from facesweep.workers.products.crops import ImageCrops, crops_table, image_crops
+from facesweep.workers.products import Detected, products_for
 from facesweep.workers.storage import ObjectError, RangedFile, StorageError, join, request_counts, storage_for
 
 
@@ -106,11 +107,9 @@ class ShardWorker(ShardCalls):
         crops: CropSettings | None = None,
     ) -> None:
         cv2.setNumThreads(1)  # the model owns the actor's cores; many images decode in parallel instead
-        self.score_threshold, self.anonymizer, self.crops = settings.score_threshold, anonymizer, crops
-        if anonymizer is not None:  # faces down to the anonymize threshold; the output keeps its own
-            low = min(settings.score_threshold, anonymizer.anonymize_threshold)
-            settings = replace(settings, score_threshold=low)
-        self.detector = Detector(settings, tuning)
+        self.score_threshold, self.products = settings.score_threshold, products_for(anonymizer, crops)
+        low = min([settings.score_threshold, *(p.score_threshold for p in self.products)])
+        self.detector = Detector(replace(settings, score_threshold=low), tuning)  # the output keeps its own
         self.containers = containers
         threads = tuning.fetch_threads
         pool = ThreadPoolExecutor(threads, thread_name_prefix="fetch")
@@ -124,17 +123,15 @@ class ShardWorker(ShardCalls):
     def process_one(self, shard: Shard) -> ShardReport:
         timings = Timings()
         piece = parse_piece(shard.uris[0]) if len(shard.uris) == 1 else None
-        products = None
-        if self.anonymizer is not None or self.crops is not None:
-            products = _Products(self, timings, in_container=piece is not None)
-        finish = products.finish if products is not None else None
+        made = _ShardProducts(self, timings, in_container=piece is not None) if self.products else None
+        finish = made.finish if made is not None else None
         if piece is None:
             uris = shard.uris
 
             def load(i: int) -> bytes:
                 data = storage_for(uris[i]).get(uris[i])
-                if self.anonymizer is not None:
-                    products.held[i] = data
+                if made is not None:
+                    made.hold(i, data)
                 return data
 
             results = self.pipeline.run(uris, load, timings, finish)
@@ -144,34 +141,35 @@ class ShardWorker(ShardCalls):
             ]
             pieces: list[Piece] = []
         else:
-            results = self._container_piece(shard, timings, products)
+            results = self._container_piece(shard, timings, made)
             pieces = [(shard.uris[0], shard.etags[0], shard.sizes[0])]
         started = time.thread_time()
         storage = storage_for(self.output)
-        cropped = crops_table(products.crops) if products is not None and products.crops else None
-        if cropped is not None:  # before the shard's file: its commit also commits its crops
-            put_table(storage, join(self.output, crop_shard_path(shard.index)), cropped, CROP_COMPRESSION)
+        side = made.side_table() if made is not None else None
+        if side is not None:  # before the shard's file: its commit also commits its side table
+            put_table(storage, join(self.output, crop_shard_path(shard.index)), side, CROP_COMPRESSION)
         table = results_table(results, self.detector.settings.model)
-        crop_rows = cropped.num_rows if cropped is not None else 0
+        side_rows = side.num_rows if side is not None else 0
         counts = write_parquet(
-            table, storage, join(self.output, shard.file_name), pieces=pieces, crops=crop_rows
+            table, storage, join(self.output, shard.file_name), pieces=pieces, crops=side_rows
         )
         timings.add("write", time.thread_time() - started)
         kinds = error_kinds(table["error_kind"])
         shard_metrics().record(counts.images, counts.faces, kinds, timings.seconds)
-        copied = len(products.copied) if products is not None else 0
+        copied = made.done.get("anonymize", 0) if made is not None else 0
         return self.report(shard, counts, kinds, timings.seconds, copied)
 
     def _container_piece(
-        self, shard: Shard, timings: Timings, products: _Products | None
+        self, shard: Shard, timings: Timings, made: _ShardProducts | None
     ) -> list[ImageResult]:
         """The results of a container piece's image members (read with a few ranged GETs)."""
         piece, etag, size = shard.uris[0], shard.etags[0], shard.sizes[0]
         clock = time.thread_time()
         members = read_piece(piece, size, self.containers)
         timings.add("fetch", time.thread_time() - clock)
-        if self.anonymizer is not None:
-            products.held.update({i: m.data for i, m in enumerate(members) if m.data is not None})
+        if made is not None:
+            for i, member in enumerate(members):
+                made.hold(i, member.data)
 
         def load(i: int) -> bytes:
             member = members[i]
@@ -179,7 +177,7 @@ class ShardWorker(ShardCalls):
                 raise ImageError(member.failure.message, member.failure.kind)
             return member.data
 
-        finish = products.finish if products is not None else None
+        finish = made.finish if made is not None else None
         results = self.pipeline.run([m.name for m in members], load, timings, finish)
         return [
             replace(
@@ -194,48 +192,51 @@ class ShardWorker(ShardCalls):
 
 
 @dataclass
-class _Products:
-    """What a shard's detected images add besides their rows (--anonymize, --crops), each made in the
-    fetch pool from the image's full-size pixels as soon as its faces are known, before the shard
-    commits: its anonymized copy written to DEST, its faces cut to the job's own threshold, their crops.
-    An image whose copy or crops cannot be made becomes an error row (its detections are not written
-    without them); a store that fails DEST fails the shard, as the shard's own write would."""
+class _ShardProducts:
+    """A shard's products (workers/products/): each image goes through them in the fetch pool as soon as
+    its faces are known, from its full-size pixels, before the shard commits; its faces are then cut to
+    the job's own threshold. An image a product fails on becomes an error row (its detections are not
+    written without its products); a store that fails a product's writes fails the shard, as the shard's
+    own write would."""
 
     worker: ShardWorker
     timings: Timings
     in_container: bool
-    held: dict[int, bytes] = field(default_factory=dict)  # --anonymize: the bytes (format, JPEG quality)
-    copied: list[int] = field(default_factory=list)  # positions of the images copied
-    crops: list[ImageCrops] = field(default_factory=list)
+    held: dict[int, bytes] = field(default_factory=dict)  # encoded bytes, for products that keep them
+    parts: dict[str, list[Any]] = field(default_factory=dict)  # each product's parts of the shard's images
+    done: Counter[str] = field(default_factory=Counter)  # images each product made its part of
+
+    def hold(self, position: int, data: bytes | None) -> None:
+        if data is not None and any(p.keeps_bytes for p in self.worker.products):
+            self.held[position] = data
 
     def finish(self, position: int, result: ImageResult, image: np.ndarray) -> ImageResult:
-        worker, timings = self.worker, self.timings
-        faces = result.faces.take(result.faces.scores >= worker.score_threshold)
-        try:
-            clock, crops = time.thread_time(), None
-            if worker.crops is not None and len(faces):
-                crops = image_crops(result.uri, image, faces, worker.crops)
-                clock = timings.lap("crops", clock)
-            if worker.anonymizer is not None:  # last: an image that fails makes no copy
-                self._write_copy(result.uri, image, self.held.pop(position), faces=result.faces)
-                self.copied.append(position)
-                timings.lap("anonymize", clock)
-        except ObjectError as error:
-            failure = ImageFailure(ErrorKind.FETCH, f"anonymized copy not written: {error}")
-        except StorageError:
-            raise
-        except Exception as error:  # a bug of ours: logged with its traceback, the image's error row
-            failure = internal_failure("anonymize and crops", error)
-        else:
-            if crops is not None:
-                self.crops.append(crops)
-            return replace(result, faces=faces)
-        return replace(result, faces=None, error=failure.message, error_kind=failure.kind)
-
-    def _write_copy(self, uri: str, image: np.ndarray, data: bytes, faces: Faces) -> None:
-        """The image's anonymized copy (faces down to the anonymize threshold), written to DEST."""
-        settings = self.worker.anonymizer
-        copy, suffix = anonymized(image, data, faces, settings)
-        storage_for(settings.anonymize).put(
-            copy_uri(uri, settings, suffix if self.in_container else ""), copy
+        faces = result.faces.take(result.faces.scores >= self.worker.score_threshold)
+        detected = Detected(
+            result.uri, image, self.held.pop(position, None), faces, result.faces, self.in_container
         )
+        made: list[tuple[str, Any]] = []
+        clock = time.thread_time()
+        for product in self.worker.products:
+            try:
+                made.append((product.name, product.make(detected)))
+            except ObjectError as error:
+                failure = ImageFailure(ErrorKind.FETCH, f"{product.name} not made: {error}")
+            except StorageError:
+                raise
+            except Exception as error:  # a bug of ours: logged with its traceback, the image's error row
+                failure = internal_failure(product.name, error)
+            else:
+                clock = self.timings.lap(product.name, clock)
+                continue
+            return replace(result, faces=None, error=failure.message, error_kind=failure.kind)
+        for name, part in made:  # kept only once every product has its part: an error row has none
+            self.done[name] += 1
+            if part is not None:
+                self.parts.setdefault(name, []).append(part)
+        return replace(result, faces=faces)
+
+    def side_table(self) -> pa.Table | None:
+        """The shard's side table (at most one product has one: footers count its rows)."""
+        tables = [p.table(self.parts.get(p.name, [])) for p in self.worker.products]
+        return next((table for table in tables if table is not None), None)

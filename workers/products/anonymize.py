@@ -19,7 +19,8 @@ import numpy as np
 from facesweep.workers.config import AnonymizeSettings
 from facesweep.workers.faces import Faces
 from facesweep.workers.inputs.images import image_format
-from facesweep.workers.storage import ObjectError, is_remote, join, split_uri
+from facesweep.workers.products.base import Detected, Product
+from facesweep.workers.storage import ObjectError, is_remote, join, split_uri, storage_for
 
 MOSAIC_CELLS = 8
 """Cells across a face's mask in a mosaic."""
@@ -137,3 +138,21 @@ def copy_uri(uri: str, settings: AnonymizeSettings, member_suffix: str = "") -> 
     if member_suffix and not PurePosixPath(parts[-1]).suffix:
         relative += member_suffix
     return join(settings.anonymize, relative)
+
+
+class AnonymizedCopies(Product):
+    """`--anonymize DEST`: each image written to DEST with its faces hidden (down to its own, lower
+    threshold: a missed face is a leak, an extra blur is not), in its own format and JPEG quality."""
+
+    name = "anonymize"
+    keeps_bytes = True
+
+    def __init__(self, settings: AnonymizeSettings) -> None:
+        self.settings = settings
+        self.score_threshold = settings.anonymize_threshold
+
+    def make(self, image: Detected) -> None:
+        assert image.data is not None, "keeps_bytes: the pipeline holds every image's bytes"
+        copy, suffix = anonymized(image.image, image.data, image.found, self.settings)
+        uri = copy_uri(image.uri, self.settings, suffix if image.in_container else "")
+        storage_for(self.settings.anonymize).put(uri, copy)

@@ -22,6 +22,7 @@ import pyarrow as pa
 from facesweep.workers.config import CropSettings
 from facesweep.workers.faces import Faces
 from facesweep.workers.output.schema import CROPS_SCHEMA
+from facesweep.workers.products.base import Detected, Product
 
 ARCFACE_TEMPLATE = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
@@ -117,3 +118,20 @@ def crops_table(crops: Sequence[ImageCrops]) -> pa.Table:
         schema=CROPS_SCHEMA,
     )
     return table.sort_by([("uri", "ascending"), ("face", "ascending")])
+
+
+class FaceCrops(Product):
+    """`--crops`: each output face's crop, in a side table beside the detections (`OUTPUT/_crops/`)."""
+
+    name = "crops"
+
+    def __init__(self, settings: CropSettings) -> None:
+        self.settings = settings
+
+    def make(self, image: Detected) -> ImageCrops | None:
+        if not len(image.faces):
+            return None
+        return image_crops(image.uri, image.image, image.faces, self.settings)
+
+    def table(self, parts: Sequence[ImageCrops]) -> pa.Table | None:
+        return crops_table(parts) if parts else None
