@@ -122,7 +122,7 @@ def child_job(manifest: str, output: str, actors: int, rows_per_file: int) -> di
 def child_decide(manifest: str, output: str, rows_per_file: int) -> dict:
     """What a re-run decides now (the product's dry run: listing, ledger, comparison, plan)."""
     from facesweep.workers.config import DetectorSettings, JobConfig
-    from facesweep.workers.job.driver import dry_run
+    from facesweep.workers.job.preparation import dry_run
 
     config = JobConfig(
         manifest, output, DetectorSettings(model=DEFAULT_MODEL), shard_size=64, rows_per_file=rows_per_file

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 from facesweep.export import DEFAULT_FILES, export
 from facesweep.progress import progress_for
@@ -35,12 +35,10 @@ from facesweep.workers.config import (
 from facesweep.workers.errors import ErrorKind, UserError
 from facesweep.workers.evaluation.evaluate import check_pairing, evaluate, format_report
 from facesweep.workers.inputs.listing import list_images
+from facesweep.workers.job.preparation import DryRun, dry_run
 from facesweep.workers.job.progress import JobProgress
 from facesweep.workers.model.catalog import BUILTIN_MODELS
 from facesweep.workers.model.formats import FORMATS
-
-if TYPE_CHECKING:
-    from facesweep.workers.job.driver import DryRun
 
 DEFAULT_MAX_ERROR_RATE = 0.1
 DEFAULT_REPORT = "facesweep-report"
@@ -504,8 +502,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             listing = list_images(config.input, config.include)
             check_pairing((table["uri"].to_pylist() for table in listing), args.ground_truth)
         if args.dry_run:
-            from facesweep.workers.job.driver import dry_run  # Ray's import only where a job needs it
-
             print(dry_run_summary(dry_run(config, args.rate)))
             return 0
     except UserError as error:

@@ -181,6 +181,11 @@ class DetectorSettings:
     tile: bool = setting(False, parse=switch, faces=True)  # also native-resolution tiles of large images
     reduced_decode: bool = setting(True, parse=switch, faces=True)  # JPEGs at 1/2..1/8 where views allow
 
+    @property
+    def holds_gpu(self) -> bool:
+        """Whether the (checked) device compiles on a GPU for certain, so an actor must hold one."""
+        return self.device.startswith("GPU")
+
 
 @dataclass(frozen=True)
 class ContainerSettings:

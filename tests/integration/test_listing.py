@@ -17,7 +17,7 @@ from facesweep.workers.config import DetectorSettings, JobConfig
 from facesweep.workers.inputs import listing as inputs
 from facesweep.workers.inputs import sorted_runs
 from facesweep.workers.inputs.listing import InputError, list_images, list_uris
-from facesweep.workers.job.driver import dry_run
+from facesweep.workers.job.preparation import dry_run
 from facesweep.workers.storage import ObjectError, request_counts, storage_for
 from infra.local_s3 import LocalS3
 

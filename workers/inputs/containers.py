@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 
 from facesweep.workers.config import PIECE_BYTES, ContainerSettings
 from facesweep.workers.errors import ErrorKind, ImageError, ImageFailure, line_of
-from facesweep.workers.inputs.images import IMAGE_EXTENSIONS
+from facesweep.workers.inputs.kinds import IMAGE_EXTENSIONS
 from facesweep.workers.storage import ObjectError, RangedFile, StorageError, storage_for
 
 TAR_SUFFIXES = (".tar",)

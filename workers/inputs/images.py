@@ -10,12 +10,6 @@ import numpy as np
 
 from facesweep.workers.errors import ErrorKind, ImageError
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".gif", ".avif", ".heic", ".heif"}
-)
-"""What a prefix or directory listing takes by default. HEIC/HEIF is listed although this OpenCV cannot
-decode it: such a photo gets an error row saying so instead of vanishing from the output."""
-
 MAX_PIXELS = 100_000_000
 """Images with more pixels are refused from their header, before any decoding: decoded, one would take
 more than 300 MB (BGR), and an actor decodes many images at once."""

@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 from facesweep.workers.config import PIECE_BYTES
 from facesweep.workers.errors import UserError
 from facesweep.workers.inputs.containers import CONTAINER_SUFFIXES, expand, is_container
-from facesweep.workers.inputs.images import IMAGE_EXTENSIONS
+from facesweep.workers.inputs.kinds import IMAGE_EXTENSIONS
 from facesweep.workers.inputs.sorted_runs import check_sorted, sort_unsorted
 from facesweep.workers.storage import (
     URI_PATTERN,

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 import ray
 
 from facesweep.workers.errors import JobError, line_of
-from facesweep.workers.model.runtime import uses_gpu
 
 if TYPE_CHECKING:
     from facesweep.workers.config import JobConfig
@@ -83,7 +82,7 @@ def start_actors(
     """Actors spread over the cluster's nodes, each with the model the driver checked (by checksum)."""
     cpus, device = config.cpus_per_actor, config.detector.device
     resources = ray.cluster_resources()
-    gpus = 1 if uses_gpu(device) else 0
+    gpus = 1 if config.detector.holds_gpu else 0
     if gpus and resources.get("GPU", 0) < 1:
         raise JobError(
             f"--device {device}: the Ray cluster has no GPU; start its GPU nodes with "

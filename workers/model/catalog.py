@@ -165,3 +165,14 @@ def _atomic_write(path: Path, data: bytes) -> None:
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     partial.write_bytes(data)
     partial.replace(path)
+
+
+def checked_model(model: str, sha256: str | None = None) -> tuple[Path, str]:
+    """The model's local path and checksum, refused when `sha256` (--model-sha256) names another."""
+    path = resolve_model(model, sha256)
+    checksum = model_checksum(path)
+    if sha256 and sha256.lower() != checksum:
+        raise ModelError(
+            f"model {model} has SHA-256 {checksum}, not {sha256} (--model-sha256): refusing to run it"
+        )
+    return path, checksum

@@ -9,7 +9,7 @@ from pathlib import Path
 import openvino as ov
 
 from facesweep.workers.config import DetectorSettings
-from facesweep.workers.model.catalog import ModelError, model_checksum, resolve_model
+from facesweep.workers.model.catalog import ModelError, checked_model
 from facesweep.workers.model.formats import detect_format
 from facesweep.workers.model.formats.base import DecodeSettings, Format
 from facesweep.workers.model.formats.known import KnownModel, recognise
@@ -32,7 +32,7 @@ class ModelPlan:
 
 def plan_model(settings: DetectorSettings) -> tuple[ov.Model, ModelPlan]:
     """Reads the model and decides how to run it; every mismatch is a one-line ModelError or format error."""
-    path, checksum = _checked_file(settings)
+    path, checksum = checked_model(settings.model, settings.model_sha256)
     model = read_model(str(path), settings.model)
     fmt, outputs = detect_format(output_infos(model), settings.model, settings.format)
     known = recognise(path, checksum)
@@ -53,18 +53,6 @@ def plan_model(settings: DetectorSettings) -> tuple[ov.Model, ModelPlan]:
 def inspect_model(settings: DetectorSettings) -> ModelPlan:
     """Reads the model and plans it without compiling (cheap; for early errors in the driver)."""
     return plan_model(settings)[1]
-
-
-def _checked_file(settings: DetectorSettings) -> tuple[Path, str]:
-    """The model's local path and checksum, refused when `--model-sha256` names another."""
-    path = resolve_model(settings.model, settings.model_sha256)
-    checksum = model_checksum(path)
-    if settings.model_sha256 and settings.model_sha256.lower() != checksum:
-        raise ModelError(
-            f"model {settings.model} has SHA-256 {checksum}, not {settings.model_sha256} (--model-sha256): "
-            "refusing to run it"
-        )
-    return path, checksum
 
 
 def _preprocess(

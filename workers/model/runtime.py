@@ -33,11 +33,6 @@ def check_device(device: str) -> str:
     return device.upper()
 
 
-def uses_gpu(device: str) -> bool:
-    """Whether a (checked) device compiles on a GPU for certain, so an actor must hold one."""
-    return device.startswith("GPU")
-
-
 def core() -> ov.Core:
     """The process's one OpenVINO Core, caching compiled models on this node's disk (`cache/openvino`).
 

@@ -1,0 +1,179 @@
+"""Preparing a job without running it: the checked config, OUTPUT's ledger compared with the listing
+into a lazy plan of new shards, and the dry run that walks that plan to the end. Imports neither Ray nor
+OpenVINO: the dry run is this module alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from itertools import chain
+from pathlib import Path
+
+import pyarrow as pa
+
+from facesweep.workers.config import AnonymizeSettings, JobConfig, job_identity
+from facesweep.workers.inputs.containers import is_container
+from facesweep.workers.inputs.listing import InputError, is_manifest, list_images
+from facesweep.workers.inputs.sorted_runs import rebatch
+from facesweep.workers.job.ledger import Ledger
+from facesweep.workers.job.progress import JobProgress
+from facesweep.workers.job.shards import PlanCounts, Shard, compare, compare_with_changes, plan_shards
+from facesweep.workers.model.catalog import checked_model
+from facesweep.workers.output.layout import expected_requests
+from facesweep.workers.output.record import now
+from facesweep.workers.storage import absolute, is_below, is_remote, request_counts, storage_for
+
+log = logging.getLogger("facesweep")
+
+
+@dataclass
+class Prepared:
+    """A job ready to run: its checked config, OUTPUT's ledger, and the lazy plan of its new shards."""
+
+    config: JobConfig
+    checksum: str
+    identity: dict
+    ledger: Ledger
+    progress: JobProgress
+    shards: Iterator[Shard]
+    started_at: str
+
+
+def prepare(config: JobConfig, overwrite: bool, read_only: bool = False) -> Prepared:
+    """Checks INPUT, OUTPUT and the model's file, reads the ledger and plans lazily (nothing runs).
+
+    `read_only` (the dry run): nothing is written, and the model is only found and checksummed (the job
+    that runs reads it with OpenVINO first, `workers/job/driver.py`)."""
+    # A local OUTPUT as an absolute path: actors and compactions run in other working directories.
+    config = replace(config, output=absolute(config.output))
+    if config.anonymizer is not None:
+        config = replace(config, anonymizer=_anonymizer(config.anonymizer, config.input))
+    _check_output(config)
+    checksum = checked_model(config.detector.model, config.detector.model_sha256)[1]
+    listing = _non_empty(list_images(config.input, config.include, config.containers.piece_bytes), config)
+    ledger = Ledger.read(config.output, read_only)
+    if overwrite:
+        ledger.clear()
+    if ledger.record is not None and not ledger.complete and not read_only:
+        _remove_partials(config)
+    identity = job_identity(config, checksum)
+    ledger.check_identity(identity)
+    progress = JobProgress()
+    if config.reprocess_changed:
+        progress.redone_changed = _drop_changed(ledger, config)
+    progress.resumed = ledger.totals
+    shards = plan_shards(
+        compare(listing, ledger.done(), progress.plan), config.shard_size, ledger.next_shard, progress.plan
+    )
+    started_at = (ledger.record and ledger.record.started_at) or now()
+    return Prepared(config, checksum, identity, ledger, progress, shards, started_at)
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """What a run would do now, found by the run's own listing, ledger and planning, without Ray."""
+
+    counts: PlanCounts
+    shard_size: int
+    rows_per_file: int
+    files: int  # part files the run would write
+    expected_requests: dict[str, int]
+    requests: dict[str, int]  # made to decide (listing and ledger)
+    seconds: float  # to decide
+    rate: float | None  # images/s the estimate uses
+    rate_source: str
+
+
+def dry_run(config: JobConfig, rate: float | None = None) -> DryRun:
+    """Lists, compares with OUTPUT and plans to the end; writes nothing (a missing OUTPUT stays missing)."""
+    started, before = time.monotonic(), request_counts()
+    job = prepare(replace(config, reprocess_changed=False), overwrite=False, read_only=True)
+    for _ in job.shards:
+        pass
+    counts = job.progress.plan
+    pending = sum(f.footer.counts.images for f in job.ledger.shards)
+    files = math.ceil((counts.new + pending) / config.rows_per_file)
+    expected = expected_requests(
+        counts.new,
+        counts.shards,
+        len(job.ledger.shards),
+        files,
+        copies=config.anonymizer is not None,
+        crops=config.crops is not None,
+    )
+    after = request_counts()
+    last_rate = job.ledger.record and job.ledger.record.processing_rate
+    source = "--rate" if rate else "the last run's rate"
+    return DryRun(
+        counts,
+        config.shard_size,
+        config.rows_per_file,
+        files,
+        expected,
+        {k: after[k] - before[k] for k in after},
+        time.monotonic() - started,
+        rate or last_rate or None,
+        source,
+    )
+
+
+def _check_output(config: JobConfig) -> None:
+    """OUTPUT (and --anonymize DEST) must be a folder, and not inside a folder INPUT (a later run would
+    list its own files)."""
+    targets = [("OUTPUT", config.output)]
+    if config.anonymizer is not None:
+        targets.append(("--anonymize", config.anonymizer.anonymize))
+    for name, target in targets:
+        if not is_remote(target) and Path(target).is_file():
+            raise InputError(f"{name} {target} is a file: give a directory or an s3://bucket/prefix")
+        if _inside(target, config.input):
+            raise InputError(
+                f"{name} {target} is inside INPUT {config.input}: a later run would read its own files; "
+                f"give a {name} outside INPUT"
+            )
+
+
+def _inside(target: str, source: str) -> bool:
+    """Whether `target` is the folder or prefix `source` or below it (never for a manifest)."""
+    return not is_manifest(source) and is_below(target, source)
+
+
+def _anonymizer(settings: AnonymizeSettings, source: str) -> AnonymizeSettings:
+    """--anonymize as the actors take it: DEST absolute when local, the keys' root (INPUT `source` when
+    it is a folder or prefix)."""
+    root = None if is_manifest(source) or is_container(source) else absolute(source)
+    return replace(settings, anonymize=absolute(settings.anonymize), root=root)
+
+
+def _remove_partials(config: JobConfig) -> None:
+    """A run that was cut short may have been killed mid-write: its temporary files in a local OUTPUT or
+    DEST are removed (a re-run writes every file it did not finish again)."""
+    targets = [config.output] + ([config.anonymizer.anonymize] if config.anonymizer else [])
+    removed = sum(storage_for(target).remove_partials(target) for target in targets)
+    if removed:
+        log.info("removed %d partial files a killed run left", removed)
+
+
+def _drop_changed(ledger: Ledger, config: JobConfig) -> int:
+    """--reprocess-changed: a first pass finds the changed images and drops their rows from OUTPUT, so
+    the plan then sees them as new (a kill between the two leaves them simply not done)."""
+    by_file: dict[int, list[str]] = {}
+    listing = rebatch(list_images(config.input, config.include, config.containers.piece_bytes))
+    for _, changed in compare_with_changes(listing, ledger.done(), PlanCounts()):
+        for uri, file in zip(changed["uri"].to_pylist(), changed["file"].to_pylist(), strict=True):
+            by_file.setdefault(file, []).append(uri)
+    return ledger.drop_rows(by_file).images
+
+
+def _non_empty(tables: Iterator[pa.Table], config: JobConfig) -> Iterator[pa.Table]:
+    """The listing in windows of sorted_runs.rebatch's size; an error now if it has no image at all."""
+    windows = rebatch(tables)
+    first = next(windows, None)
+    if first is None or not first.num_rows:
+        rule = f"--include {config.include!r}" if config.include else "image extensions"
+        raise InputError(f"no images found in {config.input} (matched by {rule}): check INPUT or --include")
+    return chain([first], windows)
