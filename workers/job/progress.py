@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
 from typing import Any
 
 from facesweep.workers.config import JobConfig
@@ -118,6 +119,7 @@ def job_record(
     return JobRecord(
         {
             "identity": identity,
+            "facesweep_version": version("facesweep"),
             "config": asdict(config),
             "started_at": started_at,
             "finished_at": finished_at,
