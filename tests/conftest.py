@@ -29,10 +29,11 @@ os.environ.setdefault("CI", "true")
 # Variables that would make boto3 sign requests with something other than the local server's keys.
 _CONFLICTING_AWS_VARS = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 
-# Files the suite never writes: tools' own (Python, pytest, ruff, pip, npm) and sources, which people may be
-# adding to the checkout while a session runs (the suite writes data: Parquet, JSON, images, reports).
+# Files that are not a test's doing: tools' own (Python, pytest, Hypothesis, ruff, pip, npm) and sources,
+# which people may be adding to the checkout while a session runs (tests write data: Parquet, JSON, images).
 _NOT_THE_SUITES = re.compile(
-    r"(^|/)(__pycache__|\.pytest_cache|\.ruff_cache|\.venv|\.cache|node_modules|[^/]+\.egg-info)/|\.(py|md)$"
+    r"(^|/)(__pycache__|\.pytest_cache|\.hypothesis|\.ruff_cache|\.venv|\.cache|node_modules|[^/]+\.egg-info)/"
+    r"|\.(py|md)$"
 )
 
 

@@ -15,7 +15,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import EndpointConnectionError
 
-from facesweep.workers.storage import StorageError, _check_reachable
+from facesweep.workers.storage import StorageError
+from facesweep.workers.storage.s3 import _check_reachable
 from infra.demo import sample_photos
 from infra.local_s3 import LocalS3
 from tests.paths import MODELS
@@ -251,7 +252,7 @@ def test_s3_without_credentials_or_a_store_says_which_variables_to_set(
     session.events.register(
         "before-call.s3.ListBuckets", lambda context, **_: configs.append(context["client_config"])
     )
-    retrying = session.client("s3", config=Config(retries={"mode": "standard", "max_attempts": 2}))
+    retrying = session.client("s3", config=Config(retries={"mode": "standard", "total_max_attempts": 2}))
     with pytest.raises(EndpointConnectionError):
         retrying.list_buckets()
     assert len(tries) == 2  # the events see every try
