@@ -29,7 +29,7 @@ from facesweep.workers.job.driver import run_job
 from facesweep.workers.model.catalog import ModelError, model_checksum, resolve_model
 from infra.demo import sample_photos
 from infra.local_s3 import LocalS3, _PortPicker
-from tests.paths import MODELS
+from tests.paths import MODELS, ROOT
 
 RAY = Path(sys.executable).with_name("ray")
 FACESWEEP = Path(sys.executable).with_name("facesweep")
@@ -287,3 +287,64 @@ def test_job_submitted_to_a_two_node_cluster_runs_on_both_and_matches_a_local_ru
     for uri, faces in here.items():
         assert on_cluster[uri].shape == faces.shape
         np.testing.assert_allclose(on_cluster[uri], faces, atol=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_a_cluster_without_facesweep_installed_gets_the_wheel_through_the_jobs_runtime_env(
+    loopback_cluster: LoopbackCluster, s3_env: LocalS3, s3_photos: list[str], tmp_path: Path
+) -> None:
+    """A clean clone's wheel, under a version of its own, shipped with the job (`working_dir`) and
+    installed by Ray on each node (`pip`): the driver and every actor run that wheel, not the checkout."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
+    version = f"0.1.0+runtimeenv.{secrets.token_hex(3)}"
+    pyproject = clone / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('version = "0.1.0"', f'version = "{version}"', 1))
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(clone)],
+        check=True,
+        capture_output=True,
+    )
+    [wheel] = dist.glob("facesweep-*.whl")
+    runtime_env = {"working_dir": str(dist), "pip": [f"${{RAY_RUNTIME_ENV_CREATE_WORKING_DIR}}/{wheel.name}"]}
+    submit = subprocess.run(
+        [
+            RAY,
+            "job",
+            "submit",
+            "--address",
+            loopback_cluster.dashboard,
+            "--runtime-env-json",
+            json.dumps(runtime_env),
+            "--",
+            "python",
+            "-m",
+            "facesweep.cli",
+            "run",
+            "s3://cluster/in",
+            "s3://cluster/out-wheel",
+            "--actors",
+            "2",
+            "--cpus-per-actor",
+            "0.5",
+            "--shard-size",
+            "2",
+        ],
+        env=loopback_cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=480,
+    )
+    assert submit.returncode == 0 and "succeeded" in submit.stdout, (
+        submit.stdout[-3000:] + submit.stderr[-3000:]
+    )
+    record = json.loads(
+        s3_env.client().get_object(Bucket="cluster", Key="out-wheel/_job.json")["Body"].read()
+    )
+    assert record["complete"] and record["images"] == len(s3_photos)
+    assert record["facesweep_version"] == version, "the driver ran the wheel"
+    nodes = record["this_run"]["nodes"].values()
+    assert sorted(node["ip"] for node in nodes) == ["127.0.0.2", "127.0.0.3"]
+    assert all(node["versions"] == [version] for node in nodes), "every actor ran the wheel"

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from importlib.metadata import version
 from typing import Any
 
 import cv2
@@ -51,7 +52,8 @@ class ShardCalls:
         """Who this actor is (and whether Ray restarted it), where it writes; call once it is ready."""
         context = ray.get_runtime_context()
         self.output = output
-        self.info = ActorInfo(format_name, context.get_node_id(), f"{context.get_actor_id()}/{os.getpid()}")
+        process = f"{context.get_actor_id()}/{os.getpid()}"
+        self.info = ActorInfo(format_name, context.get_node_id(), process, version("facesweep"))
         self.restarted = bool(context.was_current_actor_reconstructed)
         self._ready_cpu = time.process_time()
 

@@ -14,6 +14,7 @@ class ActorInfo:
     format: str
     node_id: str
     process: str  # "<Ray actor id>/<pid>"
+    version: str  # the facesweep its process imported: a node installed otherwise shows in _job.json
 
 
 @dataclass(frozen=True)

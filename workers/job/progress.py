@@ -18,12 +18,14 @@ from facesweep.workers.output.writer import NO_COUNTS, ShardCounts
 
 @dataclass
 class NodeUse:
-    """One Ray node's part in a job: its address, the actors placed on it, the shards and images it did."""
+    """One Ray node's part in a job: its address, the actors placed on it, the shards and images it did,
+    and the facesweep versions its actors ran."""
 
     ip: str = ""
     actors: int = 0
     shards: int = 0
     images: int = 0
+    versions: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -99,7 +101,9 @@ class JobProgress:
 
     def add_actors(self, infos: list[ActorInfo]) -> None:
         for info in infos:
-            self.nodes.setdefault(info.node_id, NodeUse()).actors += 1
+            node = self.nodes.setdefault(info.node_id, NodeUse())
+            node.actors += 1
+            node.versions = sorted({*node.versions, info.version})
 
 
 def job_record(
