@@ -54,7 +54,6 @@ class BuildWithModels(build_py):
     """`build_py` that first writes the weights and their NOTICE into the package's `models/` folder."""
 
     def run(self) -> None:
-        MODELS.mkdir(exist_ok=True)
         for name, source in WEIGHTS.items():
             data = weights(*source)
             target = MODELS / name
@@ -64,4 +63,5 @@ class BuildWithModels(build_py):
         super().run()
 
 
+MODELS.mkdir(exist_ok=True)  # before setup(): the package `facesweep.models` must exist to be configured
 setup(cmdclass={"build_py": BuildWithModels})
