@@ -1,8 +1,9 @@
 """Every model in ../shared/models runs through `facesweep run` on real WIDER FACE photos.
 
 The photos are the 73 images of val-subset-145 that hold a face at least 64 px high (all 214 of them),
-given as a manifest. Seed formats must find >= 90% of those faces at IoU 0.5; every model's boxes
-must lie inside their image.
+given as a manifest. Each model must find at least its own share of those faces at IoU 0.5 (its floor
+below: a little under what it found when measured, and never under 90% for a seed format); every
+model's boxes must lie inside their image.
 """
 
 from __future__ import annotations
@@ -25,22 +26,26 @@ MODELS = SHARED / "models"
 SCORE_THRESHOLD = 0.05
 MIN_HEIGHT = 64
 
-# (model file below ../shared/models, format it must be detected as, whether it is a seed format)
+# (model file below ../shared/models, format it must be detected as, its recall floor). The floors: each
+# model's recall of the 214 faces measured with this test (OpenVINO 2026.4 CPU, score threshold 0.05), in
+# the comment, less about 3 faces (0.015), rounded down, and at least 0.90 for the seed formats (the first
+# nine). Each lies above the model's VOC AP on faces >= 64 px in ../shared/docs/reference-figures.md, where
+# it has one (recall bounds AP from above).
 CASES = [
-    ("face-detection-0204/FP16/face-detection-0204.xml", "ssd", True),
-    ("face-detection-0204/FP16-INT8/face-detection-0204.xml", "ssd", True),
-    ("face-detection-0200/FP16/face-detection-0200.xml", "ssd", True),
-    ("face-detection-adas-0001/FP16/face-detection-adas-0001.xml", "ssd", True),
-    ("face-detection-retail-0005/FP16/face-detection-retail-0005.xml", "ssd", True),
-    ("face-detection-0205/FP16/face-detection-0205.xml", "boxes_labels", True),
-    ("retinaface-mnet025-insightface/retinaface-mnet025-bgr-640.xml", "retinaface", True),
-    ("retinaface-mnet025-insightface/mnet.25.onnx", "retinaface", True),
-    ("ssh-format-mnet025/ssh-format-mnet025-bgr-640.xml", "ssh", True),
-    ("retinaface-mnet025-biubug6/retinaface_mnet025_biubug6.onnx", "priorbox", False),
-    ("centerface/centerface.onnx", "centerface", False),
-    ("scrfd/scrfd_500m_bnkps.onnx", "scrfd", False),
-    ("scrfd/scrfd_2.5g.onnx", "scrfd", False),
-    ("yunet/face_detection_yunet_2026may.onnx", "yunet", False),
+    ("face-detection-0204/FP16/face-detection-0204.xml", "ssd", 0.93),  # 203/214 = 0.949
+    ("face-detection-0204/FP16-INT8/face-detection-0204.xml", "ssd", 0.93),  # 203/214 = 0.949
+    ("face-detection-0200/FP16/face-detection-0200.xml", "ssd", 0.91),  # 198/214 = 0.925
+    ("face-detection-adas-0001/FP16/face-detection-adas-0001.xml", "ssd", 0.92),  # 200/214 = 0.935
+    ("face-detection-retail-0005/FP16/face-detection-retail-0005.xml", "ssd", 0.90),  # 196/214 = 0.916
+    ("face-detection-0205/FP16/face-detection-0205.xml", "boxes_labels", 0.92),  # 201/214 = 0.939
+    ("retinaface-mnet025-insightface/retinaface-mnet025-bgr-640.xml", "retinaface", 0.90),  # 195/214 = 0.911
+    ("retinaface-mnet025-insightface/mnet.25.onnx", "retinaface", 0.90),  # 195/214 = 0.911
+    ("ssh-format-mnet025/ssh-format-mnet025-bgr-640.xml", "ssh", 0.90),  # 195/214 = 0.911
+    ("retinaface-mnet025-biubug6/retinaface_mnet025_biubug6.onnx", "priorbox", 0.90),  # 197/214 = 0.921
+    ("centerface/centerface.onnx", "centerface", 0.95),  # 207/214 = 0.967
+    ("scrfd/scrfd_500m_bnkps.onnx", "scrfd", 0.94),  # 206/214 = 0.963
+    ("scrfd/scrfd_2.5g.onnx", "scrfd", 0.96),  # 209/214 = 0.977
+    ("yunet/face_detection_yunet_2026may.onnx", "yunet", 0.92),  # 201/214 = 0.939
 ]
 
 pytestmark = [
@@ -62,9 +67,9 @@ def manifest(truth: dict[str, np.ndarray], tmp_path_factory: pytest.TempPathFact
     return path
 
 
-@pytest.mark.parametrize(("model", "format_name", "seed"), CASES, ids=[c[0].split("/")[-1] for c in CASES])
+@pytest.mark.parametrize(("model", "format_name", "floor"), CASES, ids=[c[0].split("/")[-1] for c in CASES])
 def test_model_runs_through_the_cli(
-    ray_local: None, truth: dict, manifest: Path, tmp_path: Path, model: str, format_name: str, seed: bool
+    ray_local: None, truth: dict, manifest: Path, tmp_path: Path, model: str, format_name: str, floor: float
 ) -> None:
     output = tmp_path / "out"
     args = ["run", str(manifest), str(output), "--model", str(MODELS / model)]
@@ -80,8 +85,7 @@ def test_model_runs_through_the_cli(
     counts = [recall(matched[k][0], truth[k], 0.5, MIN_HEIGHT, matched[k][1]) for k in truth]
     found, total = np.sum(counts, axis=0)
     print(f"{model}: {format_name}, recall of faces >= {MIN_HEIGHT} px {found}/{total} = {found / total:.3f}")
-    if seed:
-        assert found / total >= 0.9
+    assert total == 214 and found / total >= floor, f"recall {found}/{total} under {model}'s floor {floor}"
 
 
 @pytest.mark.skipif(not MODELS.is_dir(), reason="needs ../shared/models")

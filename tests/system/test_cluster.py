@@ -135,6 +135,7 @@ class LoopbackCluster:
                 f"--runtime-env-agent-port={ports['runtime-env']}",
             ],
             env={**self.env, "FACESWEEP_CACHE": str(cache)},
+            cwd=self.temp_dir,  # the node's processes (and the jobs' drivers) run here: not the checkout
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -18,13 +18,14 @@ from tests.paths import ROOT
 @pytest.mark.slow
 def test_demo_runs_and_leaves_a_readable_copy(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["PYTHONPATH"] = str(ROOT)  # `infra` from the checkout; the demo and its Ray run in tmp_path
     result = subprocess.run(
         [sys.executable, "-m", "infra.demo", "--copy-to", str(tmp_path / "copy")],
         capture_output=True,
         text=True,
         timeout=600,
         env=env,
-        cwd=ROOT,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     photos = len(sample_photos())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import shutil
@@ -21,13 +22,17 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+import ray._private.state
 
 from facesweep.workers.config import AnonymizeSettings, DetectorSettings, JobConfig
 from facesweep.workers.job.driver import run_job
-from facesweep.workers.job.progress import JobProgress
+from facesweep.workers.output.compaction import HOLD_AFTER_PUT
+from facesweep.workers.output.layout import part_path, shard_path
+from facesweep.workers.output.writer import read_footer
 from facesweep.workers.products.anonymize import copy_uri
 from infra.demo import sample_photos
 from infra.local_s3 import LocalS3, start_local_s3
+from tests.faults import HELD_SHARD, HeldWorker, wait_until_held
 from tests.outputs import assert_one_crop_per_face
 from tests.paths import ROOT
 
@@ -56,47 +61,46 @@ def assert_exactly_once(
         assert sorted(seen.to_pylist()) == sorted(expected)
 
 
-def worker_pids(name: str) -> list[int]:
-    """Processes whose title Ray set to `ray::<name>...` (an actor process shows its class)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "cmdline").read_bytes().startswith(f"ray::{name}".encode()):
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
-
-
-def test_actor_killed_mid_shard_is_restarted_and_the_shard_retried(
+def test_actor_killed_mid_shard_is_restarted_and_the_shard_redone(
     ray_local: None, photos: Path, tmp_path: Path
 ) -> None:
-    killed: list[int] = []
+    """The actor's process is killed while it holds shard 1, taken and not committed (tests/faults.py):
+    Ray restarts the actor and retries the call, and the new process does the shard."""
+    output = tmp_path / "out"
+    killed: list[tuple[int, bool]] = []  # the pid, and whether the held shard's file existed then
 
-    def kill_once(progress: JobProgress) -> None:
-        if not killed:  # the actor holds a second shard already: it dies in the middle of it
-            killed.extend(worker_pids("ShardWorker"))
-            for pid in killed:
-                os.kill(pid, signal.SIGKILL)
+    def kill_when_held() -> None:
+        pid, _ = wait_until_held(output)
+        killed.append((pid, (output / shard_path(HELD_SHARD)).exists()))
+        os.kill(pid, signal.SIGKILL)
 
+    killer = threading.Thread(target=kill_when_held, daemon=True)
+    killer.start()
     config = JobConfig(
-        str(photos), str(tmp_path / "out"), DetectorSettings(model="retinaface-mnet025"), 1, 1.0, shard_size=2
+        str(photos), str(output), DetectorSettings(model="retinaface-mnet025"), 1, 1.0, shard_size=2
     )
-    result = run_job(config, kill_once)
-    assert len(killed) == 1
-    assert not result.failed_shards and result.images == PHOTOS
-    assert_exactly_once(str(tmp_path / "out"), {str(p) for p in photos.iterdir()})
+    result = run_job(config, worker=HeldWorker)
+    killer.join(timeout=30)
+    assert [committed for _, committed in killed] == [False], "not killed in the middle of the shard"
+    [(pid, _)] = killed
+    [actor] = {process.split("/")[0] for process in result.actor_cpu}
+    assert ray._private.state.actors(actor)["NumRestarts"] == 1
+    assert [process for process in result.actor_cpu if process != f"{actor}/{pid}"], "no restarted process"
+    # Every shard reported once, the held one too: only the restarted process can have committed it.
+    this_run = json.loads((output / "_job.json").read_text())["this_run"]
+    assert (this_run["shards"], this_run["images"], this_run["failed"]) == (PHOTOS // 2, PHOTOS, [])
+    assert_exactly_once(str(output), {str(p) for p in photos.iterdir()})
 
 
-def facesweep(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+def facesweep(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """`facesweep run` with one actor, in `cwd` (where the Ray it starts runs: not the checkout)."""
     return subprocess.Popen(
         [sys.executable, "-m", "facesweep.cli", "run", *args, "--actors", "1", "--cpus-per-actor", "1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, **(env or {})},
-        cwd=ROOT,
+        cwd=cwd,
         start_new_session=True,  # its own process group: the driver and the Ray it started die together
     )
 
@@ -107,10 +111,44 @@ def wait_for_shard_line(process: subprocess.Popen[str]) -> Iterator[str]:
             yield line
 
 
+def committed_files(output: Path) -> list[Path]:
+    """OUTPUT's committed data files: part files and not yet compacted shard files."""
+    return [*output.glob("part-*.parquet"), *output.glob("_shards/shard-*.parquet")]
+
+
 def committed_images(output: Path) -> int:
-    """Images in OUTPUT's committed files, part files and not yet compacted shard files alike."""
-    files = [*output.glob("part-*.parquet"), *output.glob("_shards/shard-*.parquet")]
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    """Rows in OUTPUT's committed files (an image both in a part file and in a shard file left behind by
+    its compaction counts twice)."""
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in committed_files(output))
+
+
+def committed_uris(output: Path) -> set[str]:
+    """The images OUTPUT's committed files hold, each once."""
+    return {
+        uri for f in committed_files(output) for uri in pq.read_table(f, columns=["uri"])["uri"].to_pylist()
+    }
+
+
+def kill_processes_with(variable: str, timeout: float = 60.0) -> None:
+    """SIGKILL to every process whose environment holds `variable` (NAME=value: a run started with it,
+    and every process of the Ray it started), until none is left."""
+    entry = b"\0" + variable.encode() + b"\0"
+    deadline = time.monotonic() + timeout
+    while pids := [
+        int(proc.name) for proc in Path("/proc").iterdir() if proc.name.isdigit() and entry in _environ(proc)
+    ]:
+        assert time.monotonic() < deadline, f"processes with {variable} still alive: {pids}"
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+
+
+def _environ(proc: Path) -> bytes:
+    try:
+        return b"\0" + (proc / "environ").read_bytes()
+    except OSError:  # gone meanwhile, or not ours
+        return b""
 
 
 @pytest.fixture(scope="module")
@@ -143,13 +181,13 @@ def test_driver_killed_mid_job_then_rerun_completes(
     output, dest = tmp_path / "out", tmp_path / "copies"
     options = ("--shard-size", "2") if kind == "objects" else ("--piece-bytes", "400000")
     options += ("--crops", "--anonymize", str(dest))
-    first = facesweep(str(source), str(output), *options)
+    first = facesweep(str(source), str(output), *options, cwd=tmp_path)
     next(wait_for_shard_line(first))
     os.killpg(first.pid, signal.SIGKILL)  # the driver's machine dies: the driver and its local Ray
     first.wait(timeout=30)
     done_before = committed_images(output)
     assert 1 <= done_before < PHOTOS
-    second = facesweep(str(source), str(output), *options)
+    second = facesweep(str(source), str(output), *options, cwd=tmp_path)
     out, err = second.communicate(timeout=300)
     assert second.returncode == 0, err
     # Shards committed before the kill (and any an orphaned actor finished since) are not redone.
@@ -165,31 +203,41 @@ def test_driver_killed_mid_job_then_rerun_completes(
 
 
 def test_driver_killed_during_a_compaction_then_an_incremental_run(photos: Path, tmp_path: Path) -> None:
-    """Killed the moment a part file appears (its shard files may still be there), then re-run on an
-    input that gained two images: every image exactly once, and only the new ones and the unfinished
-    ones done."""
+    """Killed, driver and Ray, while a compaction holds between its part file's PUT and the deletion of
+    its shard files (the compaction's test hook), then re-run on an input that gained two images: the
+    shard files the part holds are known as copies, every image is in OUTPUT exactly once, and only the
+    new images and those not committed are done."""
     source = tmp_path / "photos"
     shutil.copytree(photos, source)
-    output = tmp_path / "out"
+    output, held = tmp_path / "out", tmp_path / "held"
+    held.mkdir()
     options = ("--shard-size", "1", "--rows-per-file", "2", "--crops")  # a compaction every two images
-    first = facesweep(str(source), str(output), *options)
+    hook = {HOLD_AFTER_PUT: str(held)}
+    first = facesweep(str(source), str(output), *options, cwd=tmp_path, env=hook)
     deadline = time.monotonic() + 240
-    while not list(output.glob("part-*.parquet")) and time.monotonic() < deadline and first.poll() is None:
-        time.sleep(0.005)
-    os.killpg(first.pid, signal.SIGKILL)
+    while not any(held.iterdir()) and first.poll() is None:
+        assert time.monotonic() < deadline, "no compaction within 240 s"
+        time.sleep(0.05)
+    assert first.poll() is None, first.communicate()[1][-3000:]
+    os.killpg(first.pid, signal.SIGKILL)  # the driver's machine dies: the driver and its local Ray
     first.wait(timeout=30)
-    assert list(output.glob("part-*.parquet")), "no compaction happened before the kill"
+    kill_processes_with(f"{HOLD_AFTER_PUT}={held}")  # orphans too: nothing writes to OUTPUT any more
+    # Each held compaction left its part file whole beside all its shard files; no reader sees a copy.
+    parts = sorted(int(mark.name.removeprefix("part-")) for mark in held.iterdir())
+    for number in parts:
+        shards = read_footer(pq.ParquetFile(output / part_path(number))).shards
+        assert len(shards) == 2 and all((output / shard_path(i)).exists() for i in shards), number
+    assert not json.loads((output / "_job.json").read_text())["complete"]
     assert_exactly_once(str(output), set(), filesystem=None, at_most=True)
-    done_before = committed_images(output)
+    committed = committed_uris(output)
     for name in ("00-late.png", "zz-late.png"):
         shutil.copy(sorted(source.iterdir())[0], source / name)
-    second = facesweep(str(source), str(output), *options)
+    second = facesweep(str(source), str(output), *options, cwd=tmp_path)
     out, err = second.communicate(timeout=300)
     assert second.returncode == 0, err
-    new = PHOTOS + 2 - int(re.search(r"resumed: (\d+) images already done", out).group(1))
-    assert re.search(rf"^images: {new} ", out, re.MULTILINE), out
-    # done_before counts a stale copy of each of the two shards of a finished compaction twice
-    assert new <= PHOTOS + 2 - done_before + 2
+    resumed = int(re.search(r"resumed: (\d+) images already done", out).group(1))
+    assert resumed == len(committed)  # each committed image once: the shard files' copies do not count
+    assert re.search(rf"^images: {PHOTOS + 2 - resumed} ", out, re.MULTILINE), out
     assert_exactly_once(str(output), {str(p) for p in source.iterdir()})
     assert not list(output.glob("_shards/*.parquet"))
     assert_one_crop_per_face(output)
@@ -207,7 +255,7 @@ def test_object_store_down_for_ten_seconds(own_s3: LocalS3, photos: Path, tmp_pa
     client.create_bucket(Bucket="flaky")
     for photo in sorted(photos.iterdir()):
         client.upload_file(str(photo), "flaky", f"in/{photo.name}")
-    job = facesweep("s3://flaky/in", "s3://flaky/out", "--shard-size", "2", env=own_s3.env())
+    job = facesweep("s3://flaky/in", "s3://flaky/out", "--shard-size", "2", cwd=tmp_path, env=own_s3.env())
     next(wait_for_shard_line(job))
     own_s3.stop()
     restarted: list[LocalS3] = []
@@ -238,26 +286,31 @@ def test_object_store_down_for_ten_seconds(own_s3: LocalS3, photos: Path, tmp_pa
 
 
 NODE_LOSS_JOB = """
-import sys, ray
+import json, sys, threading
+import ray, ray._private.state
 from ray.cluster_utils import Cluster
-from facesweep.workers.model.plan import DetectorSettings
-from facesweep.workers.job.driver import JobConfig, run_job
+from facesweep.workers.config import DetectorSettings, JobConfig
+from facesweep.workers.job.driver import run_job
+from tests.faults import HeldWorker, wait_until_held
 
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1"})
 workers = [cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(4)]
 ray.init(address=cluster.address)
-removed = []
+lost = {}
 
-def lose_nodes(progress):
-    if not removed:  # two of the four worker nodes go: at least one of them holds an actor
-        for node in workers[:2]:
-            cluster.remove_node(node, allow_graceful=False)
-            removed.append(node)
+def lose_the_actors_nodes():
+    _, held = wait_until_held(sys.argv[2])  # an actor is in the middle of shard 1
+    placed = {a["Address"]["NodeID"] for a in ray._private.state.actors().values() if a["State"] == "ALIVE"}
+    removed = [node for node in workers if node.node_id in placed]  # Ray says an actor lives there
+    for node in removed:
+        cluster.remove_node(node, allow_graceful=False)
+    lost.update(held=held, placed=sorted(placed), removed=sorted(node.node_id for node in removed))
 
+threading.Thread(target=lose_the_actors_nodes, daemon=True).start()
 settings = DetectorSettings(model="retinaface-mnet025")
-config = JobConfig(sys.argv[1], sys.argv[2], settings, 2, 1.0, shard_size=2)
-result = run_job(config, lose_nodes)
-print("images", result.images, "failed", len(result.failed_shards), "removed", len(removed))
+result = run_job(JobConfig(sys.argv[1], sys.argv[2], settings, 2, 1.0, shard_size=2), worker=HeldWorker)
+lost["restarts"] = sorted(a["NumRestarts"] for a in ray._private.state.actors().values())
+print("report", json.dumps({**lost, "images": result.images, "failed": result.failed_shards}))
 ray.shutdown()
 cluster.shutdown()
 """
@@ -265,15 +318,19 @@ cluster.shutdown()
 
 @pytest.mark.cluster
 def test_node_lost_mid_job(photos: Path, tmp_path: Path) -> None:
+    """Both nodes that hold an actor are lost while one actor is in the middle of shard 1
+    (tests/faults.py): Ray restarts both actors on the two nodes left and retries their calls, and the
+    shard held on a lost node is done by a restarted actor."""
     output = tmp_path / "out"
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    # The job runs in tmp_path, as its Ray does; `tests` (tests/faults.py) from the checkout.
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
         [sys.executable, "-c", NODE_LOSS_JOB, str(photos), str(output)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
-        cwd=ROOT,
+        cwd=tmp_path,
         start_new_session=True,
     )
     try:
@@ -282,5 +339,13 @@ def test_node_lost_mid_job(photos: Path, tmp_path: Path) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 0, err[-3000:]
-    assert f"images {PHOTOS} failed 0 removed 2" in out
+    report = json.loads(re.search(r"^report (.*)$", out, re.MULTILINE).group(1))
+    assert len(report["removed"]) == 2 and report["removed"] == report["placed"], report
+    assert report["held"] in report["removed"], report
+    assert report["restarts"] == [1, 1], report  # each actor lost its node once
+    assert (report["images"], report["failed"]) == (PHOTOS, []), report
+    nodes = json.loads((output / "_job.json").read_text())["this_run"]["nodes"]
+    # The restarted actors did shards on nodes where no actor was started; every shard was done once.
+    assert sum(n["shards"] for n in nodes.values() if n["actors"] == 0) >= 1, nodes
+    assert sum(n["shards"] for n in nodes.values()) == PHOTOS // 2, nodes
     assert_exactly_once(str(output), {str(p) for p in photos.iterdir()})

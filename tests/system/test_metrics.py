@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,6 @@ from facesweep.workers.errors import ErrorKind, internal_failure, take_traceback
 from facesweep.workers.inputs.images import ImageError, decode_image
 from facesweep.workers.job.metrics import error_kinds
 from infra.demo import sample_photos
-from tests.paths import ROOT
 
 
 def image_error(data: bytes) -> ImageError:
@@ -108,7 +108,7 @@ def test_job_report_and_prometheus_metrics(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         env=env,
-        cwd=ROOT,
+        cwd=tmp_path,  # where its Ray runs: not the checkout
         timeout=240,
     )
     assert job.returncode == 0, job.stderr[-3000:]
@@ -119,7 +119,13 @@ def test_job_report_and_prometheus_metrics(tmp_path: Path) -> None:
     assert report["errors_by_kind"] == {"not_an_image": 1, "truncated": 1}
     assert report["shards"] == 2 and report["device"] == "CPU"
     [node] = report["nodes"].values()
-    assert node == {"ip": "127.0.0.1", "actors": 1, "shards": 2, "images": 8}
+    assert node == {
+        "ip": "127.0.0.1",
+        "actors": 1,
+        "shards": 2,
+        "images": 8,
+        "versions": [version("facesweep")],
+    }
     assert set(report["stage_ms_per_image"]) >= {"fetch", "decode", "infer", "write"}
     assert report["stage_ms_per_image"]["infer"] > 0
     # the actor's process CPU covers at least what its threads spent in the stages measured as CPU time

@@ -4,9 +4,12 @@ left behind by a compaction that was cut short is known to be a copy."""
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -34,6 +37,8 @@ READERS = 32
 """Shard files a compaction reads at once."""
 CROP_PART_BYTES = 256 * 2**20
 """Crop bytes per crops file of a part (a part's 100,000 images can hold a million faces: 4 GB of crops)."""
+HOLD_AFTER_PUT = "FACESWEEP_TEST_HOLD_COMPACTION"
+"""Test hook: a folder; a compaction marks `part-N` there after its part's PUT, then holds until killed."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,9 @@ def compact(output: str, shards: Sequence[int], number: int) -> CompactionReport
             table = table.select(SCHEMA.names).cast(SCHEMA).sort_by("uri")
             crops = sum(f.counts.crops for f in footers)
             counts = write_parquet(table, storage, target, shards, PART_ROW_GROUP, pieces, crops)
+    if hold := os.environ.get(HOLD_AFTER_PUT):
+        Path(hold, f"part-{number}").touch()
+        threading.Event().wait()
     storage.delete(sources)
     if counts.crops:  # after the shard files: while one of those is left, a repeat needs all its crops
         storage.delete([join(output, crop_shard_path(i)) for i in shards])
