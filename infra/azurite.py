@@ -20,23 +20,21 @@ Ctrl-C/SIGTERM)::
 from __future__ import annotations
 
 import argparse
-import atexit
 import base64
 import contextlib
 import os
 import re
 import secrets
-import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from types import FrameType, TracebackType
 from typing import Any
+
+from infra.servers import LocalServer, serve
 
 __all__ = ["Azurite", "AzuriteError", "find_azurite", "start_azurite"]
 
@@ -47,8 +45,6 @@ INSTALLED = (
 )
 """Where `make setup` installs Azurite's blob server."""
 LOG_NAME = "azurite.log"
-LOG_TAIL_LINES = 10
-STOP_TIMEOUT_S = 10.0
 _PROBE_CONTAINER = "azurite-ready-probe"
 _START_ATTEMPTS = 3  # a picked port can be taken by someone else before Azurite binds it
 _PORT_TAKEN = re.compile(r"EADDRINUSE", re.IGNORECASE)
@@ -76,31 +72,19 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    """The last non-empty lines of the log, joined into one line."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        return f"(no log: {exc})"
-    tail = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
-    return " | ".join(tail) if tail else "(log empty)"
-
-
-class Azurite:
+class Azurite(LocalServer):
     """A running Azurite blob server; a context manager that stops it on exit (and removes its data
     folder when it made one). Create it with :func:`start_azurite`."""
 
     def __init__(self, process: subprocess.Popen[bytes], port: int, key: str, data_dir: Path) -> None:
-        self._process = process
+        super().__init__(process, data_dir, data_dir / LOG_NAME)
         self.port = port
         self.account = ACCOUNT
         self.key = key
-        self.data_dir = data_dir
         self.remove_data = False
         """Whether stop() removes `data_dir` (a temporary folder start_azurite made)."""
         self.endpoint_url = f"http://{HOST}:{port}/{ACCOUNT}"
         """The blob endpoint (path-style: the account is the URL's first segment)."""
-        _LIVE.add(self)
 
     @property
     def connection_string(self) -> str:
@@ -109,22 +93,6 @@ class Azurite:
             f"DefaultEndpointsProtocol=http;AccountName={self.account};AccountKey={self.key};"
             f"BlobEndpoint={self.endpoint_url};"
         )
-
-    @property
-    def pid(self) -> int:
-        return self._process.pid
-
-    @property
-    def running(self) -> bool:
-        return self._process.poll() is None
-
-    @property
-    def log_path(self) -> Path:
-        return self.data_dir / LOG_NAME
-
-    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        """The last lines Azurite wrote to its log, joined into one line."""
-        return _log_tail(self.log_path, lines)
 
     def env(self) -> dict[str, str]:
         """The environment variable that points Azure's tools (and facesweep's az://) at this server."""
@@ -136,42 +104,9 @@ class Azurite:
 
         return BlobServiceClient.from_connection_string(self.connection_string, **options)
 
-    def stop(self) -> None:
-        """Stop the server: SIGTERM, wait up to 10 s, then SIGKILL. Safe to call more than once."""
-        _LIVE.discard(self)
-        if self._process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._process.terminate()
-            try:
-                self._process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    self._process.kill()
-                self._process.wait()
+    def _after_stop(self) -> None:
         if self.remove_data:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> Azurite:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        state = "running" if self.running else "stopped"
-        return f"Azurite({self.endpoint_url}, pid={self.pid}, {state}, data_dir={str(self.data_dir)!r})"
-
-
-_LIVE: set[Azurite] = set()
-
-
-@atexit.register
-def _stop_all() -> None:
-    """Do not leave servers behind when the interpreter exits normally."""
-    for server in list(_LIVE):
-        server.stop()
 
 
 def _probe(server: Azurite) -> None:
@@ -270,32 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=60.0, help="start-up timeout in seconds")
     args = parser.parse_args(argv)
 
-    def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        server = start_azurite(args.dir, timeout_s=args.timeout)
-    except KeyboardInterrupt:
-        return 130
-    except (AzuriteError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    with server:
-        for name, value in server.env().items():
-            print(f"export {name}={shlex.quote(value)}")
-        print(f"# Azurite ready at {server.endpoint_url} (pid {server.pid}); Ctrl-C to stop", flush=True)
-        try:
-            while server.running:
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            pass
-        else:
-            print(f"error: server exited; last log lines: {server.log_tail()}", file=sys.stderr)
-            return 1
-    print("# Azurite stopped", file=sys.stderr)
-    return 0
+    return serve(
+        "Azurite", lambda: start_azurite(args.dir, timeout_s=args.timeout), (AzuriteError, FileNotFoundError)
+    )
 
 
 if __name__ == "__main__":

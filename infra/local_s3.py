@@ -23,7 +23,6 @@ or from a shell (prints ``export AWS_...`` lines to ``eval``; stops on Ctrl-C/SI
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import json
 import os
@@ -31,7 +30,6 @@ import re
 import secrets
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -39,8 +37,9 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType, TracebackType
 from typing import IO, Any
+
+from infra.servers import LocalServer, log_tail, serve
 
 __all__ = ["LocalS3", "LocalS3Error", "S3Credentials", "find_weed", "start_local_s3"]
 
@@ -48,10 +47,8 @@ HOST = "127.0.0.1"
 REGION = "us-east-1"
 MAX_PORT = 50000  # exclusive; gRPC ports would default to port+10000, so stay well inside 65535
 GRPC_PORT_OFFSET = 10000
-STOP_TIMEOUT_S = 10.0
 LOG_NAME = "weed.log"
 S3_CONFIG_NAME = "s3-config.json"
-LOG_TAIL_LINES = 10
 _PROBE_BUCKET = "local-s3-ready-probe"
 _PROBE_KEY = "probe"
 _START_ATTEMPTS = 3  # a picked port can be taken by someone else before weed binds it
@@ -186,18 +183,6 @@ def _pick_ports() -> dict[str, int]:
     return ports
 
 
-def _log_tail(path: Path, start: int = 0, lines: int = LOG_TAIL_LINES) -> str:
-    """The last non-empty lines of the log from byte offset ``start`` on, joined into one line."""
-    try:
-        with path.open("rb") as f:
-            f.seek(start)
-            text = f.read().decode(errors="replace")
-    except OSError as exc:
-        return f"(no log: {exc})"
-    tail = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
-    return " | ".join(tail) if tail else "(log empty)"
-
-
 def _boto3_client(endpoint_url: str, credentials: S3Credentials, **config: Any) -> Any:
     import boto3
     from botocore.config import Config
@@ -212,15 +197,11 @@ def _boto3_client(endpoint_url: str, credentials: S3Credentials, **config: Any) 
     )
 
 
-class LocalS3:
+class LocalS3(LocalServer):
     """A running ``weed mini`` S3 server; a context manager that stops the server on exit.
 
     Create it with :func:`start_local_s3`.
     """
-
-    endpoint_url: str
-    credentials: S3Credentials
-    data_dir: Path
 
     def __init__(
         self,
@@ -232,30 +213,12 @@ class LocalS3:
         log_start: int = 0,
         cleanup_paths: tuple[Path, ...] = (),
     ) -> None:
-        self._process = process
+        super().__init__(process, data_dir, log_path, log_start)
         self.ports: Mapping[str, int] = dict(ports)
         """Every TCP port the server listens on, by ``weed mini`` flag name (e.g. ``"s3.port"``)."""
         self.credentials = credentials
-        self.data_dir = data_dir
-        self.log_path = log_path
-        self._log_start = log_start
         self.endpoint_url = f"http://{HOST}:{self.ports['s3.port']}"
         self._cleanup_paths = cleanup_paths
-        _LIVE.add(self)
-
-    @property
-    def pid(self) -> int:
-        """Process id of the ``weed`` server."""
-        return self._process.pid
-
-    @property
-    def running(self) -> bool:
-        """Whether the server process is still alive."""
-        return self._process.poll() is None
-
-    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        """The last lines this server wrote to its log, joined into one line."""
-        return _log_tail(self.log_path, self._log_start, lines)
 
     def env(self) -> dict[str, str]:
         """AWS environment variables that point boto3/AWS CLI/Ray/pyarrow at this server."""
@@ -282,48 +245,11 @@ class LocalS3:
             region=REGION,
         )
 
-    def stop(self) -> None:
-        """Stop the server: SIGTERM, wait up to 10 s, then SIGKILL. Safe to call more than once."""
-        _LIVE.discard(self)
-        proc = self._process
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-            try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait()
+    def _after_stop(self) -> None:
         for path in self._cleanup_paths:
             with contextlib.suppress(OSError):
                 if path.is_socket():
                     path.unlink()
-
-    def __enter__(self) -> LocalS3:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        state = "running" if self.running else "stopped"
-        return f"LocalS3({self.endpoint_url}, pid={self.pid}, {state}, data_dir={str(self.data_dir)!r})"
-
-
-_LIVE: set[LocalS3] = set()
-
-
-@atexit.register
-def _stop_all() -> None:
-    """Do not leave servers behind when the interpreter exits normally."""
-    for server in list(_LIVE):
-        server.stop()
 
 
 def _write_s3_config(path: Path, credentials: S3Credentials) -> None:
@@ -474,7 +400,7 @@ def start_local_s3(
                 raise
     raise LocalS3Error(
         f"could not start local S3 in {_START_ATTEMPTS} attempts: ports kept being taken; "
-        f"last log lines: {_log_tail(log_path)}"
+        f"last log lines: {log_tail(log_path)}"
     )
 
 
@@ -494,36 +420,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give both --access-key and --secret-key, or neither")
     credentials = S3Credentials(args.access_key, args.secret_key) if args.access_key else None
 
-    def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
-    try:
-        server = start_local_s3(args.dir, credentials, timeout_s=args.timeout)
-    except KeyboardInterrupt:
-        return 130
-    except (LocalS3Error, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    with server:
-        for name, value in server.env().items():
-            print(f"export {name}={shlex.quote(value)}")
-        print(
-            f"# local S3 ready at {server.endpoint_url} (pid {server.pid}, log {server.log_path}); "
-            "Ctrl-C to stop",
-            flush=True,
-        )
-        try:
-            while server.running:
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            pass
-        else:
-            print(f"error: server exited; last log lines: {server.log_tail()}", file=sys.stderr)
-            return 1
-    print("# local S3 stopped", file=sys.stderr)
-    return 0
+    return serve(
+        "local S3",
+        lambda: start_local_s3(args.dir, credentials, timeout_s=args.timeout),
+        (LocalS3Error, FileNotFoundError),
+    )
 
 
 if __name__ == "__main__":
