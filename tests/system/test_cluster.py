@@ -145,6 +145,33 @@ class LoopbackCluster:
         _, err = node.communicate(timeout=120)
         assert node.returncode == 0, err[-3000:]
 
+    def submit(self, s3_env: LocalS3, output: str, *command: str | Path, runtime_env: str = "{}") -> dict:
+        """`ray job submit` of `command` (its output to s3://cluster/`output`) with `runtime_env`: the
+        job's stdout, asserted to have succeeded, and the `_job.json` it wrote."""
+        submitted = subprocess.run(
+            [
+                RAY,
+                "job",
+                "submit",
+                "--address",
+                self.dashboard,
+                "--runtime-env-json",
+                runtime_env,
+                "--",
+                *command,
+            ],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=480,
+        )
+        assert submitted.returncode == 0 and "succeeded" in submitted.stdout, (
+            submitted.stdout[-3000:] + submitted.stderr[-3000:]
+        )
+        key = f"{output}/_job.json"
+        record = json.loads(s3_env.client().get_object(Bucket="cluster", Key=key)["Body"].read())
+        return {"stdout": submitted.stdout, **record}
+
     def processes(self) -> list[int]:
         """This cluster's live processes: in its nodes' process groups, or carrying its marker."""
         found = []
@@ -240,37 +267,9 @@ def test_job_submitted_to_a_two_node_cluster_runs_on_both_and_matches_a_local_ru
     loopback_cluster: LoopbackCluster, s3_env: LocalS3, s3_model: str, s3_photos: list[str], ray_local: None
 ) -> None:
     flags = ["--model", s3_model, "--precision", "f32", "--shard-size", "2"]
-    submit = subprocess.run(
-        [
-            RAY,
-            "job",
-            "submit",
-            "--address",
-            loopback_cluster.dashboard,
-            "--",
-            FACESWEEP,
-            "run",
-            "s3://cluster/in",
-            "s3://cluster/out-cluster",
-            *flags,
-            "--actors",
-            "2",
-            "--cpus-per-actor",
-            "0.5",
-        ],
-        env=loopback_cluster.env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert submit.returncode == 0 and "succeeded" in submit.stdout, (
-        submit.stdout[-3000:] + submit.stderr[-3000:]
-    )
-    assert f"images: {PHOTOS} " in submit.stdout
-
-    record = json.loads(
-        s3_env.client().get_object(Bucket="cluster", Key="out-cluster/_job.json")["Body"].read()
-    )
+    run = [FACESWEEP, "run", "s3://cluster/in", "s3://cluster/out-cluster", *flags]
+    record = loopback_cluster.submit(s3_env, "out-cluster", *run, "--actors", "2", "--cpus-per-actor", "0.5")
+    assert f"images: {PHOTOS} " in record["stdout"]
     assert record["complete"] and record["images"] == PHOTOS
     nodes = record["this_run"]["nodes"].values()
     assert sorted(node["ip"] for node in nodes) == ["127.0.0.2", "127.0.0.3"]
@@ -310,39 +309,25 @@ def test_a_cluster_without_facesweep_installed_gets_the_wheel_through_the_jobs_r
     )
     [wheel] = dist.glob("facesweep-*.whl")
     runtime_env = {"working_dir": str(dist), "pip": [f"${{RAY_RUNTIME_ENV_CREATE_WORKING_DIR}}/{wheel.name}"]}
-    submit = subprocess.run(
-        [
-            RAY,
-            "job",
-            "submit",
-            "--address",
-            loopback_cluster.dashboard,
-            "--runtime-env-json",
-            json.dumps(runtime_env),
-            "--",
-            "python",
-            "-m",
-            "facesweep.cli",
-            "run",
-            "s3://cluster/in",
-            "s3://cluster/out-wheel",
-            "--actors",
-            "2",
-            "--cpus-per-actor",
-            "0.5",
-            "--shard-size",
-            "2",
-        ],
-        env=loopback_cluster.env,
-        capture_output=True,
-        text=True,
-        timeout=480,
-    )
-    assert submit.returncode == 0 and "succeeded" in submit.stdout, (
-        submit.stdout[-3000:] + submit.stderr[-3000:]
-    )
-    record = json.loads(
-        s3_env.client().get_object(Bucket="cluster", Key="out-wheel/_job.json")["Body"].read()
+    run = [
+        "python",
+        "-m",
+        "facesweep.cli",
+        "run",
+        "s3://cluster/in",
+        "s3://cluster/out-wheel",
+        "--shard-size",
+        "2",
+    ]
+    record = loopback_cluster.submit(
+        s3_env,
+        "out-wheel",
+        *run,
+        "--actors",
+        "2",
+        "--cpus-per-actor",
+        "0.5",
+        runtime_env=json.dumps(runtime_env),
     )
     assert record["complete"] and record["images"] == len(s3_photos)
     assert record["facesweep_version"] == version, "the driver ran the wheel"
