@@ -439,7 +439,12 @@ def score(predictions: str, ground_truth: str, json_path: str | None) -> int:
     """The APs on stdout (and as JSON in `json_path`)."""
     report = evaluate(predictions, ground_truth)
     if json_path:
-        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+        try:
+            Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+        except OSError as error:
+            raise UserError(
+                f"cannot write {json_path}: {error.strerror or error}: give a writable path"
+            ) from None
     print(format_report(report))
     return 0
 

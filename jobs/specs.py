@@ -160,4 +160,5 @@ def _expected(action: argparse.Action) -> str:
     kind = TYPE_NAMES.get(action.type) or (action.type.__doc__ or action.type.__name__).strip().rstrip(".")
     kind = kind[0].lower() + kind[1:]
     metavar = action.metavar if isinstance(action.metavar, str) and action.option_strings else None
-    return f"{kind} ({metavar})" if metavar else kind
+    shown = metavar and not metavar.startswith("{")  # a choices metavar repeats what `kind` says
+    return f"{kind} ({metavar})" if shown else kind

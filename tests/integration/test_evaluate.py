@@ -17,6 +17,7 @@ import pytest
 from facesweep.cli import main
 from facesweep.workers.evaluation.annotations import (
     SETTINGS,
+    EvaluationError,
     GroundTruth,
     Predictions,
     read_ground_truth,
@@ -322,7 +323,7 @@ def test_read_wider_txt(tmp_path: Path) -> None:
 
 
 def test_read_wider_txt_refuses_bad_input(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no such directory"):
+    with pytest.raises(EvaluationError, match="no such directory"):
         read_wider_txt(tmp_path / "nope")
     with pytest.raises(ValueError, match="no WIDER prediction files"):
         read_wider_txt(tmp_path)

@@ -244,7 +244,8 @@ def loopback_cluster(s3_env: LocalS3) -> Iterator[LoopbackCluster]:
 @pytest.fixture
 def s3_photos(s3_env: LocalS3) -> list[str]:
     client = s3_env.client()
-    client.create_bucket(Bucket="cluster")
+    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):  # the session's server
+        client.create_bucket(Bucket="cluster")
     originals = [path for _, path in sample_photos()]
     keys = [f"in/{i:02d}-{originals[i % len(originals)].name}" for i in range(PHOTOS)]
     for i, key in enumerate(keys):
