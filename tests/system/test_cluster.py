@@ -232,7 +232,8 @@ def loopback_cluster(s3_env: LocalS3) -> Iterator[LoopbackCluster]:
         cluster.start(
             f"--address={cluster.head_ip}:{gcs}",
             "--node-ip-address=127.0.0.3",
-            cache=temp_dir / "cache-node2",
+            f"--temp-dir={temp_dir / 'node2'}",  # its own disk, as a machine of its own has: two runtime
+            cache=temp_dir / "cache-node2",  # env agents building one virtualenv at once would break it
         )
         yield cluster
     finally:
