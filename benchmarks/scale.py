@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.harness import generated_by, table  # noqa: E402
 from facesweep.workers.config import DEFAULT_MODEL  # noqa: E402
 from facesweep.workers.faces import Faces  # noqa: E402
-from facesweep.workers.job.actor import ShardCalls  # noqa: E402
+from facesweep.workers.job.calls import ShardCalls  # noqa: E402
 from facesweep.workers.job.messages import ActorInfo, ShardReport  # noqa: E402
 from facesweep.workers.job.shards import Shard  # noqa: E402
 from facesweep.workers.output.schema import ImageResult, results_table  # noqa: E402
@@ -401,7 +401,7 @@ def report(
         f"For the half-committed decision every other part file was set aside, then put back. "
         f"The incremental run processed {grow['images']:,} new images and touched no committed part file; "
         f"every image exactly once: {once_grown}. Decision time is the product's `--dry-run`: reading the "
-        "manifest, the ledger's footers and uri columns, and comparing them (model inspection included).",
+        "manifest, the ledger's footers and uri columns, and comparing them (the model found and checksummed; a dry run does not read it).",
         "",
         "## What the job leaves and what it costs",
         "",

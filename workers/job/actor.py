@@ -8,19 +8,15 @@ the last images of the previous one are inferred and its Parquet file written, s
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from importlib.metadata import version
 from typing import Any
 
 import cv2
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
-import ray
 
 from facesweep.workers.config import (
     AnonymizeSettings,
@@ -29,8 +25,9 @@ from facesweep.workers.config import (
     DetectorSettings,
     Tuning,
 )
-from facesweep.workers.errors import ErrorKind, ImageError, ImageFailure, internal_failure, take_tracebacks
+from facesweep.workers.errors import ErrorKind, ImageError, ImageFailure, internal_failure
 from facesweep.workers.inputs.containers import parse_piece, read_piece
+from facesweep.workers.job.calls import ShardCalls
 from facesweep.workers.job.messages import ActorInfo, ShardReport
 from facesweep.workers.job.metrics import error_kinds, shard_metrics
 from facesweep.workers.job.pipeline import ImagePipeline
@@ -38,61 +35,9 @@ from facesweep.workers.job.shards import Shard
 from facesweep.workers.model.detector import Detector, Timings
 from facesweep.workers.output.layout import crop_shard_path
 from facesweep.workers.output.schema import CROP_COMPRESSION, ImageResult, results_table
-from facesweep.workers.output.writer import Piece, ShardCounts, put_table, read_footer, write_parquet
+from facesweep.workers.output.writer import Piece, put_table, write_parquet
 from facesweep.workers.products import Detected, products_for
-from facesweep.workers.storage import ObjectError, RangedFile, StorageError, join, request_counts, storage_for
-
-
-class ShardCalls:
-    """An actor's calls: each carries a few shards (fewer Ray calls per image for the driver), done one
-    after another. A call Ray retries after the actor died is retried whole, so a restarted actor first
-    checks each shard's file and reports a committed one from its footer instead of redoing it."""
-
-    def start_calls(self, output: str, format_name: str) -> None:
-        """Who this actor is (and whether Ray restarted it), where it writes; call once it is ready."""
-        context = ray.get_runtime_context()
-        self.output = output
-        process = f"{context.get_actor_id()}/{os.getpid()}"
-        self.info = ActorInfo(format_name, context.get_node_id(), process, version("facesweep"))
-        self.restarted = bool(context.was_current_actor_reconstructed)
-        self._ready_cpu = time.process_time()
-
-    def report(
-        self,
-        shard: Shard,
-        counts: ShardCounts,
-        kinds: dict[str, int],
-        stages: dict[str, float],
-        anonymized: int = 0,
-    ) -> ShardReport:
-        """The driver's report of a shard just committed (or found committed)."""
-        cpu = time.process_time() - self._ready_cpu
-        return ShardReport(
-            shard.index,
-            self.info,
-            counts.images,
-            counts.faces,
-            counts.errors,
-            kinds,
-            stages,
-            cpu,
-            request_counts(),
-            take_tracebacks(),
-            anonymized,
-            counts.crops,
-        )
-
-    def process(self, shards: list[Shard]) -> list[ShardReport]:
-        return [self._committed(shard) or self.process_one(shard) for shard in shards]
-
-    def process_one(self, shard: Shard) -> ShardReport:
-        raise NotImplementedError
-
-    def _committed(self, shard: Shard) -> ShardReport | None:
-        uri = join(self.output, shard.file_name)
-        if not self.restarted or not storage_for(uri).exists(uri):
-            return None
-        return self.report(shard, read_footer(pq.ParquetFile(RangedFile(uri))).counts, {}, {})
+from facesweep.workers.storage import ObjectError, StorageError, join, storage_for
 
 
 class ShardWorker(ShardCalls):

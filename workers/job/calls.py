@@ -1,0 +1,70 @@
+"""The actor's side of the driver's calls, whatever the actor computes: who it is, its shard reports, and
+shards a restarted actor finds already committed. Neither OpenCV nor OpenVINO: stand-ins (the scale
+benchmark's) run on it alone."""
+
+from __future__ import annotations
+
+import os
+import time
+from importlib.metadata import version
+
+import pyarrow.parquet as pq
+import ray
+
+from facesweep.workers.errors import take_tracebacks
+from facesweep.workers.job.messages import ActorInfo, ShardReport
+from facesweep.workers.job.shards import Shard
+from facesweep.workers.output.writer import ShardCounts, read_footer
+from facesweep.workers.storage import RangedFile, join, request_counts, storage_for
+
+
+class ShardCalls:
+    """An actor's calls: each carries a few shards (fewer Ray calls per image for the driver), done one
+    after another. A call Ray retries after the actor died is retried whole, so a restarted actor first
+    checks each shard's file and reports a committed one from its footer instead of redoing it."""
+
+    def start_calls(self, output: str, format_name: str) -> None:
+        """Who this actor is (and whether Ray restarted it), where it writes; call once it is ready."""
+        context = ray.get_runtime_context()
+        self.output = output
+        process = f"{context.get_actor_id()}/{os.getpid()}"
+        self.info = ActorInfo(format_name, context.get_node_id(), process, version("facesweep"))
+        self.restarted = bool(context.was_current_actor_reconstructed)
+        self._ready_cpu = time.process_time()
+
+    def report(
+        self,
+        shard: Shard,
+        counts: ShardCounts,
+        kinds: dict[str, int],
+        stages: dict[str, float],
+        anonymized: int = 0,
+    ) -> ShardReport:
+        """The driver's report of a shard just committed (or found committed)."""
+        cpu = time.process_time() - self._ready_cpu
+        return ShardReport(
+            shard.index,
+            self.info,
+            counts.images,
+            counts.faces,
+            counts.errors,
+            kinds,
+            stages,
+            cpu,
+            request_counts(),
+            take_tracebacks(),
+            anonymized,
+            counts.crops,
+        )
+
+    def process(self, shards: list[Shard]) -> list[ShardReport]:
+        return [self._committed(shard) or self.process_one(shard) for shard in shards]
+
+    def process_one(self, shard: Shard) -> ShardReport:
+        raise NotImplementedError
+
+    def _committed(self, shard: Shard) -> ShardReport | None:
+        uri = join(self.output, shard.file_name)
+        if not self.restarted or not storage_for(uri).exists(uri):
+            return None
+        return self.report(shard, read_footer(pq.ParquetFile(RangedFile(uri))).counts, {}, {})
