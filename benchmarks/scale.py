@@ -401,7 +401,8 @@ def report(
         f"For the half-committed decision every other part file was set aside, then put back. "
         f"The incremental run processed {grow['images']:,} new images and touched no committed part file; "
         f"every image exactly once: {once_grown}. Decision time is the product's `--dry-run`: reading the "
-        "manifest, the ledger's footers and uri columns, and comparing them (the model found and checksummed; a dry run does not read it).",
+        "manifest, the ledger's footers and uri columns, and comparing them (the model found and "
+        "checksummed; a dry run does not read it).",
         "",
         "## What the job leaves and what it costs",
         "",
