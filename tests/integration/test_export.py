@@ -200,3 +200,14 @@ def test_coco_min_score_image_root_and_an_out_folder(output: Path, tmp_path: Pat
     fresh = tmp_path / "new-folder/"
     assert export(str(output), "csv", f"{fresh}/").path == str(fresh / DEFAULT_FILES["csv"])
     assert (fresh / DEFAULT_FILES["csv"]).is_file()
+
+
+def test_coco_names_the_landmarks_by_the_persons_side(output: Path, tmp_path: Path) -> None:
+    """The astronaut faces the camera: her right eye and mouth corner are on the image's left."""
+    export(str(output), "coco", str(tmp_path / "faces.json"))
+    coco = json.loads((tmp_path / "faces.json").read_text())
+    names = coco["categories"][0]["keypoints"]
+    [image] = [i["id"] for i in coco["images"] if i["file_name"].endswith("astronaut.png")]
+    face = max((a for a in coco["annotations"] if a["image_id"] == image), key=lambda a: a["score"])
+    x = {name: face["keypoints"][3 * k] for k, name in enumerate(names)}
+    assert x["right_eye"] < x["nose"] < x["left_eye"] and x["mouth_right"] < x["mouth_left"]

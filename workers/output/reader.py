@@ -23,7 +23,9 @@ from facesweep.workers.storage import ObjectInfo, RangedFile, StorageError, as_f
 READERS = 16
 """Output files read at once."""
 BOX = ("x1", "y1", "x2", "y2")
-LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+LANDMARK_NAMES = ("right_eye", "left_eye", "nose", "mouth_right", "mouth_left")
+"""The five landmarks in the faces' order, named as COCO names keypoints, by the person's side: the first
+point is the eye on the image's left, the person's right eye (a frontal face)."""
 LANDMARK_COLUMNS = tuple(f"{name}_{axis}" for name in LANDMARK_NAMES for axis in "xy")
 IMAGE_COLUMNS = ("uri", "width", "height", "model", "status", "error", "error_kind")
 FLAT_SCHEMA = pa.schema(
