@@ -165,6 +165,9 @@ def test_actors_that_cannot_be_placed_are_refused_at_once(photo: Path, tmp_path:
     last = many.stderr.strip().splitlines()[-1]
     assert last.startswith("facesweep: error: 64 actors x 1 CPUs do not fit: the cluster has"), last
     assert "facesweep: starting a local Ray" in many.stderr
+    assert not (tmp_path / "b" / "_job.json").exists(), "a job that processed nothing writes nothing"
+    other = facesweep(str(photo), str(tmp_path / "b"), "--actors", "1", "--cpus-per-actor", "1", "--tile")
+    assert other.returncode == 0, other.stderr  # the same OUTPUT takes another job: no identity held it
 
 
 def test_ctrl_c_stops_the_job_and_says_how_to_resume(tmp_path: Path) -> None:

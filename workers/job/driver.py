@@ -102,7 +102,6 @@ def _run(
         progress.already_complete = not progress.redone_changed
         progress.finished = time.monotonic()
         return
-    job.ledger.write_record(_record(job))
     started_ray = ensure_ray(config.ray_address)
     actors = []
     try:
@@ -110,6 +109,7 @@ def _run(
             if worker is None:
                 from facesweep.workers.job.actor import ShardWorker as worker
             actors = start_actors(config, job.checksum, progress, worker, started_ray)
+        job.ledger.write_record(_record(job))  # once the job can run: a refused start leaves OUTPUT as it was
         progress.startup_seconds = progress.seconds
         compactor = _Compactor(job.ledger, config.rows_per_file)
         pending = chain([first] if first else [], shards)
