@@ -15,7 +15,7 @@ from facesweep.workers.errors import take_tracebacks
 from facesweep.workers.job.messages import ActorInfo, ShardReport
 from facesweep.workers.job.shards import Shard
 from facesweep.workers.output.writer import ShardCounts, read_footer
-from facesweep.workers.storage import RangedFile, join, request_counts, storage_for
+from facesweep.workers.storage import RangedFile, join, request_counts, storage_for, trust_the_endpoints
 
 
 class ShardCalls:
@@ -25,6 +25,7 @@ class ShardCalls:
 
     def start_calls(self, output: str, format_name: str) -> None:
         """Who this actor is (and whether Ray restarted it), where it writes; call once it is ready."""
+        trust_the_endpoints()
         context = ray.get_runtime_context()
         self.output = output
         process = f"{context.get_actor_id()}/{os.getpid()}"

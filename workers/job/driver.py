@@ -35,7 +35,7 @@ from facesweep.workers.job.shards import (
 )
 from facesweep.workers.output.compaction import CompactionReport, compact
 from facesweep.workers.output.record import JobRecord, now
-from facesweep.workers.storage import request_counts
+from facesweep.workers.storage import request_counts, trust_the_endpoints
 
 SHARDS_PER_CALL = 16
 """Shards per actor call once every actor is busy (measured: a Ray call costs the driver ~0.8 ms of CPU)."""
@@ -130,6 +130,12 @@ def _count_requests(progress: JobProgress, before: dict[str, int]) -> None:
     progress.other_requests.update({k: after[k] - before[k] for k in after})
 
 
+def _compaction_task(output: str, shards: list[int], number: int) -> CompactionReport:
+    """`compact` in a Ray task, which retries through a store's outage as the actors do."""
+    trust_the_endpoints()
+    return compact(output, shards, number)
+
+
 class _Compactor:
     """Collects committed shards and hands each `rows` images of them to a compaction task."""
 
@@ -138,7 +144,7 @@ class _Compactor:
         self.next_part = ledger.next_part
         self.pending = [(f.number, f.footer.counts.images) for f in ledger.shards]  # from earlier runs
         self.pending_images = sum(images for _, images in self.pending)
-        self.task = ray.remote(compact).options(num_cpus=0, max_retries=COMPACTION_RETRIES)
+        self.task = ray.remote(_compaction_task).options(num_cpus=0, max_retries=COMPACTION_RETRIES)
 
     def add(self, index: int, images: int) -> None:
         self.pending.append((index, images))

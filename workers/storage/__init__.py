@@ -24,6 +24,7 @@ from facesweep.workers.storage.base import (
     Storage,
     StorageError,
     request_counts,
+    trust_the_endpoints,
 )
 from facesweep.workers.storage.local import LocalStorage
 from facesweep.workers.storage.s3 import S3Storage
@@ -50,6 +51,7 @@ __all__ = [
     "scheme_of",
     "split_uri",
     "storage_for",
+    "trust_the_endpoints",
 ]
 
 STORES: dict[str, type[ObjectStore]] = {store.SCHEME: store for store in (S3Storage, AzureStorage)}

@@ -20,7 +20,7 @@ import obstore
 from obstore.store import AzureStore
 
 from facesweep.workers.errors import line_of
-from facesweep.workers.storage.base import RETRIES, ObjectInfo, ObjectStore, StorageError, count
+from facesweep.workers.storage.base import RETRIES, ObjectInfo, ObjectStore, StorageError, count, probing
 
 PAGE = 5000
 """Results per List Blobs page (Azure's default and maximum; object_store asks for no other)."""
@@ -59,7 +59,7 @@ class AzureStorage(ObjectStore):
         with self._lock:
             if container not in self._stores:
                 store = self._connect(container, RETRIES)
-                if not self._reachable:
+                if not self._reachable and probing():
                     self._check_reachable(container)
                     self._reachable = True
                 self._stores[container] = store

@@ -40,6 +40,21 @@ class MissingObjectError(ObjectError):
     """The object does not exist."""
 
 
+_PROBING = [True]
+
+
+def probing() -> bool:
+    """Whether a process's first request to a store probes it once, to refuse an endpoint where nothing
+    answers in seconds instead of retrying for a minute."""
+    return _PROBING[0]
+
+
+def trust_the_endpoints() -> None:
+    """In a job's workers (actors, compaction tasks): the driver already found every store, so one that
+    does not answer now is an outage to retry through, not a wrong endpoint to refuse at once."""
+    _PROBING[0] = False
+
+
 REQUEST_KINDS = ("LIST", "GET", "PUT", "HEAD", "DELETE")
 _requests: Counter[str] = Counter()
 _requests_lock = threading.Lock()

@@ -27,6 +27,7 @@ from facesweep.workers.storage.base import (
     ObjectStore,
     StorageError,
     count,
+    probing,
 )
 
 PAGE = 1000
@@ -74,7 +75,8 @@ class S3Storage(ObjectStore):
                         "AWS_PROFILE), and AWS_ENDPOINT_URL for an S3 store other than AWS"
                     )
                 client = session.client("s3", config=Config(retries={"mode": "standard", "max_attempts": 10}))
-                _check_reachable(session, client.meta.endpoint_url)
+                if probing():
+                    _check_reachable(session, client.meta.endpoint_url)
                 self._boto = session, client
             return self._boto
 
