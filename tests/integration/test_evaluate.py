@@ -8,6 +8,7 @@ on random sets (tests/integration/test_wider_ap.py checks the real figures).
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from facesweep.workers.evaluation.annotations import (
     read_wider_txt,
 )
 from facesweep.workers.evaluation.evaluate import evaluate, omz_ap, voc_ap, wider_ap
-from facesweep.workers.evaluation.matching import match_by_suffix, match_faces, recall
+from facesweep.workers.evaluation.matching import match_by_suffix, match_faces, pair_paths, recall
 from facesweep.workers.faces import Faces
 from facesweep.workers.model.nms import pairwise_iou
 from facesweep.workers.output.schema import ImageResult, results_table
@@ -216,10 +217,41 @@ def test_match_by_suffix_pairs_on_whole_path_components() -> None:
     )
 
 
-def test_match_by_suffix_refuses_an_ambiguous_match() -> None:
+def test_pair_paths_by_the_longest_common_suffix_of_segments() -> None:
+    pairing = pair_paths(
+        [
+            "/data/0--Parade/x.jpg",
+            "s3://b/t.parquet#1--Handshaking/y.jpg",
+            "/d/a/v.jpg",
+            "/e/v.jpg",
+            "/f/w.jpg",
+        ],
+        ["images/0--Parade/x.jpg", "images/1--Handshaking/y.jpg", "a/v.jpg", "c/v.jpg", "w.png", "x.jpg"],
+    )
+    # `x.jpg` ends `/data/0--Parade/x.jpg` too, but `images/0--Parade/x.jpg` shares more of it; `/e/v.jpg`
+    # shares only its name with `c/v.jpg` and `a/v.jpg`, and `/d/a/v.jpg` shares more with `a/v.jpg`
+    assert pairing.pairs == {
+        "images/0--Parade/x.jpg": "/data/0--Parade/x.jpg",
+        "images/1--Handshaking/y.jpg": "s3://b/t.parquet#1--Handshaking/y.jpg",
+        "a/v.jpg": "/d/a/v.jpg",
+        "c/v.jpg": "/e/v.jpg",
+    }
+    assert pairing.ambiguous == {}
+
+
+def test_pair_paths_leaves_ambiguous_images_unpaired_and_says_why() -> None:
+    pairing = pair_paths(
+        ["/run1/images/a.jpg", "/run2/images/a.jpg", "c.jpg", "/x/d.jpg"],
+        ["images/a.jpg", "images/c.jpg", "other/c.jpg", "images/d.jpg"],
+    )
+    assert pairing.pairs == {"images/d.jpg": "/x/d.jpg"}
+    assert pairing.ambiguous == {
+        "images/a.jpg": "images/a.jpg pairs equally well with /run1/images/a.jpg and /run2/images/a.jpg",
+        "images/c.jpg": "c.jpg pairs equally well with images/c.jpg and other/c.jpg",
+        "other/c.jpg": "c.jpg pairs equally well with images/c.jpg and other/c.jpg",
+    }
     predictions = _predictions("/run1/images/a.jpg", "/run2/images/a.jpg")
-    with pytest.raises(ValueError, match="several predictions"):
-        match_by_suffix(predictions, {"images/a.jpg": boxes()})
+    assert match_by_suffix(predictions, {"images/a.jpg": boxes()}, both_ways=True) == {}
 
 
 # --- read_predictions --------------------------------------------------------------------------------
@@ -343,8 +375,6 @@ def test_match_by_suffix_both_ways_takes_shorter_prediction_keys() -> None:
     matched = match_by_suffix(predictions, truth, both_ways=True)
     assert list(matched) == list(truth)
     assert matched["images/0--Parade/a.jpg"] is predictions["0--Parade/a.jpg"]
-    with pytest.raises(ValueError, match="several ground-truth images"):
-        match_by_suffix(predictions, {"images/c.jpg": boxes(), "other/c.jpg": boxes()}, both_ways=True)
 
 
 # --- WIDER AP ----------------------------------------------------------------------------------------
@@ -619,3 +649,104 @@ def test_eval_without_settings_reports_voc_ap(tmp_path: Path, capsys: pytest.Cap
     assert "VOC AP (IoU 0.5, all faces): 0.5000" in out and "WIDER" not in out
     figures = json.loads(report.read_text())
     assert figures["voc_ap"] == 0.5 and figures["omz_ap"] == 0.5 and figures["omz_positives"] == 2
+
+
+# --- pairing before a job and in eval, ground truth that is no annotations, the output's threshold ----
+
+needs_shared = pytest.mark.skipif(
+    not (SUBSET_ANNOTATIONS.is_file() and REFERENCE_PREDICTIONS.is_dir()),
+    reason="needs ../shared (WIDER FACE)",
+)
+SUBSET_PHOTO = "0--Parade/0_Parade_marchingband_1_465.jpg"
+
+
+def _handshaking_only(folder: Path) -> Path:
+    """The subset's annotations of its 1--Handshaking images only."""
+    path = folder / "handshaking.txt"
+    lines = SUBSET_ANNOTATIONS.read_text().splitlines(keepends=True)
+    path.write_text("".join(line for line in lines if line.startswith("images/1--Handshaking/")))
+    return path
+
+
+@needs_shared
+def test_run_ground_truth_pairs_photos_below_their_event_folders(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """INPUT holds `0--Parade/x.jpg`, the annotations say `images/0--Parade/x.jpg`: the check before the job
+    pairs them as eval will; when nothing pairs, its error shows an image of each side."""
+    photos = tmp_path / "photos"
+    (photos / "0--Parade").mkdir(parents=True)
+    shutil.copyfile(SUBSET_ANNOTATIONS.parent / "images" / SUBSET_PHOTO, photos / SUBSET_PHOTO)
+    run = ["run", str(photos), str(tmp_path / "out"), "--dry-run", "--ground-truth"]
+    assert main([*run, str(SUBSET_ANNOTATIONS)]) == 0
+    assert "listed: 1 image" in capsys.readouterr().out
+    assert main([*run, str(_handshaking_only(tmp_path))]) == 1
+    _one_line_error(
+        capsys,
+        "none of its 30 images pairs with an image of INPUT",
+        f"(e.g. INPUT {photos / SUBSET_PHOTO}, ground truth images/1--Handshaking/",
+    )
+
+
+@needs_shared
+def test_eval_that_pairs_nothing_shows_an_image_of_each_side(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    predictions = tmp_path / "widerface_txt"
+    shutil.copytree(REFERENCE_PREDICTIONS / "0--Parade", predictions / "0--Parade")
+    count = len(list(predictions.glob("*/*.txt")))
+    assert main(["eval", str(predictions), str(_handshaking_only(tmp_path))]) == 1
+    _one_line_error(
+        capsys,
+        f"no image of {predictions} ({count} images) pairs with one of",
+        "(30 images): e.g. prediction 0--Parade/",
+        ", ground truth images/1--Handshaking/",
+        "the longest ending their paths share",
+    )
+
+
+@needs_shared
+def test_eval_of_a_file_that_is_no_annotations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One line naming the file, the line and what a line should hold: not numpy's words."""
+    listing = SUBSET_ANNOTATIONS.parent / "images.txt"  # `relpath width height faces`: no boxes
+    assert main(["eval", str(REFERENCE_PREDICTIONS), str(listing)]) == 1
+    _one_line_error(
+        capsys,
+        f"{listing}, line 2: not a face (too few fields: 'images/0--Parade/0_Parade_marchingband_1_465.jpg",
+        "expected `image_relpath x y w h [blur expression illumination invalid occlusion pose easy medium",
+    )
+    photo = SUBSET_ANNOTATIONS.parent / "images" / SUBSET_PHOTO
+    assert main(["eval", str(REFERENCE_PREDICTIONS), str(photo)]) == 1
+    _one_line_error(capsys, f"{photo}: not a text file; expected `image_relpath x y w h")
+    official = tmp_path / "wider_face_val_bbx_gt.txt"
+    official.write_text(
+        "# the official layout\n0--Parade/a.jpg\n2\n1 2 3 4 0 0 0 0 0 0\n5 6 x 8 0 0 0 0 0 0\n"
+    )
+    assert main(["eval", str(REFERENCE_PREDICTIONS), str(official)]) == 1
+    _one_line_error(capsys, f"{official}, line 5: not a face (a field that is not a number: '5 6 x 8 0")
+
+
+@needs_shared
+def test_eval_of_an_output_kept_above_the_low_scores_says_so(
+    output: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The session's real job ran at the default score threshold, 0.5: eval says AP needs the low scores.
+    The same output recorded as written at 0.02 gets no such note."""
+    assert main(["eval", str(output), str(SUBSET_ANNOTATIONS)]) == 0
+    out = capsys.readouterr().out
+    assert "WIDER AP (official protocol)" in out
+    assert (
+        f"note: {output} kept faces scoring 0.5 or more only; AP counts the low-scoring ones too: run with "
+        "--score-threshold 0.02 (into a new OUTPUT, or with --overwrite) for figures comparable with"
+    ) in out
+    low = tmp_path / "low"
+    shutil.copytree(output, low)
+    record = json.loads((low / "_job.json").read_text())
+    assert record["config"]["detector"]["score_threshold"] == 0.5
+    record["config"]["detector"]["score_threshold"] = 0.02
+    (low / "_job.json").write_text(json.dumps(record))
+    report = tmp_path / "report.json"
+    assert main(["eval", str(low), str(SUBSET_ANNOTATIONS), "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "WIDER AP" in out and "note:" not in out
+    assert json.loads(report.read_text())["score_threshold"] == 0.02

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,7 @@ def test_cli_on_the_subset_with_json(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "145 matched, 0 in the ground truth without predictions, 3081 predicted" in out
     assert "WIDER AP (official protocol): easy 0.8530   medium 0.8407   hard 0.6919" in out
     assert "213 faces 64 to 1024 px high): 0.8898" in out
+    assert "note:" not in out  # WIDER txt predictions: no job record, no threshold to speak of
     report = json.loads(report_file.read_text())
     assert report["images"] == {"matched": 145, "missing": 0, "not_in_ground_truth": 3081}
     assert report["faces"] == 4255
@@ -123,35 +125,76 @@ def test_cli_on_the_subset_with_json(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "voc_ap" not in report
 
 
+def _write_output(output: str, results: list[ImageResult]) -> None:
+    """`results` written as a facesweep job would, in two part files."""
+    storage = storage_for(output)
+    write_parquet(results_table(results[:70], "m"), storage, f"{output}/part-000000.parquet")
+    write_parquet(results_table(results[70:], "m"), storage, f"{output}/part-000001.parquet")
+
+
+def _subset_results(
+    predictions: dict[str, Predictions], subset: dict[str, GroundTruth], root: str
+) -> list[ImageResult]:
+    """The subset's reference predictions as float32 rows, each image at `root/<event>/<name>.jpg`."""
+    return [
+        ImageResult(
+            f"{root}/{name.removeprefix('images/')}",
+            1024,
+            768,
+            faces=Faces(boxes.astype(np.float32), scores.astype(np.float32), None),
+        )
+        for name, (boxes, scores) in match_by_suffix(predictions, subset, both_ways=True).items()
+    ]
+
+
+# images/<event>/<name>.jpg below some root, as the annotations name them; <event>/<name>.jpg, as WIDER's
+# own layout and a folder of event folders have them
+@pytest.mark.parametrize("root", ["/data/val/images", "/data"])
 def test_cli_on_a_facesweep_output(
     predictions: dict[str, Predictions],
     subset: dict[str, GroundTruth],
+    root: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The same subset predictions written as a facesweep job would (float32 Parquet), read back by eval."""
     output = str(tmp_path / "out")
-    matched = match_by_suffix(predictions, subset, both_ways=True)
-    results = [
-        ImageResult(
-            f"/data/val/{name}",  # images/<event>/<name>.jpg below some root, as a job's uris are
-            1024,
-            768,
-            faces=Faces(boxes.astype(np.float32), scores.astype(np.float32), None),
-        )
-        for name, (boxes, scores) in matched.items()
-    ]
-    results.append(ImageResult("/data/val/images/0--Parade/broken.jpg", error="not an image"))
-    storage = storage_for(output)
-    write_parquet(results_table(results[:70], "m"), storage, f"{output}/part-000000.parquet")
-    write_parquet(results_table(results[70:], "m"), storage, f"{output}/part-000001.parquet")
+    results = _subset_results(predictions, subset, root)
+    _write_output(output, [*results, ImageResult(f"{root}/0--Parade/broken.jpg", error="not an image")])
     report_file = tmp_path / "report.json"
     assert main(["eval", output, str(SUBSET), "--json", str(report_file)]) == 0
-    assert "145 matched, 0 in the ground truth without predictions, 0 predicted" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "145 matched, 0 in the ground truth without predictions, 0 predicted" in out
+    assert "ambiguous" not in out and "note:" not in out  # no job record: no threshold to speak of
     report = json.loads(report_file.read_text())
     # float32 scores move the normalized scores by ~1e-8: the same figures to 4 decimals
     assert [round(report["wider_ap"][s], 4) for s in ("easy", "medium", "hard")] == [0.8530, 0.8407, 0.6919]
     assert round(report["omz_ap"], 4) == 0.8898
+    assert report["ambiguous"] == {} and report["score_threshold"] is None
+
+
+def test_cli_leaves_out_an_image_two_predictions_pair_with_equally(
+    predictions: dict[str, Predictions],
+    subset: dict[str, GroundTruth],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The first image twice, below two roots: neither copy is guessed, the report says which and why."""
+    output = str(tmp_path / "out")
+    results = _subset_results(predictions, subset, "/data/a")
+    first = results[0]
+    _write_output(output, [*results, replace(first, uri=first.uri.replace("/data/a/", "/data/b/"))])
+    report_file = tmp_path / "report.json"
+    assert main(["eval", output, str(SUBSET), "--json", str(report_file)]) == 0
+    out = capsys.readouterr().out
+    relpath = f"images/{first.uri.removeprefix('/data/a/')}"
+    why = f"{relpath} pairs equally well with {first.uri} and /data/b/{first.uri.removeprefix('/data/a/')}"
+    assert "144 matched, 0 in the ground truth without predictions, 2 predicted" in out
+    assert f"1 ground-truth images left out as ambiguous, e.g. {why}\n" in out
+    assert "(the APs cover the 144 matched images only)" in out
+    report = json.loads(report_file.read_text())
+    assert report["ambiguous"] == {relpath: why}
+    assert report["faces"] == sum(len(truth.boxes) for name, truth in subset.items() if name != relpath)
 
 
 def test_cli_reports_missing_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -25,6 +25,7 @@ Predictions = tuple[np.ndarray, np.ndarray]  # boxes [N, 4], scores [N]: float32
 SETTINGS = ("easy", "medium", "hard")
 # the flags in `relpath x y w h blur expression illumination invalid occlusion pose easy medium hard`
 SETTING_COLUMNS = (11, 12, 13)
+LINE_LAYOUT = "`image_relpath x y w h [blur expression illumination invalid occlusion pose easy medium hard]`"
 
 
 class EvaluationError(UserError, ValueError):
@@ -59,18 +60,27 @@ def read_ground_truth_with_settings(path: str | os.PathLike[str]) -> dict[str, G
 
 
 def _read_annotations(path: str | os.PathLike[str], with_settings: bool) -> dict[str, GroundTruth]:
-    text = Path(path).read_text()
-    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    order = None
-    if _is_official_layout(lines):
-        lines, order = _one_line_per_face(lines, path)
-    if not lines:
-        return {name: GroundTruth(np.zeros((0, 4), np.float32), None) for name in order or ()}
-    settings = with_settings and len(lines[0].split()) > max(SETTING_COLUMNS)
     try:
-        numbers = np.loadtxt(lines, np.float32, usecols=[1, 2, 3, 4, *(SETTING_COLUMNS if settings else ())])
-    except ValueError as error:
-        raise EvaluationError(f"{path}: not `relpath x y w h ...` on every line ({error})") from None
+        text = Path(path).read_text()
+    except UnicodeDecodeError:
+        raise EvaluationError(f"{path}: not a text file; expected {LINE_LAYOUT} per face") from None
+    numbered = [
+        (number, line)
+        for number, line in enumerate(text.splitlines(), 1)
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    order = None
+    if _is_official_layout(numbered):
+        numbered, order = _one_line_per_face(numbered, path)
+    if not numbered:
+        return {name: GroundTruth(np.zeros((0, 4), np.float32), None) for name in order or ()}
+    lines = [line for _, line in numbered]
+    settings = with_settings and len(lines[0].split()) > max(SETTING_COLUMNS)
+    columns = [1, 2, 3, 4, *(SETTING_COLUMNS if settings else ())]
+    try:
+        numbers = np.loadtxt(lines, np.float32, usecols=columns)
+    except ValueError:
+        raise _bad_line(path, text, numbered, columns) from None
     numbers = numbers.reshape(len(lines), -1)
     xywh, flags = numbers[:, :4], (numbers[:, 4:] > 0 if settings else None)
     names_column = np.array([line.split(None, 1)[0] for line in lines])
@@ -87,28 +97,49 @@ def _read_annotations(path: str | os.PathLike[str], with_settings: bool) -> dict
     return {name: found.get(name, none) for name in order}
 
 
-def _is_official_layout(lines: list[str]) -> bool:
+def _bad_line(
+    path: str | os.PathLike[str], text: str, numbered: list[tuple[int, str]], columns: list[int]
+) -> EvaluationError:
+    """The error naming the first line whose `columns` `np.loadtxt` cannot read, as the file has it."""
+    for number, line in numbered:
+        try:
+            np.loadtxt([line], np.float32, usecols=columns)
+        except ValueError:
+            shown = text.splitlines()[number - 1].strip()
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            why = "too few fields" if len(line.split()) <= max(columns) else "a field that is not a number"
+            return EvaluationError(
+                f"{path}, line {number}: not a face ({why}: {shown!r}); expected {LINE_LAYOUT} per "
+                "face, or the layout of WIDER FACE's wider_face_val_bbx_gt.txt"
+            )
+    return EvaluationError(f"{path}: expected {LINE_LAYOUT} per face")
+
+
+def _is_official_layout(numbered: list[tuple[int, str]]) -> bool:
     """WIDER FACE's own `wider_face_val_bbx_gt.txt`: an image's relpath alone on a line, then its number
     of faces, then one `x y w h blur expression illumination invalid occlusion pose` line per face."""
-    return len(lines) > 1 and len(lines[0].split()) == 1 and lines[1].strip().isdigit()
+    return len(numbered) > 1 and len(numbered[0][1].split()) == 1 and numbered[1][1].strip().isdigit()
 
 
-def _one_line_per_face(lines: list[str], path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
-    """The official layout as `relpath x y w h ...` lines, and every image's relpath in order (an image
-    without faces has one line of zeros in the file, and no box)."""
+def _one_line_per_face(
+    numbered: list[tuple[int, str]], path: str | os.PathLike[str]
+) -> tuple[list[tuple[int, str]], list[str]]:
+    """The official layout as numbered `relpath x y w h ...` lines (each numbered as its face's line), and
+    every image's relpath in order (an image without faces has one line of zeros in the file, and no box)."""
+    lines = [line for _, line in numbered]
     faces, names, i = [], [], 0
     while i < len(lines):
         name, count = lines[i].strip(), lines[i + 1].strip() if i + 1 < len(lines) else ""
         if len(name.split()) != 1 or not count.isdigit():
             raise EvaluationError(
-                f"{path}: expected an image's relpath, then its number of faces, at {name!r} "
-                "(the layout of WIDER FACE's wider_face_val_bbx_gt.txt)"
+                f"{path}, line {numbered[i][0]}: expected an image's relpath, then its number of faces, at "
+                f"{name!r} (the layout of WIDER FACE's wider_face_val_bbx_gt.txt)"
             )
-        boxes = lines[i + 2 : i + 2 + int(count)]
+        boxes = numbered[i + 2 : i + 2 + int(count)]
         if len(boxes) < int(count):
             raise EvaluationError(f"{path}: {name} has {count} faces but the file ends after {len(boxes)}")
         names.append(name)
-        faces += [f"{name} {box}" for box in boxes]
+        faces += [(number, f"{name} {box}") for number, box in boxes]
         i += 2 + int(count)
         if int(count) == 0 and i < len(lines) and len(lines[i].split()) > 1:
             i += 1  # the zeros line
@@ -160,7 +191,7 @@ def read_predictions(output: str) -> dict[str, Predictions]:
     `output` is a local directory or `s3://bucket/prefix` (an empty one gives `{}`), read with the job's
     own storage client (`output.read_rows`).
     Files whose names start with `_` or `.` (the job file, partial writes) are skipped. Rows with status
-    `error` (null faces) are left out, so those images show up as unmatched in `match_by_suffix` rather
+    `error` (null faces) are left out, so those images show up as unpaired in `pair_paths` rather
     than as images without faces. Raises ValueError if a uri appears twice.
     """
     table = read_rows(output, ["uri", "faces", "key", "container"])

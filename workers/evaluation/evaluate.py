@@ -28,9 +28,10 @@ from facesweep.workers.evaluation.annotations import (
     read_ground_truth,
     read_ground_truth_with_settings,
 )
-from facesweep.workers.evaluation.matching import match_by_suffix
+from facesweep.workers.evaluation.matching import PAIRING_RULE, pair_paths
 from facesweep.workers.inputs.containers import parse_piece
 from facesweep.workers.model.nms import pairwise_intersection, pairwise_iou
+from facesweep.workers.output.record import read_record
 
 # --- average precision -----------------------------------------------------------------------------------
 
@@ -54,7 +55,7 @@ def wider_ap(
       all-point VOC AP of that curve. Images without faces or without predictions are skipped (their
       predictions count nowhere); their positive faces still count.
 
-    `predictions` are keyed like `ground_truth` (see `match_by_suffix`); images absent from it have none.
+    `predictions` are keyed like `ground_truth` (see `pair_paths`); images absent from it have none.
     Raises ValueError when the ground truth has no easy/medium/hard flags.
     """
     images = list(ground_truth.items())
@@ -253,53 +254,63 @@ def _intersection_over_own_area(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 # --- the `facesweep eval` report -------------------------------------------------------------------------
 
+AP_SCORE_THRESHOLD = 0.02  # the detections published APs keep (jobs/evaluate-wider.yaml runs with it)
+FULL_CURVE_THRESHOLD = 0.05  # an output kept above it lacks the low end of the precision-recall curve
+
 
 def check_pairing(windows: Iterable[Sequence[str]], ground_truth: str | os.PathLike[str]) -> None:
     """Before a job: a ValueError unless some image of the listing (`windows` of uris, read until one
-    pairs) pairs with an image of `ground_truth` as `evaluate` will pair them."""
+    pairs) pairs with an image of `ground_truth` as `evaluate` will pair them (`pair_paths`)."""
     truth = read_ground_truth(ground_truth)
     example = None
     for uris in windows:
         if any(parse_piece(uri) for uri in uris):
             return  # a container's images are known only once it is read
-        if match_by_suffix(dict.fromkeys(uris), truth, both_ways=True):
+        if pair_paths(uris, truth).pairs:
             return
         example = example or (uris[0] if uris else None)
     raise EvaluationError(
         f"--ground-truth {ground_truth}: none of its {len(truth)} images pairs with an image of INPUT "
-        f"(e.g. {next(iter(truth), '-')} and {example}); an image pairs when one path ends with the other, "
-        "whole folder names"
+        f"(e.g. INPUT {example}, ground truth {next(iter(truth), '-')}); {PAIRING_RULE}"
     )
 
 
 def evaluate(predictions: str, ground_truth: str | os.PathLike[str]) -> dict[str, Any]:
     """Everything `facesweep eval` reports, as a JSON-ready dict.
 
-    Images pair by path suffix (`match_by_suffix`, both ways); the APs cover the matched images only, and
-    the report says how many ground-truth images had no predictions. With easy/medium/hard columns in the
-    ground truth: the WIDER APs and the OMZ AP; without: the plain VOC AP and the OMZ AP. Raises
-    FileNotFoundError for a missing input and ValueError when nothing matches.
+    Images pair by the longest common ending of their paths (`pair_paths`); the APs cover the paired
+    images only, and the report says how many ground-truth images had no predictions and which were left
+    out as ambiguous. With easy/medium/hard columns in the ground truth: the WIDER APs and the OMZ AP;
+    without: the plain VOC AP and the OMZ AP. `score_threshold` is the one a facesweep output was
+    written with (None for WIDER txt predictions). Raises EvaluationError for a missing input and when
+    nothing pairs.
     """
     started = time.perf_counter()
     if not Path(ground_truth).is_file():
         raise EvaluationError(f"{ground_truth}: no such file")
     truth = read_ground_truth_with_settings(ground_truth)
     found = load_predictions(predictions)
-    matched = match_by_suffix(found, truth, both_ways=True)
+    pairing = pair_paths(found, truth)
+    matched = {relpath: found[uri] for relpath, uri in pairing.pairs.items()}
     if not matched:
+        why = next(iter(pairing.ambiguous.values()), None)
+        tied = f"; {len(pairing.ambiguous)} ambiguous, e.g. {why}" if why else ""
         raise EvaluationError(
-            f"no image of {predictions} ({len(found)} images) is in {ground_truth} ({len(truth)} images); "
-            "images pair when the ground truth's path ends the prediction's (or the other way round)"
+            f"no image of {predictions} ({len(found)} images) pairs with one of {ground_truth} "
+            f"({len(truth)} images): e.g. prediction {next(iter(found), '-')}, ground truth "
+            f"{next(iter(truth), '-')}; {PAIRING_RULE}{tied}"
         )
     scored = {name: truth[name] for name in matched}
     report: dict[str, Any] = {
         "predictions": predictions,
         "ground_truth": str(ground_truth),
+        "score_threshold": _score_threshold(predictions),
         "images": {
             "matched": len(matched),
-            "missing": len(truth) - len(matched),
-            "not_in_ground_truth": max(0, len(found) - len(matched)),
+            "missing": len(truth) - len(matched) - len(pairing.ambiguous),
+            "not_in_ground_truth": len(found) - len(matched),
         },
+        "ambiguous": pairing.ambiguous,
         "faces": sum(len(entry.boxes) for entry in scored.values()),
         "detections": sum(len(scores) for _, scores in matched.values()),
     }
@@ -313,6 +324,13 @@ def evaluate(predictions: str, ground_truth: str | os.PathLike[str]) -> dict[str
     report["omz_positives"] = sum(int((~omz_difficult(omz_faces(e.boxes))).sum()) for e in scored.values())
     report["seconds"] = round(time.perf_counter() - started, 3)
     return report
+
+
+def _score_threshold(predictions: str) -> float | None:
+    """The score threshold of the job that wrote the facesweep output `predictions`, from its job record."""
+    record = read_record(predictions)
+    detector = ((record.config if record else None) or {}).get("detector") or {}
+    return detector.get("score_threshold")
 
 
 def format_report(report: Mapping[str, Any]) -> str:
@@ -331,7 +349,17 @@ def format_report(report: Mapping[str, Any]) -> str:
     low, high = OMZ_HEIGHT_RANGE
     counted = f"{report['omz_positives']} faces {low:.0f} to {high:.0f} px high"
     lines.append(f"OMZ AP (accuracy checker, {counted}): {report['omz_ap']:.4f}")
-    if images["missing"]:
+    if report["ambiguous"]:
+        example = next(iter(report["ambiguous"].values()))
+        lines.append(f"{len(report['ambiguous'])} ground-truth images left out as ambiguous, e.g. {example}")
+    if images["missing"] or report["ambiguous"]:
         lines.append(f"(the APs cover the {images['matched']} matched images only)")
+    threshold = report["score_threshold"]
+    if threshold is not None and threshold > FULL_CURVE_THRESHOLD:
+        lines.append(
+            f"note: {report['predictions']} kept faces scoring {threshold} or more only; AP counts the "
+            f"low-scoring ones too: run with --score-threshold {AP_SCORE_THRESHOLD} (into a new OUTPUT, or "
+            "with --overwrite) for figures comparable with published APs"
+        )
     lines.append(f"time: {report['seconds']:.1f} s")
     return "\n".join(lines)

@@ -3,57 +3,85 @@ report's colours and nothing else re-implements."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
-from facesweep.workers.evaluation.annotations import EvaluationError, Predictions
 from facesweep.workers.model.nms import pairwise_iou
+
+T = TypeVar("T")
+
+PAIRING_RULE = "images pair by the longest ending their paths share, whole names, at least the file name"
+
+
+class Pairing(NamedTuple):
+    """`pairs`: ground-truth relpath -> the uri it pairs with; `ambiguous`: ground-truth relpath left
+    unpaired -> a sentence naming the paths that pair with it (or with its match) equally well."""
+
+    pairs: dict[str, str]
+    ambiguous: dict[str, str]
+
+
+def pair_paths(uris: Iterable[str], relpaths: Iterable[str]) -> Pairing:
+    """Pairs images by the longest common suffix of their path segments, the file name at least.
+
+    Each path's key is its longest suffix that some path of the other side ends with too
+    (`/data/0--Parade/x.jpg` and `images/0--Parade/x.jpg`: `0--Parade/x.jpg`; a container's member path
+    counts, `t.parquet#0--Parade/x.jpg`). A key held by one uri and one relpath pairs them; one held by
+    several on either side is ambiguous: its relpaths stay unpaired, and `ambiguous` says why. Dicts of
+    suffixes, linear in the number of paths.
+    """
+    uris, relpaths = list(uris), list(relpaths)
+    uri_parts, rel_parts = [_segments(u) for u in uris], [_segments(r) for r in relpaths]
+    uri_keys = _keys(uri_parts, _suffixes(rel_parts))
+    rel_keys = _keys(rel_parts, _suffixes(uri_parts))
+    by_key: dict[tuple[str, ...], tuple[list[str], list[str]]] = {}
+    for uri, key in zip(uris, uri_keys, strict=True):
+        if key:
+            by_key.setdefault(key, ([], []))[0].append(uri)
+    for relpath, key in zip(relpaths, rel_keys, strict=True):
+        if key and key in by_key:
+            by_key[key][1].append(relpath)
+    pairs, ambiguous = {}, {}
+    for found, truth in by_key.values():
+        if len(found) == len(truth) == 1:
+            pairs[truth[0]] = found[0]
+        elif truth:
+            one, others = (truth[0], found) if len(found) > 1 else (found[0], truth)
+            more = f" and {len(others) - 2} more" if len(others) > 2 else ""
+            why = f"{one} pairs equally well with {others[0]} and {others[1]}{more}"
+            ambiguous |= dict.fromkeys(truth, why)
+    return Pairing({r: pairs[r] for r in relpaths if r in pairs}, ambiguous)
+
+
+def _segments(path: str) -> tuple[str, ...]:
+    return tuple(part for part in path.replace("#", "/").split("/") if part)
+
+
+def _suffixes(paths: list[tuple[str, ...]]) -> set[tuple[str, ...]]:
+    return {parts[start:] for parts in paths for start in range(len(parts))}
+
+
+def _keys(paths: list[tuple[str, ...]], other: set[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """Each path's longest suffix in `other` (`()` when not even its file name is there)."""
+    return [next((parts[i:] for i in range(len(parts)) if parts[i:] in other), ()) for parts in paths]
 
 
 def match_by_suffix(
-    predictions: Mapping[str, Predictions],
-    ground_truth: Mapping[str, object],
-    both_ways: bool = False,
-) -> dict[str, Predictions]:
-    """`relpath -> predictions` for each ground-truth image whose relpath ends some prediction's uri.
+    predictions: Mapping[str, T], ground_truth: Iterable[str], both_ways: bool = False
+) -> dict[str, T]:
+    """`relpath -> predictions[uri]` for each ground-truth image `pair_paths` pairs with a prediction.
 
-    The match is on whole path components: `images/a/b.jpg` matches `/data/images/a/b.jpg` and
-    `s3://bucket/images/a/b.jpg`, never `/data/xximages/a/b.jpg`. Ground-truth images with no matching
-    prediction are absent from the result (callers decide whether that is a miss or an error). Raises
-    ValueError when a relpath matches more than one uri.
-
-    With `both_ways`, a relpath that no uri ends with may also end with a prediction's key (the longest
-    such key wins): predictions keyed `<event>/<name>.jpg`, as `read_wider_txt` gives them, then match
-    ground truth listed as `images/<event>/<name>.jpg`. Raises ValueError when one prediction would so
-    serve two images.
+    With `both_ways`, every pair `pair_paths` makes (what `facesweep eval` scores); without, only those
+    whose whole relpath ends the uri (`images/a/b.jpg` and `/data/images/a/b.jpg`). Unpaired and
+    ambiguous images are absent from the result.
     """
-    by_suffix: dict[str, list[str]] = {}
-    for uri in predictions:
-        parts = uri.replace("#", "/").split("/")  # a container's member path pairs too
-        for start in range(len(parts)):
-            by_suffix.setdefault("/".join(parts[start:]), []).append(uri)
-    keys = {uri.strip("/"): uri for uri in predictions} if both_ways else {}
-    served: dict[str, str] = {}
-    matched: dict[str, Predictions] = {}
-    for relpath in ground_truth:
-        candidates = by_suffix.get(relpath.strip("/"), [])
-        if len(candidates) > 1:
-            raise EvaluationError(f"{relpath} matches several predictions: {', '.join(candidates[:3])}")
-        if not candidates and keys:
-            parts = relpath.strip("/").split("/")
-            shorter = ("/".join(parts[start:]) for start in range(1, len(parts)))
-            uri = next((keys[suffix] for suffix in shorter if suffix in keys), None)
-            if uri is not None:
-                if uri in served:
-                    raise EvaluationError(
-                        f"{uri} matches several ground-truth images: {served[uri]}, {relpath}"
-                    )
-                served[uri] = relpath
-                candidates = [uri]
-        if candidates:
-            matched[relpath] = predictions[candidates[0]]
-    return matched
+    pairs = pair_paths(predictions, ground_truth).pairs
+    whole = {
+        r: u for r, u in pairs.items() if both_ways or _segments(u)[-len(_segments(r)) :] == _segments(r)
+    }
+    return {relpath: predictions[uri] for relpath, uri in whole.items()}
 
 
 def recall(
