@@ -5,13 +5,18 @@ OpenCV on the first `limit` images read without error (fetched from their uri, d
 decoded them, so the boxes line up), and writes into the report folder:
 
 - `thumbs/NNNNNN-NAME.jpg`: 320 px wide thumbnails, `full/NNNNNN-NAME.jpg`: the whole images, both drawn,
-  named by their place in the grid and their source's file name;
+  named by their place in the grid and their source's file name; lines, landmark dots and score labels
+  sized by each face, so small faces in crowds stay visible under them;
+- `full/NNNNNN-NAME.html`: the whole image with every face's score as its hover tooltip;
 - `report.html`: totals, faces-per-image and score histograms (inline SVG), the table of error rows with
   their reasons, and the grid of thumbnails (each links to its full image). No script, nothing fetched.
 
 For a job run with --anonymize (its `_job.json` says where the copies went) each tile also shows the
 image's anonymized copy beside it, fetched from DEST as the job named it (`anonymized/thumbs/`,
 `anonymized/full/`), or a note saying why it cannot be shown.
+
+An image whose version (ETag, a local file's modification time) or size is no longer its row's changed
+since it was detected: it is shown without its faces, marked as changed, and counted.
 
 With ground truth (WIDER-style annotations, paired with the images by path suffix as `facesweep eval`
 pairs them) the report also has `facesweep eval`'s APs, and the thumbnails show detections that match a
@@ -40,7 +45,7 @@ from facesweep.workers.evaluation.annotations import read_ground_truth
 from facesweep.workers.evaluation.evaluate import OMZ_HEIGHT_RANGE, evaluate
 from facesweep.workers.evaluation.matching import match_by_suffix, match_faces
 from facesweep.workers.faces import Faces
-from facesweep.workers.inputs.containers import Member, fetch_members
+from facesweep.workers.inputs.containers import Member, fetch_members, parse_piece
 from facesweep.workers.inputs.images import decode_image
 from facesweep.workers.output.reader import faces_per_image, read_output
 from facesweep.workers.output.record import read_record
@@ -57,6 +62,8 @@ MATCHED = (60, 200, 60)
 FALSE = (40, 40, 230)
 MISSED = (0, 215, 255)
 LANDMARK_COLORS = ((255, 80, 0), (0, 220, 255), (255, 0, 255), (0, 255, 0), (0, 80, 255))
+LINE_PER = 40  # px of a face's shorter side per px of its line and landmark dots
+DOTS_FROM = 24  # landmark dots only on faces whose shorter side is at least this many px (as drawn)
 
 
 @dataclass(frozen=True)
@@ -67,7 +74,9 @@ class Tile:
     faces: int
     thumb: str | None = None
     full: str | None = None
+    page: str | None = None  # the full image with each face's score on hover
     note: str | None = None
+    changed: bool = False  # the image changed since it was detected: shown without its faces
     matched: int | None = None  # with ground truth: detections on a face, false ones, faces missed
     false: int | None = None
     missed: int | None = None
@@ -78,12 +87,14 @@ class Tile:
 
 @dataclass(frozen=True)
 class Report:
-    """What `write_report` wrote: the page, the images it drew, those it could not fetch or decode now."""
+    """What `write_report` wrote: the page, the images it drew with their faces, those changed since they
+    were detected (shown without them), those it could not fetch or decode now."""
 
     path: Path
     drawn: int
     unreadable: int
     first_reason: str | None
+    changed: int = 0
 
 
 class ReportError(UserError, OSError):
@@ -101,8 +112,9 @@ def write_report(
 
     Totals and histograms cover every row; the grid the first `limit` images (by uri) that the job read,
     with their faces scoring at least `min_score`. An image that cannot be fetched or decoded now gets a
-    placeholder saying why. Raises a UserError (OutputError, StorageError, EvaluationError, ReportError)
-    for a bad `output`, ground truth or folder.
+    placeholder saying why; one that changed since it was detected is shown without its faces. Raises a
+    UserError (OutputError, StorageError, EvaluationError, ReportError) for a bad `output`, ground truth or
+    folder.
     """
     table = read_output(output)
     evaluation, truth = None, {}
@@ -118,18 +130,24 @@ def write_report(
         for sub in ("thumbs", "full", *((COPY_THUMBS, COPY_FULL) if copies else ())):
             (folder / sub).mkdir(parents=True, exist_ok=True)
     except OSError as error:  # a file in the way, no permission
-        raise ReportError(
-            f"show --out {folder}: {error.strerror or error}: give a folder it can write"
-        ) from None
+        file = next((path for path in (folder, *folder.parents) if path.is_file()), None)
+        problem = f"{file} is a file: give a folder for the report" if file else error.strerror or error
+        raise ReportError(f"show --out {folder}: {problem}") from None
     faces = faces_per_image(table)
     drawn = np.flatnonzero(pc.is_valid(table["faces"]).to_numpy(zero_copy_only=False))[:limit]
-    uris = table["uri"].to_pylist()
-    held = _container_images(table.take(drawn), record.containers if record else ContainerSettings())
+    uris, etags, sizes = (table[column].to_pylist() for column in ("uri", "etag", "size"))
+    rows = table.take(drawn)
+    held = _container_images(rows, record.containers if record else ContainerSettings())
+    moved = _moved_members(rows)
 
     def render(position: int, row: int) -> Tile:
         uri = uris[row]
         name = picture_name(position, uri)
-        tile = _render(uri, held.get(uri), faces[row], truth.get(uri), folder, name, min_score)
+        try:
+            data, changed = _fetch(uri, held.get(uri), etags[row], sizes[row], uri in moved)
+        except (StorageError, ImageError) as error:
+            return Tile(uri, 0, note=line_of(error))
+        tile = _render(uri, data, changed, faces[row], truth.get(uri), folder, name, min_score)
         return _with_copy(tile, held.get(uri), copies, folder, name) if copies and tile.thumb else tile
 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
@@ -137,7 +155,10 @@ def write_report(
     path = folder / "report.html"
     path.write_text(_html(output, table, tiles, min_score, evaluation, ground_truth))
     failed = [tile.note for tile in tiles if tile.thumb is None]
-    return Report(path, len(tiles) - len(failed), len(failed), failed[0] if failed else None)
+    changed = sum(tile.changed for tile in tiles)
+    return Report(
+        path, len(tiles) - len(failed) - changed, len(failed), failed[0] if failed else None, changed
+    )
 
 
 def picture_name(position: int, uri: str) -> str:
@@ -157,38 +178,88 @@ def _container_images(rows: pa.Table, settings: ContainerSettings) -> dict[str, 
     return fetch_members(pieces, settings) if pieces else {}
 
 
+def _moved_members(rows: pa.Table) -> set[str]:
+    """The uris of `rows` in a container whose version now (one HEAD each) is not the one of their row."""
+    versions: dict[str, str | None] = {}
+    moved = set()
+    columns = (rows[column].to_pylist() for column in ("uri", "container", "etag"))
+    for uri, piece, etag in zip(*columns, strict=True):
+        if piece is None or etag is None:
+            continue
+        container = (parse_piece(piece) or (piece,))[0]
+        if container not in versions:
+            try:
+                versions[container] = storage_for(container).head(container).etag
+            except StorageError:  # its members cannot be read either, and say why
+                versions[container] = etag
+        if versions[container] != etag:
+            moved.add(uri)
+    return moved
+
+
+def _fetch(
+    uri: str, held: Member | None, etag: str | None, size: int | None, moved: bool
+) -> tuple[bytes, bool]:
+    """The image's bytes now, and whether it changed since its row was written: its version (ETag, a local
+    file's modification time; a container member: `moved`, its container's) or its size is not the row's.
+    `held`: the image's bytes when it is in a container (read already)."""
+    if held is not None:
+        if held.failure is not None:
+            raise ImageError(held.failure.message, held.failure.kind)
+        return held.data, moved or _differs(size, held.size)
+    storage = storage_for(uri)
+    version = storage.head(uri).etag
+    data = storage.get(uri)
+    return data, _differs(etag, version) or _differs(size, len(data))
+
+
+def _differs(then: object, now: object) -> bool:
+    """A row's value (null: not known) is not what the object has now."""
+    return then is not None and then != now
+
+
 def _render(
     uri: str,
-    held: Member | None,
+    data: bytes,
+    changed: bool,
     faces: Faces,
     truth: np.ndarray | None,
     folder: Path,
     name: str,
     min_score: float,
 ) -> Tile:
-    """Draws one image's faces on it and on its thumbnail, writes both; a placeholder tile on failure.
-    `held`: the image's bytes when it is in a container (read already), else it is fetched from `uri`."""
+    """Draws one image's faces on it and on its thumbnail, writes both and the page of the full image with
+    each face's score; a changed image without its faces, a placeholder tile when it cannot be decoded."""
     try:
-        if held is not None and held.failure is not None:
-            raise ImageError(held.failure.message, held.failure.kind)
-        image = decode_image(held.data if held is not None else storage_for(uri).get(uri))
-    except (StorageError, ImageError) as error:
+        image = decode_image(data)
+    except ImageError as error:
         return Tile(uri, 0, note=line_of(error))
     shown = faces.take(faces.scores >= min_score)
+    if changed:
+        _save(image, folder / "full" / name)
+        _save(_thumbnail(image)[0], folder / "thumbs" / name)
+        return Tile(uri, len(shown), f"thumbs/{name}", f"full/{name}", changed=True)
     colors = np.tile(np.array(DETECTED), (len(shown), 1))
+    titles = [f"score {score:.2f}" for score in shown.scores.tolist()]
     missed = np.zeros((0, 4), np.float32)
     counts: dict[str, int] = {}
     if truth is not None:
         truth = truth[(truth[:, 2] > truth[:, 0]) & (truth[:, 3] > truth[:, 1])]  # WIDER's `0 0 0 0`: none
         matched, found = match_faces(shown.boxes, truth, MATCH_IOU)
         colors = np.where(matched[:, None], np.array(MATCHED), np.array(FALSE))
+        titles = [
+            f"{'on a face' if hit else 'false detection'}, {title}"
+            for hit, title in zip(matched.tolist(), titles, strict=True)
+        ]
         missed = truth[~found]
         counts = {"matched": int(matched.sum()), "false": int((~matched).sum()), "missed": len(missed)}
+    page = name.removesuffix(".jpg") + ".html"
+    (folder / "full" / page).write_text(_face_page(uri, name, image.shape, shown.boxes, titles, missed))
     thumb, scale = _thumbnail(image)
     for picture, factor, sub in ((image, 1.0, "full"), (thumb, scale, "thumbs")):
         draw_faces(picture, shown, colors, missed, factor)
         _save(picture, folder / sub / name)
-    return Tile(uri, len(shown), f"thumbs/{name}", f"full/{name}", **counts)
+    return Tile(uri, len(shown), f"thumbs/{name}", f"full/{name}", f"full/{page}", **counts)
 
 
 def _with_copy(tile: Tile, held: Member | None, copies: AnonymizeSettings, folder: Path, name: str) -> Tile:
@@ -221,24 +292,62 @@ def draw_faces(
     image: np.ndarray, faces: Faces, colors: np.ndarray, missed: np.ndarray, scale: float = 1.0
 ) -> None:
     """Draws boxes (in `colors`, BGR per face), scores and landmarks of `faces` and the `missed` boxes on
-    `image` in place; coordinates are multiplied by `scale` (the image's size over the original's)."""
-    thickness = max(2, round(max(image.shape[:2]) / 500))
-    font = 0.4 * thickness
-    for box in np.round(missed * scale).astype(int):
-        cv2.rectangle(image, box[:2], box[2:], MISSED, thickness, cv2.LINE_AA)
+    `image` in place; coordinates are multiplied by `scale` (the image's size over the original's).
+
+    Each face's lines and landmark dots are 1 px per LINE_PER px of its shorter side (at least 1, at most
+    2 or 1 per 500 px of the image's longer side); dots only on faces of DOTS_FROM px or more; the score in a
+    font as thick as the lines, above the box (inside at the image's top) when the box is as wide as it."""
+    most = max(2, round(max(image.shape[:2]) / 500))
+    missing = np.round(missed * scale).astype(int)
+    for box, width in zip(missing, line_widths(missing, most).tolist(), strict=True):
+        cv2.rectangle(image, box[:2], box[2:], MISSED, width, cv2.LINE_AA)
     boxes = np.round(faces.boxes * scale).astype(int)
-    for box, score, color in zip(boxes, faces.scores, colors.tolist(), strict=True):
-        cv2.rectangle(image, box[:2], box[2:], color, thickness, cv2.LINE_AA)
-        if box[2] - box[0] >= 24 * thickness:  # a score fits above the box
-            above = box[1] - 3 * thickness  # else inside, at the box's top
-            origin = (int(box[0]), int(above if above >= 10 * thickness else box[1] + 12 * thickness))
-            cv2.putText(image, f"{score:.2f}", origin, cv2.FONT_HERSHEY_SIMPLEX, font, color, thickness)
+    widths = line_widths(boxes, most)
+    for box, score, color, width in zip(boxes, faces.scores, colors.tolist(), widths.tolist(), strict=True):
+        cv2.rectangle(image, box[:2], box[2:], color, width, cv2.LINE_AA)
+        label, font = f"{score:.2f}", 0.4 * width
+        (text_width, text_height), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font, width)
+        if box[2] - box[0] >= text_width:
+            above = box[1] - 2 * width - 1
+            origin = (int(box[0]), int(above if above >= text_height else box[1] + text_height + 2 * width))
+            cv2.putText(image, label, origin, cv2.FONT_HERSHEY_SIMPLEX, font, color, width)
     if faces.landmarks is not None:
         points = np.round(faces.landmarks * scale).astype(int)
-        radius = max(1, thickness)
-        for face in points[np.isfinite(faces.landmarks).all(axis=(1, 2))]:
+        dotted = np.isfinite(faces.landmarks).all(axis=(1, 2)) & (_shorter_sides(boxes) >= DOTS_FROM)
+        for face, radius in zip(points[dotted], widths[dotted].tolist(), strict=True):
             for point, color in zip(face, LANDMARK_COLORS, strict=True):
                 cv2.circle(image, point, radius, color, -1, cv2.LINE_AA)
+
+
+def line_widths(boxes: np.ndarray, most: int) -> np.ndarray:
+    """The line width of each box [N,4] (x1,y1,x2,y2 in px): 1 per LINE_PER px of its shorter side,
+    between 1 and `most`."""
+    return np.clip(_shorter_sides(boxes) // LINE_PER, 1, most).astype(int)
+
+
+def _shorter_sides(boxes: np.ndarray) -> np.ndarray:
+    return np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+
+
+def _face_page(
+    uri: str, name: str, shape: tuple[int, ...], boxes: np.ndarray, titles: Sequence[str], missed: np.ndarray
+) -> str:
+    """`full/NAME.html`: the drawn image `name` (beside it) with each face's title (its score) shown on
+    hover over its box, and the missed faces' boxes titled as such."""
+    height, width = shape[:2]
+    areas = [*zip(boxes.tolist(), titles, strict=True), *((box, "missed face") for box in missed.tolist())]
+    rects = "".join(
+        f"<rect x='{x1:.1f}' y='{y1:.1f}' width='{x2 - x1:.1f}' height='{y2 - y1:.1f}'>"
+        f"<title>{_e(title)}</title></rect>"
+        for (x1, y1, x2, y2), title in areas
+    )
+    return (
+        "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+        f"<title>{_e(uri.rsplit('/', 1)[-1])}</title><style>{PAGE_CSS}</style></head><body>\n"
+        f"<p><a href='../report.html'>report</a> · {_e(uri)} · {len(boxes)} faces: point at one for "
+        f"its score</p>\n<svg viewBox='0 0 {width} {height}' width='{width}' height='{height}' role=img>"
+        f"<image href='{name}' width='{width}' height='{height}'/>{rects}</svg>\n</body></html>\n"
+    )
 
 
 # --- HTML ------------------------------------------------------------------------------------------------
@@ -258,6 +367,12 @@ th { background: #f0f0f0; text-align: left; } td.n { text-align: right; font-var
   padding: 8px; box-sizing: border-box; }
 figcaption { font-size: 12px; margin-top: 4px; word-break: break-all; }
 .key span { display: inline-block; width: 12px; height: 12px; margin: 0 4px 0 12px; vertical-align: -1px; }
+.tile[data-changed] { border-color: #c33; } .stale { color: #c33; font-weight: bold; }
+"""
+PAGE_CSS = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 12px; color: #222; background: #fafafa; }
+svg { max-width: 100%; height: auto; display: block; }
+rect { fill: transparent; pointer-events: all; } rect:hover { fill: rgba(255, 255, 255, 0.35); }
 """
 
 
@@ -283,6 +398,9 @@ def _html(
         ("most faces in one image", int(counts.max(initial=0))),
         ("images drawn below", len(tiles)),
     ]
+    changed = sum(tile.changed for tile in tiles)
+    if changed:
+        totals.append(("of them changed since detected (faces not drawn)", changed))
     per_image = np.bincount(np.minimum(counts, 20), minlength=21)
     score_bins = np.histogram(scores, bins=20, range=(0.0, 1.0))[0]
     parts = [
@@ -317,9 +435,14 @@ def _html(
         f"<span style='background:{_css(FALSE)}'></span>false detection"
         f"<span style='background:{_css(MISSED)}'></span>missed face"
         if evaluation is not None
-        else f"<span style='background:{_css(DETECTED)}'></span>face, with its score and five landmarks"
+        else f"<span style='background:{_css(DETECTED)}'></span>face"
     )
-    shown = f"the first {len(tiles)} of {len(counts)} images read, by uri; click one for the full image"
+    shown = (
+        f"the first {len(tiles)} of {len(counts)} images read, by uri; click one for the full image, its "
+        "count of faces for the full image with each face's score when pointed at. Lines are thinner and "
+        f"landmark dots (on faces of {DOTS_FROM} px or more) smaller on smaller faces; a score is written "
+        "on a box wide enough for it"
+    )
     if any(tile.copy_thumb or tile.copy_note for tile in tiles):
         shown += "; each beside its anonymized copy (as written to --anonymize DEST, faces hidden)"
     parts.append(f"<h2>Images</h2><p class=key>{shown}. {key}</p><div class=grid>")
@@ -339,7 +462,15 @@ def _tile(tile: Tile) -> str:
         caption = name
     else:
         picture = f"<a href='{tile.full}'><img class=thumb src='{tile.thumb}' alt='{name}'></a>"
-        caption = f"{name}<br>{tile.faces} face{'s' * (tile.faces != 1)}"
+        faces = f"{tile.faces} face{'s' * (tile.faces != 1)}"
+        if tile.changed:
+            faces = (
+                f"<span class=stale>changed since detected: its {faces} not drawn</span> "
+                "(re-run the job with --reprocess-changed)"
+            )
+        else:
+            faces = f"<a href='{tile.page}'>{faces}</a>"
+        caption = f"{name}<br>{faces}"
         if tile.matched is not None:
             caption += f": {tile.matched} on a face, {tile.false} false; {tile.missed} missed"
     if tile.copy_thumb is not None:
@@ -350,6 +481,7 @@ def _tile(tile: Tile) -> str:
         picture = f"<div class=pair>{picture}{note}</div>"
     counts = {"faces": tile.faces, "matched": tile.matched, "false": tile.false, "missed": tile.missed}
     data = "".join(f" data-{key}={value}" for key, value in counts.items() if value is not None)
+    data += " data-changed=1" * tile.changed
     caption = f"<figcaption>{caption}</figcaption>"
     return f"<figure class=tile title='{_e(tile.uri)}'{data}>{picture}{caption}</figure>"
 
