@@ -69,12 +69,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         view = progress_for(sys.stderr)
         result = run_job(config, view)
-        view.close()
-        print(summary(result, config.output))
+        view.close(result)
         _copy_output(config.output, args.copy_to)
-        print(f"local copy: {args.copy_to}/ (query it with DuckDB, pandas or pyarrow.dataset)")
-        print(f"report: {write_report(config.output, args.copy_to / '_report')} (open it in a browser)")
-    return 1 if result.failed_shards else 0
+        print(summary(result, config.output, then=str(args.copy_to)))
+        print(
+            f"local copy: {args.copy_to}/ (the demo's server stops now: query the copy with DuckDB or pandas)"
+        )
+        report = write_report(config.output, args.copy_to / "_report")
+        print(f"report: {report.path} ({report.drawn} images drawn; open it in a browser)")
+    return 1 if result.failure(config.max_error_rate) else 0
 
 
 def _copy_output(output: str, target: Path) -> None:

@@ -9,9 +9,29 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from facesweep.api import SCHEMA, FaceDetector, ImageResult, JobProgress, job_config, run
+    from facesweep.api import (
+        SCHEMA,
+        ConfigError,
+        FaceDetector,
+        ImageResult,
+        JobFailedError,
+        JobProgress,
+        UserError,
+        job_config,
+        run,
+    )
 
-__all__ = ["SCHEMA", "FaceDetector", "ImageResult", "JobProgress", "job_config", "run"]
+__all__ = [
+    "SCHEMA",
+    "ConfigError",
+    "FaceDetector",
+    "ImageResult",
+    "JobFailedError",
+    "JobProgress",
+    "UserError",
+    "job_config",
+    "run",
+]
 
 
 def __getattr__(name: str) -> Any:

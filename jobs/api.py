@@ -4,14 +4,15 @@ and `run`).
 
     import facesweep
     detector = facesweep.FaceDetector("retinaface-mnet025", score_threshold=0.6)
-    [result] = detector.detect([open("group.jpg", "rb").read()])
+    [result] = detector.detect(["group.jpg"])  # paths, s3:// URIs, encoded bytes or BGR arrays
     result.faces.boxes, result.faces.scores, result.faces.landmarks  # [N, 4], [N], [N, 5, 2] or None
 
     facesweep.run("s3://bucket/photos", "s3://bucket/faces", actors=8)
 
     ds = ray.data.read_binary_files("s3://bucket/photos", include_paths=True)
-    faces = ds.map_batches(facesweep.FaceDetector, fn_constructor_kwargs={"model": "face-detection-0204"},
-                           batch_size=32, concurrency=4, num_cpus=2)
+    # 4 one-CPU actors (threads = num_cpus), fewer than the cluster's CPUs: the reads' tasks need some
+    faces = ds.map_batches(facesweep.FaceDetector, fn_constructor_kwargs={"threads": 1}, batch_size=8,
+                           compute=ray.data.ActorPoolStrategy(size=4), num_cpus=1)
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from facesweep.workers.config import DEFAULT_MODEL, DetectorSettings, JobConfig, resolve
+from facesweep.workers.config import DEFAULT_MODEL, ConfigError, DetectorSettings, JobConfig, resolve
+from facesweep.workers.errors import JobFailedError, UserError
 from facesweep.workers.job.driver import run_job
 from facesweep.workers.job.pipeline import ImagePipeline, Loaded
 from facesweep.workers.job.progress import JobProgress
 from facesweep.workers.model.detector import Detector, Timings
 from facesweep.workers.output.schema import SCHEMA, ImageResult, results_table
+from facesweep.workers.storage import storage_for
 
 RESULT_COLUMNS = ("width", "height", "status", "error", "error_kind", "model", "faces")
 """What `FaceDetector` adds to a Ray Data batch: the output contract's columns but the uri and version."""
@@ -55,14 +58,19 @@ def run(
 ) -> JobProgress:
     """Runs a job to the end as `facesweep run` does (resuming what OUTPUT holds) and returns its totals:
     `run(job_config(...))`, or `run(INPUT, OUTPUT, model, **options)` as `job_config` takes them. Raises
-    the CLI's one-line errors (ModelError, InputError, StorageError, JobError, OutputConflictError)."""
+    the CLI's one-line errors (ModelError, InputError, StorageError, JobError, OutputConflictError), and
+    JobFailedError, with the totals as its `progress`, where the CLI exits 1 after a run (an error of
+    ours, more error rows than `max_error_rate`, a failed shard)."""
     if not isinstance(job, JobConfig):
         if output is None:
             raise TypeError("run(INPUT, OUTPUT, ...) needs OUTPUT")
         job = job_config(job, output, model, **options)
     elif output is not None or options:
         raise TypeError("run(job_config) takes no OUTPUT or options: they are in the JobConfig")
-    return run_job(job, on_progress, overwrite=overwrite)
+    progress = run_job(job, on_progress, overwrite=overwrite)
+    if reason := progress.failure(job.max_error_rate):
+        raise JobFailedError(reason, progress)
+    return progress
 
 
 class FaceDetector:
@@ -78,15 +86,24 @@ class FaceDetector:
             self.detector, ThreadPoolExecutor(threads, thread_name_prefix="decode"), in_flight=4 * threads
         )
 
-    def detect(self, images: Sequence[Loaded], names: Sequence[str] | None = None) -> list[ImageResult]:
+    def detect(self, images: Sequence[Image], names: Sequence[str] | None = None) -> list[ImageResult]:
         """One result per image, in order: its size and faces (`result.faces`, best first, in the image's
         pixels), or `result.error` and `result.error_kind` for an image that could not be read. Images are
-        encoded bytes (decoded as a job decodes them: EXIF orientation, reduced JPEG decoding) or BGR uint8
-        HxWx3 arrays (OpenCV's order). `names` become the results' `uri` (default: the position)."""
-        names = [str(i) for i in range(len(images))] if names is None else list(names)
+        paths or store URIs (`s3://...`, read as a job reads them), encoded bytes (decoded as a job decodes
+        them: EXIF orientation, reduced JPEG decoding) or BGR uint8 HxWx3 arrays (OpenCV's order).
+        `names` become the results' `uri` (default: the path, else the position); anything else is a
+        TypeError."""
+        for position, image in enumerate(images):
+            if not isinstance(image, (bytes, np.ndarray, str, os.PathLike)):
+                raise TypeError(
+                    f"image {position} is a {type(image).__name__}: detect takes paths or URIs, encoded "
+                    "bytes or BGR uint8 arrays"
+                )
+        if names is None:
+            names = [os.fspath(image) if _is_path(image) else str(i) for i, image in enumerate(images)]
         if len(names) != len(images):
             raise ValueError(f"{len(images)} images but {len(names)} names")
-        return self._pipeline.run(names, images.__getitem__, Timings())
+        return self._pipeline.run(list(names), lambda i: _load(images[i]), Timings())
 
     def detect_table(self, images: Sequence[Loaded], names: Sequence[str] | None = None) -> pa.Table:
         """`detect`'s results as rows of the job's output contract (`SCHEMA`)."""
@@ -108,6 +125,22 @@ class FaceDetector:
         return pa.table({**kept, **{name: table[name] for name in RESULT_COLUMNS}})
 
 
+Image = Loaded | str | os.PathLike
+"""What `FaceDetector.detect` takes: a path or store URI, or what a pipeline loads (bytes, BGR array)."""
+
+
+def _is_path(image: Image) -> bool:
+    return isinstance(image, (str, os.PathLike))
+
+
+def _load(image: Image) -> Loaded:
+    """A path's or URI's bytes, read through the job's stores (a missing file: that image's error row)."""
+    if _is_path(image):
+        path = os.fspath(image)
+        return storage_for(path).get(path)
+    return image
+
+
 RGB_TO_BGR = {
     (2, 1): cv2.COLOR_GRAY2BGR,
     (3, 1): cv2.COLOR_GRAY2BGR,
@@ -124,4 +157,14 @@ def _rgb_to_bgr(image: np.ndarray) -> np.ndarray:
     return image if code is None or image.dtype != np.uint8 or 0 in image.shape else cv2.cvtColor(image, code)
 
 
-__all__ = ["SCHEMA", "FaceDetector", "ImageResult", "JobProgress", "job_config", "run"]
+__all__ = [
+    "SCHEMA",
+    "ConfigError",
+    "FaceDetector",
+    "ImageResult",
+    "JobFailedError",
+    "JobProgress",
+    "UserError",
+    "job_config",
+    "run",
+]

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, NoReturn
 
+from facesweep.error_rows import COLUMNS, error_rows
 from facesweep.export import DEFAULT_FILES, export
 from facesweep.progress import progress_for
 from facesweep.report import write_report
@@ -32,15 +35,16 @@ from facesweep.workers.config import (
     size,
     triple,
 )
-from facesweep.workers.errors import ErrorKind, UserError
+from facesweep.workers.errors import JobFailedError, JobInterrupted, UserError
 from facesweep.workers.evaluation.evaluate import check_pairing, evaluate, format_report
 from facesweep.workers.inputs.listing import list_images
 from facesweep.workers.job.preparation import DryRun, dry_run
 from facesweep.workers.job.progress import JobProgress
 from facesweep.workers.model.catalog import BUILTIN_MODELS
 from facesweep.workers.model.formats import FORMATS
+from facesweep.workers.output.writer import ShardCounts
+from facesweep.workers.wording import plural
 
-DEFAULT_MAX_ERROR_RATE = 0.1
 DEFAULT_REPORT = "facesweep-report"
 
 
@@ -75,8 +79,27 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         command = self.prog.removeprefix("facesweep").strip()
-        print(f"facesweep: error: {f'{command}: ' if command else ''}{message}", file=sys.stderr)
+        hint = self._did_you_mean(message)
+        print(f"facesweep: error: {f'{command}: ' if command else ''}{message}{hint}", file=sys.stderr)
         sys.exit(1)
+
+    def _did_you_mean(self, message: str) -> str:
+        """`, did you mean '--score-threshold'?` for a misspelt flag among `unrecognized arguments`."""
+        if not message.startswith("unrecognized arguments:"):
+            return ""
+        flags = {
+            flag for parser in self._parsers() for action in parser._actions for flag in action.option_strings
+        }
+        for word in message.split()[2:]:
+            close = difflib.get_close_matches(word.split("=")[0], flags, n=1) if word.startswith("--") else []
+            if close:
+                return f" (did you mean {close[0]}?)"
+        return ""
+
+    def _parsers(self) -> list[argparse.ArgumentParser]:
+        """This parser and its subcommands' parsers."""
+        subparsers = (a for a in self._actions if isinstance(a, argparse._SubParsersAction))
+        return [self, *(p for action in subparsers for p in action.choices.values())]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,10 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--max-error-rate",
         type=_fraction,
-        default=DEFAULT_MAX_ERROR_RATE,
+        default=JobConfig.max_error_rate,
         metavar="R",
         help="exit 1 when more than this fraction of the run's images are error rows "
-        f"({DEFAULT_MAX_ERROR_RATE}); an error of facesweep's own always exits 1",
+        f"({JobConfig.max_error_rate}); an error of facesweep's own always exits 1",
     )
     scoring = run.add_argument_group("evaluation after the job (as `facesweep eval OUTPUT GROUND_TRUTH`)")
     scoring.add_argument("--ground-truth", metavar="FILE", help="annotations to score OUTPUT against")
@@ -297,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ground_truth",
         metavar="GROUND_TRUTH",
         help="one line per face: image_relpath x y w h [blur ... pose easy medium hard]; "
-        "images pair with predictions by path suffix",
+        "images pair with predictions by the longest path ending they share (unique)",
     )
     score.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     an_output = "a facesweep output: s3://bucket/prefix or a local directory"
@@ -331,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ROOT",
         help="coco: file_name relative to ROOT (a local folder or s3://bucket/prefix holding every image)",
     )
+    errors = commands.add_parser("errors", help="list the error rows: uri, error_kind, error (tab-separated)")
+    errors.add_argument("output", metavar="OUTPUT", help=an_output)
     return parser
 
 
@@ -340,82 +365,91 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
     return resolve(args.input, args.output, args.model, **options)
 
 
-def summary(progress: JobProgress, output: str) -> str:
-    resumed, plan = progress.resumed, progress.plan
-    earlier = f"{resumed.images} images, {resumed.faces} faces, {resumed.errors} errors"
+def summary(progress: JobProgress, output: str, then: str | None = None) -> str:
+    """What a run did, then what OUTPUT now holds for the job; `then`: where the `next:` commands point
+    (OUTPUT, or a copy of it)."""
+    resumed, plan, total = progress.resumed, progress.plan, progress.total
     if progress.already_complete:
-        lines = [f"nothing to do: {output} already holds every image of this job ({earlier})"]
+        lines = [f"nothing to do: {output} already holds every image of this job ({_counts(total)})"]
+    elif not progress.images and not progress.plan.new:
+        lines = [
+            f"nothing new to detect: merged {plural(progress.compacted_shards, 'shard file')} that earlier "
+            f"runs committed into {plural(progress.files, 'Parquet file')} in {progress.seconds:.1f} s",
+            f"output: {output}",
+            f"the job now holds {_counts(total)}",
+        ]
     else:
         lines = [
             f"images: {progress.images}   faces: {progress.faces}   errors: {progress.errors}",
             f"time: {progress.seconds:.1f} s, of which start-up {progress.startup_seconds:.1f} s "
             "(Ray, models)",
-            f"throughput: {progress.processing_images_per_second:.1f} images/s after start-up, "
-            f"{progress.images_per_second:.1f} images/s overall",
-            f"output: {output} ({progress.files} Parquet files written)",
+            f"throughput: {progress.processing_images_per_second:.1f} images/s from the actors' start-up "
+            f"to the last shard, {progress.images_per_second:.1f} overall",
+            f"output: {output} ({plural(progress.files, 'Parquet file')} written)",
+            f"the job now holds {_counts(total)}",
             *([f"anonymized copies: {progress.anonymized} written"] if progress.anonymized else []),
             *([f"face crops: {progress.crops} written to {output}/_crops/"] if progress.crops else []),
-            f"next: facesweep show {output}  (or export it: --format coco|csv|flat-parquet)",
+            f"next: facesweep show {then or output}  (or export it: --format coco|csv|flat-parquet)",
         ]
         if resumed.images:
-            lines.insert(1, f"resumed: {resumed.images} images already done by earlier runs ({earlier})")
+            lines.insert(1, f"resumed: {plural(resumed.images, 'image')} already done by earlier runs")
+            new = plan.new - progress.redone_changed
             pieces = f" ({plan.pieces} of them container pieces)" if plan.pieces else ""
-            lines.insert(2, f"new: {plan.new} images{pieces}")
+            lines.insert(2, f"new: {plural(new, 'image')}{pieces}")
     lines += _changes(plan.changed, plan.vanished, progress.redone_changed, plan.changed_examples)
     if progress.errors:
         kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(progress.error_kinds.items()))
-        lines += [f"errors by kind: {kinds}", f"error rows: {error_query(output)}"]
+        lines.append(f"errors by kind: {kinds}")
+    if total.errors:
+        lines.append(f"error rows: {error_query(output)}")
     if progress.failed_shards:
         lines.append(f"failed ({len(progress.failed_shards)}), re-run to retry them:")
         lines += [f"  {failure}" for failure in progress.failed_shards]
     return "\n".join(lines)
 
 
+def _counts(counts: ShardCounts) -> str:
+    return (
+        f"{plural(counts.images, 'image')}, {plural(counts.faces, 'face')}, "
+        f"{plural(counts.errors, 'error row')}"
+    )
+
+
 def error_query(output: str) -> str:
-    """A DuckDB query that lists a job's error rows."""
-    files = f"{output.rstrip('/')}/*.parquet"
-    return f"duckdb -c \"SELECT uri, error_kind, error FROM '{files}' WHERE status = 'error'\""
-
-
-def exit_status(progress: JobProgress, max_error_rate: float) -> str | None:
-    """Why a finished run must exit 1 (an error of ours, too many bad images, failed shards), or None."""
-    internal = progress.error_kinds.get(ErrorKind.INTERNAL, 0)
-    if internal:
-        return (
-            f"{internal} images failed inside facesweep (a bug, not the images: error_kind 'internal'); "
-            "the first traceback of each stage is above and in _job.json: please report it"
-        )
-    if progress.images and progress.errors / progress.images > max_error_rate:
-        rate = progress.errors / progress.images
-        return (
-            f"{progress.errors} of {progress.images} images are error rows ({rate:.1%}, more than "
-            f"--max-error-rate {max_error_rate:g})"
-        )
-    if progress.failed_shards:
-        return f"{len(progress.failed_shards)} shards or compactions failed: re-run to retry them"
-    return None
+    """The command that lists a job's error rows (`facesweep errors`), quoted for a shell."""
+    return f"facesweep errors {shlex.quote(output)}"
 
 
 def _changes(changed: int, vanished: int, redone: int, examples: list[str]) -> list[str]:
     lines = []
     if redone:
-        lines.append(f"changed: {redone} images changed since they were done; their old rows were dropped")
+        lines.append(f"changed and redone: {plural(redone, 'image')} (their old rows were dropped)")
     if changed:
         lines.append(
-            f"changed: {changed} images changed since they were done (e.g. {examples[0]}); "
+            f"changed: {plural(changed, 'image')} changed since done (e.g. {examples[0]}); "
             "--reprocess-changed redoes them"
         )
     if vanished:
-        lines.append(f"vanished: {vanished} images done earlier are no longer in INPUT (their rows stay)")
+        lines.append(
+            f"vanished: {plural(vanished, 'image')} done earlier no longer in INPUT (their rows stay)"
+        )
     return lines
 
 
 def dry_run_summary(plan: DryRun) -> str:
     counts = plan.counts
+    listed = _entries(counts.listed - counts.listed_pieces, counts.listed_pieces)
+    new = _entries(counts.new - counts.pieces, counts.pieces)
     lines = [
-        f"listed: {counts.listed} images; already done: {counts.done}; new: {counts.new}",
-        f"plan: {counts.shards} shards of up to {plan.shard_size} images, {plan.files} output files "
-        f"(up to {plan.rows_per_file} images each)",
+        f"listed: {listed}; already done: {counts.done}; new: {new}",
+        *(["(a container piece's images are counted as it is read)"] if counts.listed_pieces else []),
+        *(
+            [f"overwrite: {plural(plan.overwritten, 'file')} of facesweep's in OUTPUT would be removed first"]
+            if plan.overwritten
+            else []
+        ),
+        f"plan: {plural(counts.shards, 'shard')} of up to {plan.shard_size} images, "
+        f"{plural(plan.files, 'output file')} (up to {plan.rows_per_file} images each)",
         "requests expected: " + ", ".join(f"{k} {v}" for k, v in plan.expected_requests.items() if v),
         f"requests made to decide: {', '.join(f'{k} {v}' for k, v in plan.requests.items() if v)} "
         f"in {plan.seconds:.1f} s",
@@ -428,6 +462,12 @@ def dry_run_summary(plan: DryRun) -> str:
         lines.append("estimate: no rate known (no earlier run): give --rate IMG_S")
     lines += _changes(counts.changed, counts.vanished, 0, counts.changed_examples)
     return "\n".join(lines)
+
+
+def _entries(images: int, pieces: int) -> str:
+    """`13 images`, or with container pieces `0 images and 1 container piece`."""
+    text = plural(images, "image")
+    return f"{text} and {plural(pieces, 'container piece')}" if pieces else text
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -453,7 +493,12 @@ def run_show(args: argparse.Namespace) -> int:
     """`facesweep show`: the report's path on stdout."""
     report = write_report(args.output, args.out, args.limit, args.min_score, args.ground_truth)
     print(f"report: {report.path} ({report.drawn} images drawn)")
-    if report.unreadable and not report.drawn:
+    if report.changed:
+        print(
+            f"facesweep: {report.changed} images changed since they were detected (shown, their faces not "
+            "drawn): re-run the job with --reprocess-changed"
+        )
+    if report.unreadable and not report.drawn and not report.changed:
         print(
             f"facesweep: error: none of the {report.unreadable} images could be fetched or decoded now "
             f"(first: {report.first_reason}): check that they are still there and readable",
@@ -469,6 +514,17 @@ def run_export(args: argparse.Namespace) -> int:
     """`facesweep export`: what was written on stdout."""
     done = export(args.output, args.format, args.out, args.min_score, args.image_root)
     print(f"wrote {done.path}: {done.faces} faces of {done.images} images ({done.errors} with errors)")
+    return 0
+
+
+def run_errors(args: argparse.Namespace) -> int:
+    """`facesweep errors`: the error rows on stdout, tab-separated under a header; or that there are none."""
+    rows, images = error_rows(args.output)
+    if not rows:
+        print(f"no error rows: every one of the {images} images of {args.output} was read")
+        return 0
+    for row in [COLUMNS, *rows]:
+        print("\t".join("" if value is None else value for value in row))
     return 0
 
 
@@ -488,7 +544,7 @@ def _log_to_stderr() -> None:
     logger.propagate = False
 
 
-READ_COMMANDS = {"eval": run_eval, "show": run_show, "export": run_export}
+READ_COMMANDS = {"eval": run_eval, "show": run_show, "export": run_export, "errors": run_errors}
 """Commands that read an output."""
 
 
@@ -507,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             listing = list_images(config.input, config.include)
             check_pairing((table["uri"].to_pylist() for table in listing), args.ground_truth)
         if args.dry_run:
-            print(dry_run_summary(dry_run(config, args.rate)))
+            print(dry_run_summary(dry_run(config, args.rate, args.overwrite)))
             return 0
     except UserError as error:
         return refuse(error)
@@ -520,28 +576,30 @@ def run_command(args: argparse.Namespace, config: JobConfig) -> int:
 
     _log_to_stderr()
     progress_view = progress_for(sys.stderr)
-    seen: list[JobProgress] = []
-
-    def on_progress(progress: JobProgress) -> None:
-        seen[:] = [progress]
-        progress_view(progress)
-
+    failure = None
     try:
-        result = run(config, on_progress=on_progress, overwrite=args.overwrite)
+        result = run(config, on_progress=progress_view, overwrite=args.overwrite)
+    except JobFailedError as failed:
+        result, failure = failed.progress, failed
     except UserError as error:
         progress_view.close()
         return refuse(error)
-    except KeyboardInterrupt:  # run_job has stopped the actors (and the Ray it started) on its way out
+    except KeyboardInterrupt as stop:  # run_job has stopped the actors (and the Ray it started)
         progress_view.close()
-        done = seen[0].resumed.images + seen[0].images if seen else 0
-        print(f"interrupted: {done} images committed; re-run the same command to resume", file=sys.stderr)
+        if not isinstance(stop, JobInterrupted):
+            print("interrupted before the job started: nothing was written", file=sys.stderr)
+            return 130
+        print(
+            f"interrupted: {plural(stop.committed, 'image')} committed; re-run the same command to resume",
+            file=sys.stderr,
+        )
         return 130
     progress_view.close(result)
     for stage, text in result.tracebacks.items():
         print(f"facesweep: internal error in {stage} (the first of its kind):\n{text}", file=sys.stderr)
     print(summary(result, config.output))
-    if reason := exit_status(result, args.max_error_rate):
-        return refuse(reason)
+    if failure is not None:
+        return refuse(failure)
     if not args.ground_truth:
         return 0
     try:

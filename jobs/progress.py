@@ -58,9 +58,13 @@ class LogProgress:
     def __call__(self, progress: JobProgress) -> None:
         plan = progress.plan
         known = plan.images_known
-        total = str(known) if known is not None else f"{plan.new - plan.pieces}+"
+        if known is not None:
+            done = f"shard {progress.shards}: {progress.images}/{known} images"
+        else:  # a container's images are counted as they are read
+            shards = f"{plan.shards}{'' if plan.finished else '+'}"
+            done = f"shard {progress.shards} of {shards}: {progress.images} images"
         print(
-            f"shard {progress.shards}: {progress.images}/{total} images, {progress.faces} faces, "
+            f"{done}, {progress.faces} faces, "
             f"{progress.errors} errors, {progress.processing_images_per_second:.1f} img/s",
             file=self._stream,
             flush=True,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,12 @@ def run_arguments(
 ) -> argparse.Namespace:
     """`run`'s arguments: `argv` parsed again with the --config file's values as defaults (so flags override
     them), checked for what neither gave."""
+    if args.config and args.input is not None and args.output is None:
+        print(
+            f"facesweep: note: {args.input} is taken as INPUT (OUTPUT from {args.config}); to override "
+            "OUTPUT, give both INPUT and OUTPUT",
+            file=sys.stderr,
+        )
     if args.resume or args.config:
         run = subcommand(parser, "run")
         if args.resume:

@@ -249,6 +249,7 @@ class JobConfig:
     rows_per_file: int = setting(ROWS_PER_FILE, parse=positive_int, faces=False)  # images per part file
     startup_timeout: float = setting(STARTUP_TIMEOUT, parse=positive_float, faces=False)
     reprocess_changed: bool = setting(False, parse=switch, faces=False)  # redo changed images
+    max_error_rate: float = setting(0.1, parse=fraction, faces=False)  # more error rows: the job fails
     containers: ContainerSettings = field(default_factory=ContainerSettings)
     tuning: Tuning = field(default_factory=Tuning)
     anonymizer: AnonymizeSettings | None = None  # --anonymize DEST: anonymized copies of the images

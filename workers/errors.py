@@ -13,6 +13,7 @@ import threading
 import traceback
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 log = logging.getLogger("facesweep")
 
@@ -25,6 +26,23 @@ class UserError(Exception):
 
 class JobError(UserError, RuntimeError):
     """A job that could not run; the message says why in one line."""
+
+
+class JobFailedError(JobError):
+    """A job that ran to its end but failed as a whole (an error of ours, too many error rows, a failed
+    shard): `progress` holds its totals, and what it wrote stays (a re-run goes on from it)."""
+
+    def __init__(self, message: str, progress: Any) -> None:
+        super().__init__(message)
+        self.progress = progress
+
+
+class JobInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a job (its actors stopped, its record written): `committed` images are in OUTPUT."""
+
+    def __init__(self, committed: int) -> None:
+        super().__init__(committed)
+        self.committed = committed
 
 
 class ErrorKind(StrEnum):

@@ -48,6 +48,19 @@ def test_detect_bytes_and_arrays_with_bad_images_as_their_own_errors(
     assert table.schema.equals(facesweep.SCHEMA) and table["uri"].to_pylist() == ["astronaut"]
 
 
+def test_detect_takes_paths_and_refuses_what_it_cannot_read(
+    detector: facesweep.FaceDetector, photos: Path
+) -> None:
+    [astronaut] = photos.glob("*astronaut.png")
+    by_path, by_str, missing = detector.detect([astronaut, str(astronaut), photos / "nothing.jpg"])
+    [by_bytes] = detector.detect([astronaut.read_bytes()])
+    assert by_path.uri == by_str.uri == str(astronaut)
+    assert by_path.faces.boxes.tolist() == by_bytes.faces.boxes.tolist() != []
+    assert missing.error_kind == "fetch" and missing.uri == str(photos / "nothing.jpg")
+    with pytest.raises(TypeError, match="image 0 is a int: detect takes paths or URIs, encoded bytes"):
+        detector.detect([3])
+
+
 def test_a_ray_data_batch_of_grey_rgb_and_rgba_arrays(detector: facesweep.FaceDetector, photos: Path) -> None:
     [astronaut] = photos.glob("*astronaut.png")
     rgb = cv2.cvtColor(cv2.imread(str(astronaut)), cv2.COLOR_BGR2RGB)
@@ -81,6 +94,31 @@ def test_a_job_through_the_api_finds_what_detect_finds(
     assert rows["uri"].equals(direct["uri"]) and rows["faces"].equals(direct["faces"])
 
 
+def test_the_api_refuses_what_the_cli_refuses_and_fails_where_it_exits_1(
+    ray_local: None, photos: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(facesweep.ConfigError, match=r"^--score-threshold: "):
+        facesweep.job_config(str(photos), str(tmp_path / "out"), score_threshold="high")
+    with pytest.raises(facesweep.ConfigError, match=r"^--shard-size: must be at least 1, got 0$"):
+        facesweep.job_config(str(photos), str(tmp_path / "out"), shard_size=0)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "a.jpg").write_bytes(b"not an image")
+    [astronaut] = photos.glob("*astronaut.png")
+    (mixed / "b.png").write_bytes(astronaut.read_bytes())
+    job = facesweep.job_config(str(mixed), str(tmp_path / "out"), MODEL, actors=1, cpus_per_actor=1)
+    with pytest.raises(
+        facesweep.JobFailedError, match=r"^1 of 2 images are error rows \(50.0%, more than"
+    ) as run:
+        facesweep.run(job)
+    assert run.value.progress.images == 2 and run.value.progress.errors == 1
+    with pytest.raises(facesweep.JobFailedError) as again:  # same errors, same outcome: nothing new to do
+        facesweep.run(job)
+    assert again.value.progress.already_complete and again.value.progress.images == 0
+    tolerant = facesweep.run(str(mixed), str(tmp_path / "out"), MODEL, max_error_rate=0.5)
+    assert tolerant.already_complete and tolerant.total.errors == 1
+
+
 def test_the_detector_as_a_ray_data_stage(
     ray_local: None, detector: facesweep.FaceDetector, photos: Path
 ) -> None:
@@ -91,7 +129,7 @@ def test_the_detector_as_a_ray_data_stage(
         facesweep.FaceDetector,
         fn_constructor_kwargs={"model": MODEL, "threads": 1, "precision": "f32"},
         batch_size=4,
-        concurrency=1,
+        compute=ray.data.ActorPoolStrategy(size=1),
         num_cpus=1,
     )
     rows = {row["path"]: row for row in stage.take_all()}

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import boto3
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from botocore.config import Config
 from botocore.exceptions import EndpointConnectionError
@@ -141,8 +146,16 @@ def test_too_many_error_rows_exit_1_and_the_summary_says_how_to_find_them(
     failed = facesweep(str(folder), str(tmp_path / "strict"), *options)
     assert failed.returncode == 1, failed.stderr
     assert "more than --max-error-rate 0.1" in failed.stderr.strip().splitlines()[-1]
-    assert "errors by kind: not_an_image 1\nerror rows: duckdb -c" in failed.stdout
-    assert f"FROM '{tmp_path / 'strict'}/*.parquet' WHERE status = 'error'" in failed.stdout
+    assert "errors by kind: not_an_image 1\n" in failed.stdout
+    [command] = re.findall(r"^error rows: (.+)$", failed.stdout, re.M)  # run as printed
+    assert command == f"facesweep errors {tmp_path / 'strict'}"
+    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # where the project installs `facesweep`
+    listed = subprocess.run(
+        ["bash", "-c", command], capture_output=True, text=True, env={**os.environ, "PATH": path}
+    )
+    assert listed.returncode == 0, listed.stderr
+    [header, row] = listed.stdout.splitlines()
+    assert header == "uri\terror_kind\terror" and row.startswith(f"{folder / 'empty.jpg'}\tnot_an_image\t")
     tolerated = facesweep(str(folder), str(tmp_path / "lenient"), *options, "--max-error-rate", "0.5")
     assert tolerated.returncode == 0, tolerated.stderr
     lines = tolerated.stdout.strip().splitlines()
@@ -163,7 +176,7 @@ def test_actors_that_cannot_be_placed_are_refused_at_once(photo: Path, tmp_path:
     many = facesweep(str(photo), str(tmp_path / "b"), "--actors", "64", "--cpus-per-actor", "1")
     assert many.returncode == 1, many.stderr
     last = many.stderr.strip().splitlines()[-1]
-    assert last.startswith("facesweep: error: 64 actors x 1 CPUs do not fit: the cluster has"), last
+    assert last.startswith("facesweep: error: 64 actors x 1 CPU do not fit: the cluster has"), last
     assert "facesweep: starting a local Ray" in many.stderr
     assert not (tmp_path / "b" / "_job.json").exists(), "a job that processed nothing writes nothing"
     other = facesweep(str(photo), str(tmp_path / "b"), "--actors", "1", "--cpus-per-actor", "1", "--tile")
@@ -197,10 +210,25 @@ def test_ctrl_c_stops_the_job_and_says_how_to_resume(tmp_path: Path) -> None:
     job.send_signal(signal.SIGINT)
     _, err = job.communicate(timeout=120)
     assert job.returncode == 130, err
-    assert re.search(r"^interrupted: \d+ images committed; re-run the same command to resume$", err, re.M), (
-        err
-    )
-    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    said = re.search(r"^interrupted: (\d+) images? committed; re-run the same command to resume$", err, re.M)
+    assert said, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err and "(raylet)" not in err
+    out = tmp_path / "out"
+    committed = pq.ParquetDataset(sorted(out.rglob("*.parquet"))).read().column("uri").to_pylist()
+    assert int(said.group(1)) == len(committed) > 0, "the count is what OUTPUT holds, not what was reported"
+    assert json.loads((out / "_job.json").read_text())["images"] == len(committed)
+    assert not list(out.glob("part-*.parquet")), "interrupted before the job's one compaction"
+
+    # Only what was committed left in INPUT: the re-run has no image to detect, only the shards to merge.
+    for photo in folder.iterdir():
+        if str(photo) not in committed:
+            photo.unlink()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith(f"nothing new to detect: merged {len(committed)} shard file"), again.stdout
+    assert "starting a local Ray" not in again.stderr, "compaction alone starts no Ray"
+    assert pq.read_table(out / "part-000000.parquet").num_rows == len(committed)
+    assert not (out / "_shards").exists(), "the emptied _shards folder is removed"
 
 
 def test_bad_flags_get_one_line_and_exit_1(photo: Path, tmp_path: Path) -> None:
@@ -210,6 +238,7 @@ def test_bad_flags_get_one_line_and_exit_1(photo: Path, tmp_path: Path) -> None:
         (("--shard-size", "0"), "argument --shard-size: must be at least 1, got 0"),
         (("--actors", "0"), "argument --actors: must be at least 1, got 0"),
         (("--scor", "0.3"), "unrecognized arguments: --scor 0.3"),  # abbreviations are not guessed
+        (("--score-treshold", "0.3"), "--score-treshold 0.3 (did you mean --score-threshold?)"),
     ):
         assert_one_line_error(facesweep(str(photo), out, *args), fragment)
     assert not (tmp_path / "out").exists()
@@ -224,6 +253,38 @@ def test_output_that_is_a_file_or_inside_input_is_refused(photo: Path, tmp_path:
     assert_one_line_error(facesweep(str(photo), str(tmp_path / "taken")), "is a file: give a directory")
     assert_one_line_error(facesweep(str(photo), str(photo / "detections")), "is inside INPUT")
     assert not (photo / "detections").exists()
+
+
+def test_a_parquet_manifest_without_a_uri_column_is_refused(photo: Path, tmp_path: Path) -> None:
+    manifest = tmp_path / "images.parquet"
+    pq.write_table(pa.table({"path": [str(photo / "astronaut.png")]}), manifest)
+    for extra in ((), ("--dry-run",)):
+        refused = facesweep(str(manifest), str(tmp_path / "out"), *extra)
+        assert_one_line_error(refused, f"manifest {manifest} needs a 'uri' column (found: path)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_tar_is_counted_as_a_container_and_a_lone_positional_beside_a_spec_is_input(
+    photo: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "tars"
+    folder.mkdir()
+    with tarfile.open(folder / "000000.tar", "w") as tar:
+        for i in range(3):
+            tar.add(photo / "astronaut.png", arcname=f"{i:04d}.png")
+    planned = facesweep(str(folder), str(tmp_path / "out"), "--dry-run")
+    assert planned.returncode == 0, planned.stderr
+    assert "listed: 0 images and 1 container piece; already done: 0; new: 0 images and 1 container piece" in (
+        planned.stdout
+    )
+    spec = tmp_path / "job.yaml"
+    spec.write_text(f"input: {photo}\noutput: {tmp_path / 'spec-out'}\n")
+    noted = facesweep("--config", str(spec), str(folder), "--dry-run")
+    assert noted.returncode == 0, noted.stderr
+    assert f"note: {folder} is taken as INPUT (OUTPUT from {spec}); to override OUTPUT, give both" in (
+        noted.stderr
+    )
+    assert "listed: 0 images and 1 container piece" in noted.stdout
 
 
 def test_s3_without_credentials_or_a_store_says_which_variables_to_set(

@@ -33,5 +33,8 @@ def test_demo_runs_and_leaves_a_readable_copy(tmp_path: Path) -> None:
     assert re.search(rf"^images: {photos}   faces: \d+   errors: 0$", result.stdout, re.MULTILINE), (
         result.stdout
     )
+    copy = tmp_path / "copy"
+    assert f"next: facesweep show {copy}  " in result.stdout and "facesweep show s3://" not in result.stdout
+    assert re.search(rf"^report: {copy}/_report/report.html \({photos} images drawn; ", result.stdout, re.M)
     table = ds.dataset(tmp_path / "copy", format="parquet").to_table()
     assert table.num_rows == photos and len(set(table["uri"].to_pylist())) == photos

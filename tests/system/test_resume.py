@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,10 @@ from facesweep.workers.config import CropSettings, DetectorSettings, JobConfig
 from facesweep.workers.job.driver import run_job
 from facesweep.workers.job.ledger import OutputConflictError
 from facesweep.workers.model.catalog import model_checksum, resolve_model
+from facesweep.workers.output import lease
+from facesweep.workers.output.compaction import compact
 from facesweep.workers.output.layout import shard_path
+from facesweep.workers.output.schema import ImageResult, results_table
 from facesweep.workers.output.writer import SHARDS_KEY, write_parquet
 from facesweep.workers.storage import storage_for
 from infra.demo import sample_photos
@@ -57,9 +61,10 @@ def shard_files(output: Path) -> list[Path]:
 
 
 def test_committed_shards_are_compacted_into_few_sorted_part_files(
-    photos: Path, tmp_path: Path, ray_local: None
+    photos: Path, tmp_path: Path, ray_local: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     output = tmp_path / "out"
+    monkeypatch.setattr(lease, "TTL_SECONDS", 3600.0)  # no heartbeat: the PUTs below are exactly these
     result = run_job(job(photos, output, rows_per_file=4))
     parts = sorted(output.glob("part-*.parquet"))
     assert [p.name for p in parts] == ["part-000000.parquet", "part-000001.parquet"] and result.files == 2
@@ -75,12 +80,13 @@ def test_committed_shards_are_compacted_into_few_sorted_part_files(
         assert all(field.metadata and field.metadata[b"description"] for field in schema)
         assert b"the person's right eye" in schema.field("faces").metadata[b"description"]
     assert_exactly_once(output, photos)
-    assert sorted(p.name for p in output.iterdir()) == ["_job.json", "_shards", *(p.name for p in parts)]
+    assert sorted(p.name for p in output.iterdir()) == ["_job.json", *(p.name for p in parts)]  # no _shards/
     record = json.loads((output / "_job.json").read_text())
     assert record["complete"] and record["images"] == PHOTOS and record["this_run"]["new_images"] == PHOTOS
     requests = record["this_run"]["requests"]
-    # every image and shard file read once; shard files, part files and the record started with written
-    assert requests["GET"] >= PHOTOS + 4 and requests["PUT"] == 4 + 2 + 1
+    # every image and shard file read once; shard files, part files, the record started with and the
+    # lease taken written
+    assert requests["GET"] >= PHOTOS + 4 and requests["PUT"] == 4 + 2 + 1 + 1
 
 
 def test_rerun_after_a_crash_does_only_what_is_missing(photos: Path, tmp_path: Path, ray_local: None) -> None:
@@ -141,7 +147,11 @@ def test_incremental_run_does_only_the_new_images(photos: Path, tmp_path: Path, 
         (photos / name).write_bytes(first.read_bytes())
     again = run_job(job(photos, output))
     assert again.images == 2 and again.plan.new == 2 and again.plan.done == PHOTOS and again.files == 1
-    assert before == {p.name: p.stat().st_mtime_ns for p in output.glob("part-*.parquet") if p.name in before}
+    # The small tail part took the 2 new rows in one PUT, instead of a part file of 2 rows beside it.
+    assert list(before) == [p.name for p in output.glob("part-*.parquet")] == ["part-000000.parquet"]
+    tail = pq.ParquetFile(output / "part-000000.parquet")
+    shards = json.loads(tail.schema_arrow.metadata[SHARDS_KEY])
+    assert tail.metadata.num_rows == PHOTOS + 2 and shards == [0, 1, 2, 3, 4]  # 4 shards of 3, then 1
     assert_exactly_once(output, photos)
     record = json.loads((output / "_job.json").read_text())
     assert record["complete"] and record["images"] == PHOTOS + 2 and record["this_run"]["new_images"] == 2
@@ -196,9 +206,57 @@ def test_dry_run_plans_without_ray_or_writing(photos: Path, tmp_path: Path) -> N
     done = subprocess.run([*command, "--rate", "5"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert f"listed: {PHOTOS} images; already done: 0; new: {PHOTOS}" in done.stdout
-    assert "plan: 4 shards of up to 3 images, 1 output files" in done.stdout
+    assert "plan: 4 shards of up to 3 images, 1 output file (" in done.stdout
     assert f"GET {PHOTOS + 4}" in done.stdout and "estimate: 2 s at 5.0 images/s" in done.stdout
     assert not output.exists()
+
+
+def test_one_rate_kept_through_a_run_with_nothing_to_do(photos: Path, tmp_path: Path) -> None:
+    """The progress lines, the summary and the next dry run give one rate; a re-run that had nothing to
+    do keeps it; a dry run previews --overwrite and checks that OUTPUT can be written."""
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "facesweep.cli", "run", str(photos), str(output), "--shard-size=2"]
+    first = subprocess.run([*command, "--actors=1"], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    last_line = float(re.findall(r"^shard \d+: .* ([\d.]+) img/s$", first.stderr, re.M)[-1])
+    summary = float(re.search(r"^throughput: ([\d.]+) images/s from the actors", first.stdout, re.M).group(1))
+    assert last_line == summary > 0, (first.stderr, first.stdout)
+    assert f"the job now holds {PHOTOS} images, " in first.stdout
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and again.stdout.startswith("nothing to do"), again
+    planned = subprocess.run([*command, "--dry-run"], capture_output=True, text=True, timeout=120)
+    assert f"at {summary:.1f} images/s (the last run's rate)" in planned.stdout, planned.stdout
+    overwrite = subprocess.run(
+        [*command, "--dry-run", "--overwrite"], capture_output=True, text=True, timeout=120
+    )
+    assert overwrite.returncode == 0, overwrite.stderr
+    assert f"already done: 0; new: {PHOTOS} images" in overwrite.stdout
+    assert "overwrite: 2 files of facesweep's in OUTPUT would be removed first" in overwrite.stdout
+    assert (output / "part-000000.parquet").exists(), "a dry run removes nothing"
+    (tmp_path / "a-file").write_text("")
+    unwritable = [*command[:-2], str(tmp_path / "a-file" / "out"), "--dry-run"]
+    refused = subprocess.run(unwritable, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "Not a directory: give a writable OUTPUT" in refused.stderr
+
+
+def test_a_tail_merge_repeated_after_its_put_adds_no_row_twice(photos: Path, tmp_path: Path) -> None:
+    """`compact(..., extend=True)` killed after the tail's PUT, before deleting the shard files, and run
+    again: the tail's footer names the shards, so they are not merged a second time."""
+    output, storage = tmp_path / "out", storage_for(str(tmp_path / "out"))
+    uris = sorted(str(p) for p in photos.iterdir())
+    rows = results_table([ImageResult(uri, error="x", error_kind="corrupt") for uri in uris], "m")
+    write_parquet(rows.slice(0, 4), storage, str(output / shard_path(0)))
+    compact(str(output), [0], 0)
+    shards = {1: rows.slice(4, 3), 2: rows.slice(7)}
+    for repeat in range(2):  # the second: the shard files back, as if the first's deletions never ran
+        for index, table in shards.items():
+            write_parquet(table, storage, str(output / shard_path(index)))
+        report = compact(str(output), [1, 2], 0, extend=True)
+        assert report.counts.images == PHOTOS, repeat
+    table = pq.read_table(output / "part-000000.parquet")
+    assert table["uri"].to_pylist() == uris
+    assert json.loads(table.schema.metadata[SHARDS_KEY]) == [0, 1, 2]
+    assert not shard_files(output)
 
 
 def test_model_checksum_pin(photos: Path, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from facesweep.workers.config import (
     resolve,
 )
 
-NOT_JOB_FLAGS = {"help", "config", "resume", "overwrite", "dry_run", "rate", "max_error_rate"}
+NOT_JOB_FLAGS = {"help", "config", "resume", "overwrite", "dry_run", "rate"}
 NOT_JOB_FLAGS |= {"ground_truth", "eval_json"}
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from facesweep.progress import TerminalProgress
+from facesweep.progress import LogProgress, TerminalProgress
 from facesweep.workers.job.progress import JobProgress
 from facesweep.workers.job.shards import Shard, read_ahead
 
@@ -91,8 +91,20 @@ def test_the_bar_shows_the_jobs_rate_and_ends_on_the_summarys() -> None:
     rate = float(re.search(r"([\d.]+) img/s", first).group(1))
     assert round(slowest, 1) <= rate <= round(fastest, 1), first
     assert "64/640" in first and "left" in first and "faces 9" in first
-    progress.images, progress.finished = 640, started + 20.0
+    progress.images, progress.last_shard_at, progress.finished = 640, started + 20.0, started + 23.0
     bar.close(progress)
     last = frames(stream)[-1]
-    assert "40.0 img/s" in last and "left" not in last  # 640 images in the 16 s after start-up
+    assert "40.0 img/s" in last and "left" not in last  # 640 images from start-up to the last shard
     assert "640/640" in last
+
+
+def test_log_lines_count_a_containers_images_without_a_made_up_total() -> None:
+    stream = io.StringIO()
+    progress = JobProgress(started=time.monotonic() - 2.0)
+    progress.plan.new, progress.plan.pieces, progress.plan.shards = 1, 1, 1  # one tar: its images unknown
+    progress.images, progress.shards = 10, 1
+    LogProgress(stream)(progress)
+    assert stream.getvalue().startswith("shard 1 of 1+: 10 images, 0 faces, 0 errors, ")  # the plan goes on
+    progress.plan.finished = True
+    LogProgress(stream)(progress)
+    assert stream.getvalue().splitlines()[-1].startswith("shard 1 of 1: 10 images, ")

@@ -263,6 +263,15 @@ def _parquet_members(
     return members
 
 
+def image_kind(field: pa.Field) -> str | None:
+    """How a Parquet column holds images: `binary` bytes, a Hugging Face image `struct`, or None."""
+    if pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
+        return "binary"
+    if pa.types.is_struct(field.type) and field.type.get_field_index("bytes") >= 0:
+        return "struct"
+    return None
+
+
 def _image_column(container: str, schema: pa.Schema, settings: ContainerSettings) -> tuple[str, str | None]:
     """The image column (and, for a Hugging Face image struct, its `path` field's name) of `schema`;
     ImageError when it has none, or not the columns `settings` name."""
@@ -270,24 +279,17 @@ def _image_column(container: str, schema: pa.Schema, settings: ContainerSettings
     if id_column is not None and id_column not in schema.names:
         raise ImageError(f"{container}: no column {id_column!r} (--id-column)", ErrorKind.NOT_AN_IMAGE)
 
-    def kind(field: pa.Field) -> str | None:
-        if pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
-            return "binary"
-        if pa.types.is_struct(field.type) and field.type.get_field_index("bytes") >= 0:
-            return "struct"
-        return None
-
     if wanted is not None:
-        if wanted not in schema.names or kind(schema.field(wanted)) is None:
+        if wanted not in schema.names or image_kind(schema.field(wanted)) is None:
             reason = f"{container}: --image-column {wanted!r} is not a binary or image column"
             raise ImageError(reason, ErrorKind.NOT_AN_IMAGE)
-        return wanted, "path" if kind(schema.field(wanted)) == "struct" else None
-    found = [f.name for f in schema if kind(f) is not None]
+        return wanted, "path" if image_kind(schema.field(wanted)) == "struct" else None
+    found = [f.name for f in schema if image_kind(f) is not None]
     if len(found) != 1:
         what = f"several: {', '.join(found)}" if found else "none"
         reason = f"{container}: no single image-bytes column ({what}): give --image-column"
         raise ImageError(reason, ErrorKind.NOT_AN_IMAGE)
-    return found[0], "path" if kind(schema.field(found[0])) == "struct" else None
+    return found[0], "path" if image_kind(schema.field(found[0])) == "struct" else None
 
 
 def _rows(

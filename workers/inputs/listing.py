@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from facesweep.workers.config import PIECE_BYTES
 from facesweep.workers.errors import UserError
-from facesweep.workers.inputs.containers import CONTAINER_SUFFIXES, expand, is_container
+from facesweep.workers.inputs.containers import CONTAINER_SUFFIXES, expand, image_kind, is_container
 from facesweep.workers.inputs.kinds import IMAGE_EXTENSIONS
 from facesweep.workers.inputs.sorted_runs import check_sorted, sort_unsorted
 from facesweep.workers.storage import (
@@ -107,12 +107,20 @@ def list_uris(source: str, include: str | None = None) -> Iterator[str]:
 
 def _holds_images(source: str) -> bool:
     """Whether a `.parquet` INPUT is a table of image bytes (a container) rather than a manifest: it has
-    no `uri` column (one GET of its footer)."""
+    no `uri` column but an image column (one GET of its footer); an InputError if it has neither."""
     if not source.lower().endswith(PARQUET_MANIFESTS):
         return False
     if not is_remote(source) and not Path(source).is_file():
         raise InputError(f"manifest {source} does not exist")
-    return "uri" not in pq.ParquetFile(RangedFile(source)).schema_arrow.names
+    schema = pq.ParquetFile(RangedFile(source)).schema_arrow
+    if "uri" in schema.names:
+        return False
+    if any(image_kind(field) for field in schema):
+        return True
+    raise InputError(
+        f"manifest {source} needs a 'uri' column (found: {', '.join(schema.names)}), or, as a table of "
+        "images, a binary or image column"
+    )
 
 
 def _table(objects: list[ObjectInfo]) -> pa.Table:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import ray
 
 from facesweep.workers.errors import JobError, line_of
+from facesweep.workers.wording import plural
 
 if TYPE_CHECKING:
     from facesweep.workers.config import JobConfig
@@ -61,7 +62,9 @@ def _fit(resources: dict[str, float], cpus: float, gpus: int) -> float:
 def _wait_for_room(count: int, cpus: float, gpus: int, timeout: float, grows: bool) -> None:
     """Returns once the cluster can place `count` actors: at once on a cluster that cannot grow (a local
     Ray), else within `timeout` seconds (an autoscaler adding nodes); a JobError otherwise, never a hang."""
-    need = f"{count} actors x {cpus:g} CPUs" + (f" and {gpus} GPU" if gpus else "")
+    need = f"{plural(count, 'actor')} x {plural(cpus, 'CPU')}" + (
+        f" and {plural(gpus, 'GPU')}" if gpus else ""
+    )
     largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
     if cpus > largest and not grows:
         raise JobError(f"--cpus-per-actor {cpus:g}: no node has that many CPUs (the largest has {largest:g})")
@@ -101,7 +104,12 @@ def start_actors(
         max_restarts=MAX_RESTARTS,
         max_task_retries=-1,
     )
-    log.info("starting %d actors (%g CPUs each), each compiling the model on %s", count, cpus, device)
+    log.info(
+        "starting %s (%s each), each compiling the model on %s",
+        plural(count, "actor"),
+        plural(cpus, "CPU"),
+        device,
+    )
     arguments = (settings, config.output, config.containers, config.tuning, config.anonymizer, config.crops)
     actors = [actor_class.remote(*arguments) for _ in range(count)]
     try:

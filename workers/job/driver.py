@@ -17,13 +17,13 @@ import multiprocessing
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
+from dataclasses import astuple, replace
 from itertools import chain, islice
 
 import ray
 
 from facesweep.workers.config import DetectorSettings, JobConfig
-from facesweep.workers.errors import JobError, line_of
+from facesweep.workers.errors import JobError, JobInterrupted, line_of
 from facesweep.workers.job.cluster import ensure_ray, start_actors
 from facesweep.workers.job.ledger import Ledger
 from facesweep.workers.job.preparation import Prepared, prepare
@@ -33,7 +33,7 @@ from facesweep.workers.job.shards import (
     Shard,
     read_ahead,
 )
-from facesweep.workers.output.compaction import CompactionReport, compact
+from facesweep.workers.output.compaction import CompactionReport, compact, remove_empty_folders
 from facesweep.workers.output.record import JobRecord, now
 from facesweep.workers.storage import request_counts, trust_the_endpoints
 
@@ -56,17 +56,39 @@ def run_job(
     """Runs the job to the end: the images of INPUT not yet in OUTPUT (all of them the first time), and
     the compaction of what an earlier run committed; returns its totals. `worker` is the actor class.
 
-    Raises a one-line error for bad input, and OutputConflictError when OUTPUT holds another job."""
+    Raises a one-line error for bad input, OutputConflictError when OUTPUT holds another job's results,
+    OutputInUseError when another job is writing there, and LeaseLostError when one took it meanwhile."""
     requests_before = request_counts()
     job = prepare(_model_checked(config), overwrite)
-    shards = read_ahead(job.shards, READ_AHEAD_IMAGES // job.config.shard_size)
-    try:
-        _run(job, shards, on_progress, worker)
-    finally:
-        shards.close()
-    _count_requests(job.progress, requests_before)
-    job.ledger.write_record(_record(job, finished_at=now()))
+
+    def checked(progress: JobProgress) -> None:
+        job.lease.check()  # a job whose OUTPUT another job took stops at its next shard
+        on_progress(progress)
+
+    with job.lease:  # prepare took it; released at the end, however the job ends
+        shards = read_ahead(job.shards, READ_AHEAD_IMAGES // job.config.shard_size)
+        try:
+            _run(job, shards, checked, worker)
+        except KeyboardInterrupt:
+            raise JobInterrupted(_recount(job)) from None
+        finally:
+            shards.close()
+        remove_empty_folders(job.config.output)
+        _count_requests(job.progress, requests_before)
+        job.lease.check()
+        job.ledger.write_record(_record(job, finished_at=now()))
     return job.progress
+
+
+def _recount(job: Prepared) -> int:
+    """After Ctrl-C (the actors stopped): this run's totals as OUTPUT holds them, which a call cut short
+    may have committed without its report reaching the driver, into the record; OUTPUT's images."""
+    if job.ledger.record is None:  # the run never started: it wrote nothing
+        return job.progress.resumed.images
+    progress, totals = job.progress, Ledger.read(job.config.output, read_only=True).totals
+    progress.images, progress.faces, progress.errors, progress.crops = astuple(totals - progress.resumed)[:4]
+    job.ledger.write_record(_record(job))
+    return totals.images
 
 
 def _model_checked(config: JobConfig) -> JobConfig:
@@ -98,8 +120,9 @@ def _run(
     `worker`: the actor class (None: ShardWorker, whose module loads OpenCV and OpenVINO)."""
     config, progress = job.config, job.progress
     first = next(shards, None)
-    if first is None and not job.ledger.shards:
-        progress.already_complete = not progress.redone_changed
+    if first is None:  # nothing new: compact what earlier runs committed, if anything, without Ray
+        progress.already_complete = not progress.redone_changed and not job.ledger.shards
+        _Compactor(job.ledger, config.rows_per_file).here(progress)
         progress.finished = time.monotonic()
         return
     started_ray = ensure_ray(config.ray_address)
@@ -130,46 +153,68 @@ def _count_requests(progress: JobProgress, before: dict[str, int]) -> None:
     progress.other_requests.update({k: after[k] - before[k] for k in after})
 
 
-def _compaction_task(output: str, shards: list[int], number: int) -> CompactionReport:
+def _compaction_task(output: str, shards: list[int], number: int, extend: bool) -> CompactionReport:
     """`compact` in a Ray task, which retries through a store's outage as the actors do."""
     trust_the_endpoints()
-    return compact(output, shards, number)
+    return compact(output, shards, number, extend)
 
 
 class _Compactor:
-    """Collects committed shards and hands each `rows` images of them to a compaction task."""
+    """Collects committed shards and hands each `rows` images of them to a compaction."""
 
     def __init__(self, ledger: Ledger, rows: int) -> None:
         self.output, self.rows = ledger.output, rows
         self.next_part = ledger.next_part
         self.pending = [(f.number, f.footer.counts.images) for f in ledger.shards]  # from earlier runs
         self.pending_images = sum(images for _, images in self.pending)
-        self.task = ray.remote(_compaction_task).options(num_cpus=0, max_retries=COMPACTION_RETRIES)
+        # An earlier run's small last part without crops: the job's last pending shards join it.
+        last = max((f for f in ledger.files if f.part), key=lambda f: f.number, default=None)
+        small = last is not None and last.footer.counts.images < rows and not last.footer.counts.crops
+        self.tail = last if small else None
 
     def add(self, index: int, images: int) -> None:
         self.pending.append((index, images))
         self.pending_images += images
 
+    def take(self, final: bool) -> tuple[list[int], int, bool] | None:
+        """`compact`'s arguments for the next part: a full part's worth of pending shards (if `final`, the
+        rest, into the small tail part when they fit there), or None."""
+        if not self.pending or not (final or self.pending_images >= self.rows):
+            return None
+        tail = self.tail
+        if final and tail is not None and tail.footer.counts.images + self.pending_images <= self.rows:
+            self.tail = None
+            shards = sorted(index for index, _ in self.pending)
+            self.pending, self.pending_images = [], 0
+            return shards, tail.number, True
+        take, images = 0, 0
+        while take < len(self.pending) and images < self.rows:
+            images += self.pending[take][1]
+            take += 1
+        shards = sorted(index for index, _ in self.pending[:take])
+        del self.pending[:take]
+        self.pending_images -= images
+        self.next_part += 1
+        return shards, self.next_part - 1, False
+
     def ready(self, final: bool, running: int) -> list[tuple[ray.ObjectRef, str]]:
-        """Compaction tasks for each full part's worth of pending shards (and, if `final`, the rest), up
-        to COMPACTIONS_AT_ONCE with the `running` ones."""
+        """Ray tasks compacting what `take` gives, up to COMPACTIONS_AT_ONCE with the `running` ones."""
+        task = ray.remote(_compaction_task).options(num_cpus=0, max_retries=COMPACTION_RETRIES)
         started = []
-        while (
-            self.pending
-            and running + len(started) < COMPACTIONS_AT_ONCE
-            and (final or self.pending_images >= self.rows)
-        ):
-            take, images = 0, 0
-            while take < len(self.pending) and (images < self.rows):
-                images += self.pending[take][1]
-                take += 1
-            shards = sorted(index for index, _ in self.pending[:take])
-            del self.pending[:take]
-            self.pending_images -= images
-            name = f"part {self.next_part} ({len(shards)} shards)"
-            started.append((self.task.remote(self.output, shards, self.next_part), name))
-            self.next_part += 1
+        while running + len(started) < COMPACTIONS_AT_ONCE and (part := self.take(final)):
+            shards, number, extend = part
+            name = f"part {number} ({len(shards)} shards)"
+            started.append((task.remote(self.output, shards, number, extend), name))
         return started
+
+    def here(self, progress: JobProgress) -> None:
+        """Every pending shard compacted in this process: what a run with no new image has left to do,
+        without starting Ray."""
+        while part := self.take(final=True):
+            report = compact(self.output, *part)
+            progress.files += 1
+            progress.compacted_shards += report.shards
+            progress.other_requests.update(report.requests)
 
 
 def _dispatch(
@@ -209,6 +254,7 @@ def _dispatch(
                 try:
                     report: CompactionReport = ray.get(ref)
                     progress.files += 1
+                    progress.compacted_shards += report.shards
                     progress.other_requests.update(report.requests)
                 except ray.exceptions.RayError as error:
                     progress.failed_shards.append(f"{name}: {line_of(error, last=True)}")
@@ -227,4 +273,4 @@ def _dispatch(
 
 
 def _record(job: Prepared, finished_at: str | None = None) -> JobRecord:
-    return job_record(job.config, job.identity, job.started_at, job.progress, finished_at)
+    return job_record(job.config, job.identity, job.started_at, job.progress, finished_at, job.ledger.record)

@@ -80,9 +80,12 @@ class Ledger:
         """Reads OUTPUT's record and footers, and removes shard files a compaction had already merged
         (unless `read_only`: then a missing local OUTPUT is an empty one, not created)."""
         storage = storage_for(output)
-        if read_only and not is_remote(output) and not Path(output).exists():
-            return cls(output, storage, None, [])
-        storage.make_folder(output)
+        if not read_only:
+            storage.make_folder(output)
+        else:
+            storage.check_writable(output)
+            if not is_remote(output) and not Path(output).exists():
+                return cls(output, storage, None, [])
         root = output.rstrip("/") + "/"
         listed = [(o, parse(o.uri[len(root) :])) for o in storage.list_objects(output)]
         ours = [(info, path) for info, path in listed if path is not None]
@@ -167,12 +170,15 @@ class Ledger:
                 "use --overwrite to redo it, or another OUTPUT"
             )
 
-    def clear(self) -> None:
-        """--overwrite: removes this tool's files (results, record), nothing else in OUTPUT."""
+    def clear(self, read_only: bool = False) -> int:
+        """--overwrite: removes this tool's files (results, record), nothing else in OUTPUT; how many
+        (`read_only`, the dry run: only forgets them)."""
         root = self.output.rstrip("/") + "/"
         ours = [uri for uri in self.storage.list(self.output) if parse(uri[len(root) :]) is not None]
-        self.storage.delete(ours)
+        if not read_only:
+            self.storage.delete(ours)
         self.record, self.files = None, []
+        return len(ours)
 
     def drop_rows(self, by_file: dict[int, list[str]]) -> ShardCounts:
         """Rewrites each file without the rows of the given uris (changed images to redo; a container's

@@ -24,7 +24,8 @@ from facesweep.workers.job.progress import JobProgress
 from facesweep.workers.job.shards import PlanCounts, Shard, compare, compare_with_changes, plan_shards
 from facesweep.workers.model.catalog import checked_model
 from facesweep.workers.output.layout import expected_requests
-from facesweep.workers.output.record import now
+from facesweep.workers.output.lease import OutputLease
+from facesweep.workers.output.record import now, read_record
 from facesweep.workers.storage import absolute, is_below, is_remote, request_counts, storage_for
 
 log = logging.getLogger("facesweep")
@@ -41,13 +42,15 @@ class Prepared:
     progress: JobProgress
     shards: Iterator[Shard]
     started_at: str
+    lease: OutputLease  # held by a job that runs, not by the dry run
 
 
 def prepare(config: JobConfig, overwrite: bool, read_only: bool = False) -> Prepared:
     """Checks INPUT, OUTPUT and the model's file, reads the ledger and plans lazily (nothing runs).
 
     `read_only` (the dry run): nothing is written, and the model is only found and checksummed (the job
-    that runs reads it with OpenVINO first, `workers/job/driver.py`)."""
+    that runs reads it with OpenVINO first, `workers/job/driver.py`); otherwise OUTPUT's lease is taken
+    (OutputInUseError when another job holds it) before anything there changes."""
     # A local OUTPUT as an absolute path: actors and compactions run in other working directories.
     config = replace(config, output=absolute(config.output))
     if config.anonymizer is not None:
@@ -55,22 +58,28 @@ def prepare(config: JobConfig, overwrite: bool, read_only: bool = False) -> Prep
     _check_output(config)
     checksum = checked_model(config.detector.model, config.detector.model_sha256)[1]
     listing = _non_empty(list_images(config.input, config.include, config.containers.piece_bytes), config)
-    ledger = Ledger.read(config.output, read_only)
-    if overwrite:
-        ledger.clear()
-    if ledger.record is not None and not ledger.complete and not read_only:
-        _remove_partials(config)
-    identity = job_identity(config, checksum)
-    ledger.check_identity(identity)
-    progress = JobProgress()
-    if config.reprocess_changed:
-        progress.redone_changed = _drop_changed(ledger, config)
-    progress.resumed = ledger.totals
-    shards = plan_shards(
-        compare(listing, ledger.done(), progress.plan), config.shard_size, ledger.next_shard, progress.plan
-    )
+    lease = OutputLease(config.output)
+    if not read_only:
+        lease.acquire()  # before anything under OUTPUT changes; the driver releases it
+    try:
+        ledger = Ledger.read(config.output, read_only)
+        progress = JobProgress()
+        if overwrite:
+            progress.overwritten = ledger.clear(read_only)
+        if ledger.record is not None and not ledger.complete and not read_only:
+            _remove_partials(config)
+        identity = job_identity(config, checksum)
+        ledger.check_identity(identity)
+        if config.reprocess_changed:
+            progress.redone_changed = _drop_changed(ledger, config)
+        progress.resumed = ledger.totals
+        new = compare(listing, ledger.done(), progress.plan)
+        shards = plan_shards(new, config.shard_size, ledger.next_shard, progress.plan)
+    except BaseException:
+        lease.release()  # a job refused here leaves no lease
+        raise
     started_at = (ledger.record and ledger.record.started_at) or now()
-    return Prepared(config, checksum, identity, ledger, progress, shards, started_at)
+    return Prepared(config, checksum, identity, ledger, progress, shards, started_at, lease)
 
 
 @dataclass(frozen=True)
@@ -86,12 +95,15 @@ class DryRun:
     seconds: float  # to decide
     rate: float | None  # images/s the estimate uses
     rate_source: str
+    overwritten: int  # facesweep's files in OUTPUT that --overwrite would remove first
 
 
-def dry_run(config: JobConfig, rate: float | None = None) -> DryRun:
-    """Lists, compares with OUTPUT and plans to the end; writes nothing (a missing OUTPUT stays missing)."""
+def dry_run(config: JobConfig, rate: float | None = None, overwrite: bool = False) -> DryRun:
+    """Lists, compares with OUTPUT and plans to the end; writes nothing (a missing OUTPUT stays missing;
+    with `overwrite`, OUTPUT's files are counted as the run would remove them)."""
     started, before = time.monotonic(), request_counts()
-    job = prepare(replace(config, reprocess_changed=False), overwrite=False, read_only=True)
+    earlier = read_record(absolute(config.output)) if overwrite else None  # --overwrite forgets it
+    job = prepare(replace(config, reprocess_changed=False), overwrite=overwrite, read_only=True)
     for _ in job.shards:
         pass
     counts = job.progress.plan
@@ -106,7 +118,8 @@ def dry_run(config: JobConfig, rate: float | None = None) -> DryRun:
         crops=config.crops is not None,
     )
     after = request_counts()
-    last_rate = job.ledger.record and job.ledger.record.processing_rate
+    earlier = earlier or job.ledger.record
+    last_rate = earlier and earlier.processing_rate
     source = "--rate" if rate else "the last run's rate"
     return DryRun(
         counts,
@@ -118,6 +131,7 @@ def dry_run(config: JobConfig, rate: float | None = None) -> DryRun:
         time.monotonic() - started,
         rate or last_rate or None,
         source,
+        job.progress.overwritten,
     )
 
 
@@ -133,7 +147,7 @@ def _check_output(config: JobConfig) -> None:
         if _inside(target, config.input):
             raise InputError(
                 f"{name} {target} is inside INPUT {config.input}: a later run would read its own files; "
-                f"give a {name} outside INPUT"
+                f"give {name} a place outside INPUT"
             )
 
 

@@ -10,10 +10,12 @@ from importlib.metadata import version
 from typing import Any
 
 from facesweep.workers.config import JobConfig
+from facesweep.workers.errors import ErrorKind
 from facesweep.workers.job.messages import ActorInfo, ShardReport
 from facesweep.workers.job.shards import PlanCounts
 from facesweep.workers.output.record import JobRecord
 from facesweep.workers.output.writer import NO_COUNTS, ShardCounts
+from facesweep.workers.wording import plural
 
 
 @dataclass
@@ -41,12 +43,15 @@ class JobProgress:
     started: float = field(default_factory=time.monotonic)
     resumed: ShardCounts = NO_COUNTS  # what earlier runs left in OUTPUT
     redone_changed: int = 0  # changed images whose old rows were dropped, to be done again
+    overwritten: int = 0  # facesweep's files in OUTPUT removed first (--overwrite)
     files: int = 0  # part files this run wrote
+    compacted_shards: int = 0  # shard files merged into them
     anonymized: int = 0  # anonymized copies written (--anonymize)
     crops: int = 0  # face crops written (--crops)
     already_complete: bool = False  # nothing new, nothing pending: the job did nothing
     startup_seconds: float = 0.0  # until every actor had compiled its model
-    finished: float | None = None  # when the last shard came back
+    finished: float | None = None  # when the run's work (shards and compactions) had ended
+    last_shard_at: float | None = None  # when the latest shard came back
     stage_seconds: dict[str, float] = field(default_factory=dict)
     error_kinds: dict[str, int] = field(default_factory=dict)
     tracebacks: dict[str, str] = field(default_factory=dict)  # the first internal error of each stage
@@ -64,6 +69,36 @@ class JobProgress:
         return dict(sorted(total.items()))
 
     @property
+    def total(self) -> ShardCounts:
+        """The job's totals in OUTPUT: what earlier runs left and this run's."""
+        this_run = ShardCounts(
+            self.images, self.faces, self.errors, self.crops, self.error_kinds.get(ErrorKind.INTERNAL, 0)
+        )
+        return self.resumed + this_run
+
+    def failure(self, max_error_rate: float) -> str | None:
+        """Why the job fails as a whole, or None: an error of ours, more than `max_error_rate` of its
+        images error rows, a failed shard. Judged on the whole job, so a re-run with nothing left to do
+        fails as the run that left the errors did."""
+        total = self.total
+        if total.internal:
+            earlier = f", {self.resumed.internal} of them in earlier runs" if self.resumed.internal else ""
+            return (
+                f"{plural(total.internal, 'image')} failed inside facesweep (a bug, not the images: "
+                f"error_kind 'internal'{earlier}); the first traceback of each stage is in _job.json: "
+                "please report it"
+            )
+        if total.images and total.errors / total.images > max_error_rate:
+            return (
+                f"{total.errors} of {plural(total.images, 'image')} are error rows "
+                f"({total.errors / total.images:.1%}, more than --max-error-rate {max_error_rate:g})"
+            )
+        if self.failed_shards:
+            failed = plural(len(self.failed_shards), "shard or compaction", "shards or compactions")
+            return f"{failed} failed: re-run to retry them"
+        return None
+
+    @property
     def seconds(self) -> float:
         return (self.finished or time.monotonic()) - self.started
 
@@ -74,11 +109,14 @@ class JobProgress:
 
     @property
     def processing_images_per_second(self) -> float:
-        """Once the actors were ready: the pipeline's own rate."""
-        busy = self.seconds - self.startup_seconds
+        """The job's rate, the one figure the progress lines, the summary and `_job.json` give: images over
+        the time from the actors being ready to the latest shard's return (start-up and the compaction
+        after the last shard left out)."""
+        busy = (self.last_shard_at or time.monotonic()) - self.started - self.startup_seconds
         return self.images / busy if busy > 0 else 0.0
 
     def add(self, report: ShardReport) -> None:
+        self.last_shard_at = time.monotonic()
         self.anonymized += report.anonymized
         self.crops += report.crops
         self.images += report.images
@@ -112,13 +150,14 @@ def job_record(
     started_at: str,
     progress: JobProgress,
     finished_at: str | None = None,
+    earlier: JobRecord | None = None,
 ) -> JobRecord:
     """The record of a run in progress (`finished_at` None) or ended (no credentials are ever part of a
-    JobConfig)."""
+    JobConfig); `earlier`, the record it replaces, lends its rate to a run that processed nothing."""
     plan = progress.plan
     complete = finished_at is not None and plan.finished and not progress.failed_shards
     actor_cpu = sum(progress.actor_cpu.values())
-    total = progress.resumed + ShardCounts(progress.images, progress.faces, progress.errors, progress.crops)
+    total = progress.total
     per_image = 1000 / max(progress.images, 1)
     return JobRecord(
         {
@@ -132,6 +171,7 @@ def job_record(
             "faces": total.faces,
             "errors": total.errors,
             "crops": total.crops,
+            "last_known_rate": earlier.processing_rate if earlier and not progress.images else None,
             "this_run": {
                 "listed": plan.listed,
                 "new_images": plan.new,

@@ -53,6 +53,7 @@ class PlanCounts:
         return self.new if self.finished and not self.pieces else None
 
     listed: int = 0
+    listed_pieces: int = 0  # of `listed`: container pieces
     new: int = 0
     done: int = 0
     changed: int = 0
@@ -91,6 +92,9 @@ def compare_with_changes(
         cut = int(pc.sum(pc.less_equal(held["uri"], last)).as_py() or 0)
         mine, held = held.slice(0, cut), held.slice(cut)
         counts.listed += window.num_rows
+        counts.listed_pieces += int(
+            pc.sum(pc.match_substring_regex(window["uri"], PIECE.pattern)).as_py() or 0
+        )
         known = pc.is_in(window["uri"], mine["uri"])
         new = window.filter(pc.invert(known))
         counts.new += new.num_rows

@@ -4,6 +4,7 @@ left behind by a compaction that was cut short is known to be a copy."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ import pyarrow.parquet as pq
 
 from facesweep.workers.output.layout import (
     CROP_FOLDER,
+    SHARD_FOLDER,
     crop_part_path,
     crop_part_prefix,
     crop_shard_path,
@@ -25,13 +27,22 @@ from facesweep.workers.output.layout import (
 from facesweep.workers.output.schema import CROP_COMPRESSION, SCHEMA
 from facesweep.workers.output.writer import (
     PART_ROW_GROUP,
+    Footer,
     ShardCounts,
     footer_of,
     put_table,
     read_footer,
     write_parquet,
 )
-from facesweep.workers.storage import ObjectError, RangedFile, Storage, join, request_counts, storage_for
+from facesweep.workers.storage import (
+    ObjectError,
+    RangedFile,
+    Storage,
+    is_remote,
+    join,
+    request_counts,
+    storage_for,
+)
 
 READERS = 32
 """Shard files a compaction reads at once."""
@@ -48,14 +59,17 @@ class CompactionReport:
     number: int
     counts: ShardCounts
     requests: dict[str, int]  # made by this compaction
+    shards: int  # shard files merged
 
 
-def compact(output: str, shards: Sequence[int], number: int) -> CompactionReport:
+def compact(output: str, shards: Sequence[int], number: int, extend: bool = False) -> CompactionReport:
     """Merges the shard files `shards` of OUTPUT into part file `number`, sorted by uri, then deletes them;
-    their crops first into the part's crops files.
+    their crops first into the part's crops files. `extend`: part `number` exists (a small tail without
+    crops, from an earlier run) and its rows join the new ones in the same file, replaced in one PUT, so
+    no reader sees a row twice and incremental runs do not each leave a tiny file.
 
-    Safe to repeat: when an earlier attempt already wrote the part file and deleted some shard files, it
-    finishes the deletion."""
+    Safe to repeat: when an earlier attempt already wrote the part file (its footer names the shards) and
+    deleted some shard files, it finishes the deletion."""
     before = request_counts()
     storage = storage_for(output)
     target = join(output, part_path(number))
@@ -65,21 +79,26 @@ def compact(output: str, shards: Sequence[int], number: int) -> CompactionReport
             tables = list(pool.map(lambda uri: pq.read_table(pa.BufferReader(storage.get(uri))), sources))
         except ObjectError:
             tables = None
-        if tables is None:
-            footer = read_footer(pq.ParquetFile(RangedFile(target)))
-            if sorted(footer.shards) != sorted(shards):
+        tail = pq.read_table(pa.BufferReader(storage.get(target))) if extend else None
+        if tables is None or (tail is not None and set(shards) <= set(_footer(tail).shards)):
+            footer = _footer(tail) if tail is not None else read_footer(pq.ParquetFile(RangedFile(target)))
+            if not set(shards) <= set(footer.shards):
                 raise RuntimeError(f"{target}: a shard file to compact into it is missing")
             counts = footer.counts
         else:
-            footers = [footer_of(t.schema.metadata or {}) for t in tables]
+            footers = [_footer(t) for t in tables]
             cropped = [i for i, f in zip(shards, footers, strict=True) if f.counts.crops]
             if cropped:
                 compact_crops(storage, output, cropped, number, pool)
+            if tail is not None:
+                tables.append(tail)
+                footers.append(_footer(tail))
             pieces = [p for f in footers for p in f.pieces]
+            merged = sorted({*shards, *(shard for f in footers for shard in f.shards)})  # the tail's too
             table = pa.concat_tables(tables, promote_options="default")  # files older than a column
             table = table.select(SCHEMA.names).cast(SCHEMA).sort_by("uri")
             crops = sum(f.counts.crops for f in footers)
-            counts = write_parquet(table, storage, target, shards, PART_ROW_GROUP, pieces, crops)
+            counts = write_parquet(table, storage, target, merged, PART_ROW_GROUP, pieces, crops)
     if hold := os.environ.get(HOLD_AFTER_PUT):
         Path(hold, f"part-{number}").touch()
         threading.Event().wait()
@@ -87,7 +106,20 @@ def compact(output: str, shards: Sequence[int], number: int) -> CompactionReport
     if counts.crops:  # after the shard files: while one of those is left, a repeat needs all its crops
         storage.delete([join(output, crop_shard_path(i)) for i in shards])
     after = request_counts()
-    return CompactionReport(number, counts, {k: after[k] - before[k] for k in after})
+    return CompactionReport(number, counts, {k: after[k] - before[k] for k in after}, len(shards))
+
+
+def _footer(table: pa.Table) -> Footer:
+    return footer_of(table.schema.metadata or {})
+
+
+def remove_empty_folders(output: str) -> None:
+    """A local OUTPUT's shard folders once compaction has emptied them (a store has no folders)."""
+    if is_remote(output):
+        return
+    for folder in (SHARD_FOLDER, f"{CROP_FOLDER}/{SHARD_FOLDER}", CROP_FOLDER):
+        with contextlib.suppress(OSError):  # not there, or not empty
+            Path(output, folder).rmdir()
 
 
 def compact_crops(

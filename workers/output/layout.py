@@ -7,6 +7,7 @@ OUTPUT/_shards/shard-NNNNNNNNN.parquet        a committed shard not yet compacte
 OUTPUT/_crops/part-NNNNNN-KKK.parquet         the crops of part NNNNNN, in files of about 256 MiB
 OUTPUT/_crops/_shards/shard-NNNNNNNNN.parquet the crops of a committed shard
 OUTPUT/_plan/...                              written by facesweep before the ledger; --overwrite removes it
+OUTPUT/_lease.json                            the running job's lease (lease.py): --overwrite keeps it
 ```
 Readers (pyarrow, DuckDB, Spark) skip `_`-prefixed paths, so they see each image once.
 """
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 JOB_FILE = "_job.json"
+LEASE_FILE = "_lease.json"
 SHARD_FOLDER = "_shards"
 PART_PREFIX = "part-"
 CROP_FOLDER = "_crops"

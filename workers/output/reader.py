@@ -43,14 +43,15 @@ class OutputError(UserError, ValueError):
     """OUTPUT is not a readable facesweep output; the message says which and what to do, in one line."""
 
 
-def read_output(output: str) -> pa.Table:
-    """Every row of the facesweep output at `output` (a local directory or s3://bucket/prefix), by uri.
+def read_output(output: str, columns: Sequence[str] = SCHEMA.names) -> pa.Table:
+    """`columns` of every row of the facesweep output at `output` (a local directory or s3://bucket/prefix),
+    by uri.
 
     Raises OutputError when `output` is missing, holds no Parquet file or one that is not facesweep's,
     StorageError when its bucket is missing or the store fails."""
     if not is_remote(output) and not Path(output).is_dir():
         raise OutputError(f"{output}: no such directory: give the OUTPUT folder of a `facesweep run`")
-    table = read_rows(output)
+    table = read_rows(output, columns)
     if table is None:
         raise OutputError(
             f"{output}: no Parquet files: give the OUTPUT of a `facesweep run` that has started"

@@ -55,8 +55,10 @@ class JobRecord:
 
     @property
     def processing_rate(self) -> float | None:
-        """Images per second of the last run once its actors were ready."""
-        return (self.data.get("this_run") or {}).get("processing_images_per_second")
+        """Images per second (JobProgress.processing_images_per_second) of the latest run that processed
+        images: a run with nothing to do keeps its predecessor's."""
+        rate = (self.data.get("this_run") or {}).get("processing_images_per_second")
+        return rate or self.data.get("last_known_rate")
 
 
 def read_record(output: str) -> JobRecord | None:

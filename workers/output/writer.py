@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from facesweep.workers.errors import ErrorKind
 from facesweep.workers.storage import Storage
 
 PART_ROW_GROUP = 16384
@@ -27,6 +28,7 @@ class ShardCounts:
     faces: int
     errors: int
     crops: int = 0  # rows in the file's crops (--crops; workers/products/crops.py)
+    internal: int = 0  # of `errors`: errors of ours (error_kind internal)
 
     def __add__(self, other: ShardCounts) -> ShardCounts:
         return ShardCounts(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
@@ -60,6 +62,7 @@ def write_parquet(
         faces=int(pc.sum(pc.list_value_length(table["faces"])).as_py() or 0),
         errors=int(pc.sum(pc.equal(table["status"], "error")).as_py() or 0),
         crops=crops,
+        internal=int(pc.sum(pc.equal(table["error_kind"], ErrorKind.INTERNAL.value)).as_py() or 0),
     )
     metadata = {COUNTS_KEY: json.dumps(asdict(counts)).encode()}
     if shards:

@@ -1,6 +1,6 @@
 """What every store shares: the errors, the request counts, a listed object, the Storage protocol, and
 ObjectStore, the part of an object store's backend that obstore serves the same way for every store (get,
-ranged get, head, put, delete) with the mapping of its failures to one-line errors."""
+ranged get, head, put, conditional put, delete) with the mapping of its failures to one-line errors."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 import obstore
 from obstore.exceptions import (
+    AlreadyExistsError,
     InvalidPathError,
     NotFoundError,
     PermissionDeniedError,
+    PreconditionError,
     UnauthenticatedError,
 )
 
@@ -109,6 +111,20 @@ class Storage(Protocol):
 
     def put(self, uri: str, data: bytes) -> None: ...
 
+    def create(self, uri: str, data: bytes) -> str | None:
+        """A PUT only if nothing is at `uri` (S3 and Azure `If-None-Match: *`): the object's version for
+        `replace`, None when an object is there."""
+        ...
+
+    def replace(self, uri: str, data: bytes, version: str) -> str | None:
+        """A PUT only if the object is still at `version` (S3 and Azure `If-Match`): its new version, None
+        when it changed or is gone."""
+        ...
+
+    def get_versioned(self, uri: str) -> tuple[bytes, str]:
+        """The object's bytes and their version for `replace`, in one GET."""
+        ...
+
     def exists(self, uri: str) -> bool: ...
 
     def delete(self, uris: Iterable[str]) -> None:
@@ -118,6 +134,11 @@ class Storage(Protocol):
     def make_folder(self, uri: str) -> None:
         """Makes sure objects can be written below `uri` (a store: its bucket or container exists; local:
         the folder)."""
+        ...
+
+    def check_writable(self, uri: str) -> None:
+        """make_folder's check for a dry run, leaving nothing behind (a local folder is not made); a
+        StorageError naming `uri` when nothing could be written there."""
         ...
 
     def remove_partials(self, prefix: str) -> int:
@@ -164,6 +185,9 @@ class ObjectStore(ABC):
     @abstractmethod
     def make_folder(self, uri: str) -> None: ...
 
+    def check_writable(self, uri: str) -> None:
+        self.make_folder(uri)  # a store's make_folder only asks whether the bucket or container exists
+
     def split(self, uri: str) -> tuple[str, str]:
         """(container, key) of `SCHEME://container/key`."""
         container, _, key = uri.removeprefix(f"{self.SCHEME}://").partition("/")
@@ -205,6 +229,31 @@ class ObjectStore(ABC):
 
     def put(self, uri: str, data: bytes) -> None:
         self._request(uri, "PUT", lambda store, key: obstore.put(store, key, data))
+
+    def create(self, uri: str, data: bytes) -> str | None:
+        return self._conditional_put(uri, data, "create")
+
+    def replace(self, uri: str, data: bytes, version: str) -> str | None:
+        return self._conditional_put(uri, data, {"e_tag": version})
+
+    def _conditional_put(self, uri: str, data: bytes, mode: str | dict) -> str | None:
+        """obstore's PUT with `mode`: the new ETag, None when the store refused the condition (412; AWS
+        answers a missing object's If-Match with 404)."""
+
+        def put(store: Any, key: str) -> str | None:
+            try:
+                return obstore.put(store, key, data, mode=mode)["e_tag"] or ""
+            except (AlreadyExistsError, PreconditionError, NotFoundError):
+                return None
+
+        return self._request(uri, "PUT", put)
+
+    def get_versioned(self, uri: str) -> tuple[bytes, str]:
+        def get(store: Any, key: str) -> tuple[bytes, str]:
+            result = obstore.get(store, key)
+            return bytes(result.bytes()), result.meta["e_tag"] or ""
+
+        return self._request(uri, "GET", get)
 
     def exists(self, uri: str) -> bool:
         try:

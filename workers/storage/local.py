@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from facesweep.workers.storage.base import ObjectError, ObjectInfo, StorageError, count
+from facesweep.workers.storage.base import MissingObjectError, ObjectError, ObjectInfo, StorageError, count
 
 PARTIAL = ".partial"
 """How a local write's temporary file ends (`_<name>.<pid>.<thread>.partial`, renamed once whole)."""
@@ -19,6 +21,47 @@ def _local_error(uri: str, error: OSError) -> StorageError:
     error) the store's."""
     one = isinstance(error, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError))
     return (ObjectError if one else StorageError)(f"{uri}: {error.strerror or error}")
+
+
+def _write(uri: str, data: bytes) -> str:
+    """Writes the file whole (a temporary file renamed into place); its version."""
+    path = Path(uri)
+    partial = path.with_name(f"_{path.name}.{os.getpid()}.{threading.get_ident()}{PARTIAL}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_bytes(data)
+        version = _version(partial.stat())
+        partial.replace(path)
+        return version
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        raise StorageError(f"cannot write {uri}: {error.strerror or error}") from None
+
+
+def _version(stat: os.stat_result) -> str:
+    """A conditional write's version of a file: each write is a new file (inode) at a new time."""
+    return f"{stat.st_ino}-{stat.st_mtime_ns}"
+
+
+@contextlib.contextmanager
+def _folder_locked(uri: str) -> Iterator[None]:
+    """An exclusive flock on the folder of `uri` (made if missing) while a conditional write compares and
+    writes: one at a time across processes, and the kernel drops it with its process."""
+    folder = Path(uri).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as error:
+        raise StorageError(f"cannot write {uri}: {error.strerror or error}") from None
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        except OSError as error:
+            raise StorageError(f"cannot lock {folder} to write {uri}: {error.strerror or error}") from None
+        yield
+    finally:
+        os.close(descriptor)
 
 
 class LocalStorage:
@@ -85,16 +128,31 @@ class LocalStorage:
 
     def put(self, uri: str, data: bytes) -> None:
         count("PUT")
-        path = Path(uri)
-        partial = path.with_name(f"_{path.name}.{os.getpid()}.{threading.get_ident()}{PARTIAL}")
+        _write(uri, data)
+
+    def create(self, uri: str, data: bytes) -> str | None:
+        count("PUT")
+        with _folder_locked(uri):
+            return None if os.path.lexists(uri) else _write(uri, data)
+
+    def replace(self, uri: str, data: bytes, version: str) -> str | None:
+        count("PUT")
+        with _folder_locked(uri):
+            try:
+                current = _version(os.stat(uri))
+            except FileNotFoundError:
+                return None
+            return _write(uri, data) if current == version else None
+
+    def get_versioned(self, uri: str) -> tuple[bytes, str]:
+        count("GET")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial.write_bytes(data)
-            partial.replace(path)
+            with open(uri, "rb") as file:
+                return file.read(), _version(os.fstat(file.fileno()))
+        except FileNotFoundError:
+            raise MissingObjectError(f"{uri} does not exist") from None
         except OSError as error:
-            with contextlib.suppress(OSError):
-                partial.unlink(missing_ok=True)
-            raise StorageError(f"cannot write {uri}: {error.strerror or error}") from None
+            raise _local_error(uri, error) from None
 
     def exists(self, uri: str) -> bool:
         count("HEAD")
@@ -122,3 +180,15 @@ class LocalStorage:
             Path(uri).mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise StorageError(f"cannot write {uri}: {error.strerror or error}") from None
+
+    def check_writable(self, uri: str) -> None:
+        """A folder made and removed in `uri`, or in its nearest existing parent (permission bits alone
+        would pass root, and /proc)."""
+        existing = Path(uri)
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix="_facesweep-check-", dir=existing))
+        except OSError as error:
+            reason = error.strerror or error
+            raise StorageError(f"cannot write {uri}: {existing}: {reason}: give a writable OUTPUT") from None
