@@ -461,6 +461,10 @@ def dry_run_summary(plan: DryRun) -> str:
     else:
         lines.append("estimate: no rate known (no earlier run): give --rate IMG_S")
     lines += _changes(counts.changed, counts.vanished, 0, counts.changed_examples)
+    if plan.in_use_by:
+        lines.append(
+            f"note: OUTPUT is in use by another facesweep job ({plan.in_use_by}): a run now is refused"
+        )
     return "\n".join(lines)
 
 

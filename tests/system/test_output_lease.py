@@ -45,3 +45,23 @@ def test_a_job_into_an_output_in_use_is_refused(photo: Path, tmp_path: Path, ove
     assert (output / LEASE_FILE).read_bytes() == held
     assert sorted(path.name for path in output.iterdir()) == [JOB_FILE, LEASE_FILE]
     assert (output / JOB_FILE).read_text() == '{"identity": {}}'
+
+
+def test_a_dry_run_says_the_output_is_in_use_and_takes_nothing(photo: Path, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / LEASE_FILE).write_bytes(held := lease_of(host="render-7", pid=4242))
+    result = subprocess.run(
+        [sys.executable, "-m", "facesweep.cli", "run", str(photo), str(output), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.search(
+        r"^note: OUTPUT is in use by another facesweep job \(host render-7, pid 4242, .*\): "
+        r"a run now is refused$",
+        result.stdout,
+        re.M,
+    ), result.stdout
+    assert (output / LEASE_FILE).read_bytes() == held and [p.name for p in output.iterdir()] == [LEASE_FILE]

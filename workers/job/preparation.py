@@ -24,7 +24,7 @@ from facesweep.workers.job.progress import JobProgress
 from facesweep.workers.job.shards import PlanCounts, Shard, compare, compare_with_changes, plan_shards
 from facesweep.workers.model.catalog import checked_model
 from facesweep.workers.output.layout import expected_requests
-from facesweep.workers.output.lease import OutputLease
+from facesweep.workers.output.lease import OutputLease, live_holder
 from facesweep.workers.output.record import now, read_record
 from facesweep.workers.storage import absolute, is_below, is_remote, request_counts, storage_for
 
@@ -96,6 +96,7 @@ class DryRun:
     rate: float | None  # images/s the estimate uses
     rate_source: str
     overwritten: int  # facesweep's files in OUTPUT that --overwrite would remove first
+    in_use_by: str | None  # the job holding OUTPUT's lease now, if any: a run would be refused
 
 
 def dry_run(config: JobConfig, rate: float | None = None, overwrite: bool = False) -> DryRun:
@@ -132,6 +133,7 @@ def dry_run(config: JobConfig, rate: float | None = None, overwrite: bool = Fals
         rate or last_rate or None,
         source,
         job.progress.overwritten,
+        live_holder(job.config.output),
     )
 
 

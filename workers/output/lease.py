@@ -25,7 +25,7 @@ from types import TracebackType
 
 from facesweep.workers.errors import JobError
 from facesweep.workers.output.layout import LEASE_FILE
-from facesweep.workers.storage import MissingObjectError, StorageError, join, storage_for
+from facesweep.workers.storage import MissingObjectError, ObjectError, StorageError, join, storage_for
 
 log = logging.getLogger("facesweep")
 
@@ -90,6 +90,17 @@ class Holder:
     def describe(self, at: datetime) -> str:
         ago = max(0, round((at - self.heartbeat_at).total_seconds()))
         return f"host {self.host}, pid {self.pid}, started {self.started_at}, last heartbeat {ago} s ago"
+
+
+def live_holder(output: str) -> str | None:
+    """Who holds a live lease on OUTPUT now (`describe`'s words), or None; one GET, nothing taken (the
+    dry run's question)."""
+    try:
+        data = storage_for(output).get(join(output, LEASE_FILE))
+    except ObjectError:
+        return None
+    holder, at = Holder.parse(data), datetime.now(UTC)
+    return holder.describe(at) if holder is not None and not holder.stale(at) else None
 
 
 class OutputLease:
