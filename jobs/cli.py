@@ -35,11 +35,11 @@ from facesweep.workers.config import (
     size,
     triple,
 )
-from facesweep.workers.errors import JobFailedError, JobInterrupted, UserError
+from facesweep.workers.errors import TRANSIENT_KINDS, ErrorKind, JobFailedError, JobInterrupted, UserError
 from facesweep.workers.evaluation.evaluate import check_pairing, evaluate, format_report
 from facesweep.workers.inputs.listing import list_images
 from facesweep.workers.job.preparation import DryRun, dry_run
-from facesweep.workers.job.progress import JobProgress
+from facesweep.workers.job.progress import JobProgress, Retried
 from facesweep.workers.model.catalog import BUILTIN_MODELS
 from facesweep.workers.model.formats import FORMATS
 from facesweep.workers.output.writer import ShardCounts
@@ -283,6 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="redo images whose object changed (ETag or size) since an earlier run did them",
     )
     run.add_argument(
+        "--retry-errors",
+        nargs="?",
+        const=TRANSIENT_KINDS,
+        type=_choice("retry_errors"),
+        metavar="KIND,...",
+        help="redo the error rows of these kinds once, this run only "
+        f"({', '.join(ErrorKind)}; without KIND: {','.join(TRANSIENT_KINDS)})",
+    )
+    run.add_argument(
         "--dry-run",
         action="store_true",
         help="list, compare with OUTPUT and plan, then say what a run would do (no Ray, nothing written)",
@@ -393,10 +402,12 @@ def summary(progress: JobProgress, output: str, then: str | None = None) -> str:
         ]
         if resumed.images:
             lines.insert(1, f"resumed: {plural(resumed.images, 'image')} already done by earlier runs")
-            new = plan.new - progress.redone_changed
+            new = plan.new - progress.redone_changed - (progress.retried.entries if progress.retried else 0)
             pieces = f" ({plan.pieces} of them container pieces)" if plan.pieces else ""
             lines.insert(2, f"new: {plural(new, 'image')}{pieces}")
     lines += _changes(plan.changed, plan.vanished, progress.redone_changed, plan.changed_examples)
+    if progress.retried:
+        lines.append(_retried(progress.retried))
     if progress.errors:
         kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(progress.error_kinds.items()))
         lines.append(f"errors by kind: {kinds}")
@@ -436,6 +447,19 @@ def _changes(changed: int, vanished: int, redone: int, examples: list[str]) -> l
     return lines
 
 
+def _retried(retried: Retried) -> str:
+    """`retried: 6 error rows (fetch); 5 came back ok, 1 still an error`."""
+    kinds = ", ".join(retried.kinds)
+    if not retried.errors:
+        return f"retried: no error rows ({kinds}) to redo"
+    still = "still an error" if retried.still_errors == 1 else "still errors"
+    outcome = f"{retried.ok} came back ok, {retried.still_errors} {still}"
+    not_done = retried.errors - retried.ok - retried.still_errors
+    if not_done:
+        outcome += f", {not_done} not done (a shard failed: a re-run does them)"
+    return f"retried: {plural(retried.errors, 'error row')} ({kinds}); {outcome}"
+
+
 def dry_run_summary(plan: DryRun) -> str:
     counts = plan.counts
     listed = _entries(counts.listed - counts.listed_pieces, counts.listed_pieces)
@@ -461,6 +485,9 @@ def dry_run_summary(plan: DryRun) -> str:
     else:
         lines.append("estimate: no rate known (no earlier run): give --rate IMG_S")
     lines += _changes(counts.changed, counts.vanished, 0, counts.changed_examples)
+    if plan.retried:
+        kinds = ", ".join(plan.retried.kinds)
+        lines.append(f"retry: {plural(plan.retried.errors, 'error row')} of kinds {kinds} would be redone")
     if plan.in_use_by:
         lines.append(
             f"note: OUTPUT is in use by another facesweep job ({plan.in_use_by}): a run now is refused"

@@ -93,14 +93,15 @@ def read_spec(path: str, run: argparse.ArgumentParser) -> dict[str, Any]:
 
 def resume_values(output: str, run: argparse.ArgumentParser) -> dict[str, Any]:
     """`facesweep run --resume OUTPUT`: the settings of the run that wrote OUTPUT (its `_job.json`), as
-    `run`'s values by dest (a spec's keys are the dests too), --reprocess-changed left out."""
+    `run`'s values by dest (a spec's keys are the dests too), the one-off --reprocess-changed and
+    --retry-errors left out."""
     record = read_record(output)
     if record is None or record.config is None:
         raise ConfigError(
             f"--resume {output}: no _job.json there: give the OUTPUT of an earlier `facesweep run`"
         )
     values = {**flatten(record.config), "output": output}
-    dests = {action.dest for action in spec_actions(run).values()} - {"reprocess_changed"}
+    dests = {action.dest for action in spec_actions(run).values()} - {"reprocess_changed", "retry_errors"}
     return {k: v for k, v in values.items() if k in dests}
 
 
@@ -138,6 +139,8 @@ def _convert(key: str, value: Any, action: argparse.Action) -> Any:
     if action.nargs == 0:  # a switch (store_true, store_false): true means the flag is given
         if not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return action.const if value else action.default
+    if action.nargs == "?" and action.option_strings and isinstance(value, bool):  # true: the flag alone
         return action.const if value else action.default
     text = _flag_text(value, takes_list=isinstance(action.metavar, str) and "," in action.metavar)
     if text is None:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from facesweep.workers.errors import UserError
+from facesweep.workers.errors import TRANSIENT_KINDS, ErrorKind, UserError
 
 DEFAULT_MODEL = "retinaface-mnet025"
 PIECE_BYTES = 64 * 1024 * 1024
@@ -146,6 +146,18 @@ def choice(*choices: str) -> Callable[[Any], str]:
     return parse
 
 
+def error_kinds(value: Any) -> tuple[str, ...]:
+    """Error kinds, comma-separated (true: the transient ones)."""
+    if isinstance(value, bool):
+        return TRANSIENT_KINDS if value else ()
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    kinds = tuple(dict.fromkeys(str(item).strip() for item in items))
+    valid = [kind.value for kind in ErrorKind]
+    if not kinds or not set(kinds) <= set(valid):
+        raise ValueError(f"expected error kinds among {', '.join(valid)}, got {value!r}")
+    return kinds
+
+
 def setting(
     default: Any = dataclasses.MISSING, *, parse: Callable[[Any], Any], faces: bool, **kwargs: Any
 ) -> Any:
@@ -249,6 +261,7 @@ class JobConfig:
     rows_per_file: int = setting(ROWS_PER_FILE, parse=positive_int, faces=False)  # images per part file
     startup_timeout: float = setting(STARTUP_TIMEOUT, parse=positive_float, faces=False)
     reprocess_changed: bool = setting(False, parse=switch, faces=False)  # redo changed images
+    retry_errors: tuple[str, ...] | None = setting(None, parse=error_kinds, faces=False)  # redo these once
     max_error_rate: float = setting(0.1, parse=fraction, faces=False)  # more error rows: the job fails
     containers: ContainerSettings = field(default_factory=ContainerSettings)
     tuning: Tuning = field(default_factory=Tuning)

@@ -55,6 +55,10 @@ class ErrorKind(StrEnum):
     INTERNAL = "internal"  # a bug of ours
 
 
+TRANSIENT_KINDS: tuple[str, ...] = (ErrorKind.FETCH.value,)
+"""Kinds a later try may not meet again (a missing or forbidden object): what --retry-errors redoes."""
+
+
 @dataclass(frozen=True)
 class ImageFailure:
     """One image's failure: its kind and a few words of why."""

@@ -26,7 +26,7 @@ from facesweep.workers.config import DetectorSettings, JobConfig
 from facesweep.workers.errors import JobError, JobInterrupted, line_of
 from facesweep.workers.job.cluster import ensure_ray, start_actors
 from facesweep.workers.job.ledger import Ledger
-from facesweep.workers.job.preparation import Prepared, prepare
+from facesweep.workers.job.preparation import Prepared, count_retried, prepare
 from facesweep.workers.job.progress import JobProgress, job_record
 from facesweep.workers.job.shards import (
     READ_AHEAD_IMAGES,
@@ -74,6 +74,7 @@ def run_job(
         finally:
             shards.close()
         remove_empty_folders(job.config.output)
+        count_retried(job)
         _count_requests(job.progress, requests_before)
         job.lease.check()
         job.ledger.write_record(_record(job, finished_at=now()))

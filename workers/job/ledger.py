@@ -14,7 +14,7 @@ missing, and new images are found without holding the set of done ones.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -46,6 +46,9 @@ from facesweep.workers.storage import ObjectInfo, RangedFile, Storage, is_remote
 
 LEDGER_COLUMNS = ["uri", "etag", "size"]
 FOOTER_READERS = 32
+ERROR_ROWS = pa.schema([("uri", pa.string()), ("entry", pa.string()), ("file", pa.int32())])
+"""An error row as --retry-errors finds it: its uri, what the listing names it by (the uri, or in a
+container its piece) and which data file holds it."""
 
 
 class OutputConflictError(UserError, ValueError):
@@ -205,6 +208,30 @@ class Ledger:
             self.files[index] = replace(file, size=size, footer=footer, metadata=metadata)
         return dropped
 
+    def error_rows(self, kinds: Sequence[str]) -> pa.Table:
+        """The error rows of `kinds` (ERROR_ROWS), sorted by entry: four columns read of the files whose
+        footer counts errors, none of the others."""
+        wanted = pa.array(kinds, pa.string())
+        with ThreadPoolExecutor(FOOTER_READERS, thread_name_prefix="errors") as pool:
+            tables = pool.map(
+                lambda i: _error_rows(self.files[i], i, wanted),
+                [i for i, f in enumerate(self.files) if f.footer.counts.errors],
+            )
+            return pa.concat_tables([ERROR_ROWS.empty_table(), *tables]).sort_by("entry")
+
+    def statuses(self, uris: pa.Array, first_shard: int) -> pa.ChunkedArray:
+        """The `status` of the rows of `uris` in the files a run whose shards are numbered from
+        `first_shard` on wrote (those shards' files, and the parts they went into): its `uri` and `status`
+        columns, nothing of the other files."""
+        mine = [
+            f
+            for f in self.files
+            if (f.number >= first_shard if not f.part else max(f.footer.shards, default=-1) >= first_shard)
+        ]
+        with ThreadPoolExecutor(FOOTER_READERS, thread_name_prefix="statuses") as pool:
+            columns = [t.filter(pc.is_in(t["uri"], uris))["status"] for t in pool.map(_statuses, mine)]
+            return pa.chunked_array([chunk for column in columns for chunk in column.chunks], pa.string())
+
     def _drop_crops(self, file: DataFile, gone: pa.Array) -> int:
         """Rewrites the crops files of `file` without the crops of the images `gone`; how many it dropped."""
         dropped = 0
@@ -228,10 +255,28 @@ def _data_file(info: ObjectInfo, path: OutputPath) -> DataFile:
     return DataFile(info.uri, path.part, path.number, size, read_footer(file), file.metadata)
 
 
+def _reader(file: DataFile) -> pq.ParquetFile:
+    return pq.ParquetFile(RangedFile(file.uri, file.size), metadata=file.metadata, pre_buffer=True)
+
+
+def _error_rows(file: DataFile, index: int, kinds: pa.Array) -> pa.Table:
+    reader = _reader(file)
+    container = "container" in reader.schema_arrow.names
+    table = reader.read(columns=["uri", "status", "error_kind"] + ["container"] * container)
+    table = table.filter(pc.and_(pc.equal(table["status"], "error"), pc.is_in(table["error_kind"], kinds)))
+    entry = pc.coalesce(table["container"], table["uri"]) if container else table["uri"]
+    index_column = pa.array(np.full(table.num_rows, index, np.int32))
+    return pa.table([table["uri"], entry, index_column], schema=ERROR_ROWS)
+
+
+def _statuses(file: DataFile) -> pa.Table:
+    return _reader(file).read(columns=["uri", "status"])
+
+
 def _rows(file: DataFile, index: int) -> Iterator[pa.Table]:
     """A data file's ledger columns, a row group at a time, tagged with its index; rows of container
     images left out (their pieces stand for them)."""
-    reader = pq.ParquetFile(RangedFile(file.uri, file.size), metadata=file.metadata, pre_buffer=True)
+    reader = _reader(file)
     containers = "container" in reader.schema_arrow.names
     for group in range(reader.num_row_groups):
         table = reader.read_row_group(group, columns=LEDGER_COLUMNS + ["container"] * containers)

@@ -14,13 +14,14 @@ from itertools import chain
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from facesweep.workers.config import AnonymizeSettings, JobConfig, job_identity
 from facesweep.workers.inputs.containers import is_container
 from facesweep.workers.inputs.listing import InputError, is_manifest, list_images
 from facesweep.workers.inputs.sorted_runs import rebatch
 from facesweep.workers.job.ledger import Ledger
-from facesweep.workers.job.progress import JobProgress
+from facesweep.workers.job.progress import JobProgress, Retried
 from facesweep.workers.job.shards import PlanCounts, Shard, compare, compare_with_changes, plan_shards
 from facesweep.workers.model.catalog import checked_model
 from facesweep.workers.output.layout import expected_requests
@@ -43,6 +44,18 @@ class Prepared:
     shards: Iterator[Shard]
     started_at: str
     lease: OutputLease  # held by a job that runs, not by the dry run
+    retry: Retry | None = None  # --retry-errors
+
+
+@dataclass(frozen=True)
+class Retry:
+    """The error rows --retry-errors redoes: their uris, what the listing names them by (the uris, and
+    the container pieces holding some), and the run's first shard (their new rows are in the files of
+    the shards from it on)."""
+
+    uris: pa.Array
+    entries: pa.Array
+    first_shard: int
 
 
 def prepare(config: JobConfig, overwrite: bool, read_only: bool = False) -> Prepared:
@@ -72,14 +85,18 @@ def prepare(config: JobConfig, overwrite: bool, read_only: bool = False) -> Prep
         ledger.check_identity(identity)
         if config.reprocess_changed:
             progress.redone_changed = _drop_changed(ledger, config)
+        retry = _retry_errors(ledger, config, progress, read_only) if config.retry_errors else None
         progress.resumed = ledger.totals
-        new = compare(listing, ledger.done(), progress.plan)
+        done = ledger.done()
+        if retry is not None and read_only:  # the dry run: the ledger as it will be once they are dropped
+            done = (table.filter(pc.invert(pc.is_in(table["uri"], retry.entries))) for table in done)
+        new = compare(listing, done, progress.plan)
         shards = plan_shards(new, config.shard_size, ledger.next_shard, progress.plan)
     except BaseException:
         lease.release()  # a job refused here leaves no lease
         raise
     started_at = (ledger.record and ledger.record.started_at) or now()
-    return Prepared(config, checksum, identity, ledger, progress, shards, started_at, lease)
+    return Prepared(config, checksum, identity, ledger, progress, shards, started_at, lease, retry)
 
 
 @dataclass(frozen=True)
@@ -97,6 +114,7 @@ class DryRun:
     rate_source: str
     overwritten: int  # facesweep's files in OUTPUT that --overwrite would remove first
     in_use_by: str | None  # the job holding OUTPUT's lease now, if any: a run would be refused
+    retried: Retried | None = None  # --retry-errors: the error rows a run would redo
 
 
 def dry_run(config: JobConfig, rate: float | None = None, overwrite: bool = False) -> DryRun:
@@ -134,6 +152,7 @@ def dry_run(config: JobConfig, rate: float | None = None, overwrite: bool = Fals
         source,
         job.progress.overwritten,
         live_holder(job.config.output),
+        job.progress.retried,
     )
 
 
@@ -183,6 +202,52 @@ def _drop_changed(ledger: Ledger, config: JobConfig) -> int:
         for uri, file in zip(changed["uri"].to_pylist(), changed["file"].to_pylist(), strict=True):
             by_file.setdefault(file, []).append(uri)
     return ledger.drop_rows(by_file).images
+
+
+def _retry_errors(ledger: Ledger, config: JobConfig, progress: JobProgress, read_only: bool) -> Retry:
+    """--retry-errors: OUTPUT's error rows of its kinds whose images INPUT still lists, dropped from their
+    files (unless `read_only`) so the plan sees them as new; a kill between the two leaves them simply not
+    done. An image in a container is redone with its whole piece."""
+    kinds = config.retry_errors or ()
+    rows = _still_listed(ledger.error_rows(kinds), config)
+    entries = pc.unique(rows["entry"])
+    progress.retried = Retried(kinds, rows.num_rows, len(entries))
+    if rows.num_rows and not read_only:
+        by_file = rows.group_by("file").aggregate([("entry", "distinct")])
+        files, dropped = by_file["file"].to_pylist(), by_file["entry_distinct"].to_pylist()
+        ledger.drop_rows(dict(zip(files, dropped, strict=True)))
+    return Retry(rows["uri"].combine_chunks(), entries, ledger.next_shard)
+
+
+def _still_listed(rows: pa.Table, config: JobConfig) -> pa.Table:
+    """The `rows` (sorted by entry) whose entry INPUT lists: the listing is read only until it has passed
+    the last of them (an image no longer listed keeps its row, as a vanished one does)."""
+    if not rows.num_rows:
+        return rows
+    kept = [rows.slice(0, 0)]
+    listing = rebatch(list_images(config.input, config.include, config.containers.piece_bytes))
+    try:
+        for window in listing:
+            if not rows.num_rows:
+                break
+            if window.num_rows:
+                cut = int(pc.sum(pc.less_equal(rows["entry"], window["uri"][-1])).as_py() or 0)
+                mine, rows = rows.slice(0, cut), rows.slice(cut)
+                kept.append(mine.filter(pc.is_in(mine["entry"], window["uri"])))
+    finally:
+        listing.close()
+    return pa.concat_tables(kept)
+
+
+def count_retried(job: Prepared) -> None:
+    """After the run: how the images --retry-errors redid came back, from their new rows (the `uri` and
+    `status` columns of the files this run wrote, nothing else read)."""
+    retried, retry = job.progress.retried, job.retry
+    if retried is None or retry is None or not retried.errors:
+        return
+    statuses = Ledger.read(job.config.output, read_only=True).statuses(retry.uris, retry.first_shard)
+    retried.ok = int(pc.sum(pc.equal(statuses, "ok")).as_py() or 0)
+    retried.still_errors = len(statuses) - retried.ok
 
 
 def _non_empty(tables: Iterator[pa.Table], config: JobConfig) -> Iterator[pa.Table]:

@@ -31,6 +31,18 @@ class NodeUse:
 
 
 @dataclass
+class Retried:
+    """--retry-errors: the error rows of `kinds` dropped from OUTPUT to be redone once, and, after the
+    run, how their images came back (the rest were not done: a shard failed)."""
+
+    kinds: tuple[str, ...]
+    errors: int = 0  # error rows of those kinds dropped (of images INPUT still lists)
+    entries: int = 0  # what the plan redoes for them: images, and the container pieces holding some
+    ok: int = 0  # after the run: of them, images whose new row is ok
+    still_errors: int = 0  # ... whose new row is an error row again
+
+
+@dataclass
 class JobProgress:
     """Running totals, passed to the progress callback after every shard."""
 
@@ -43,6 +55,7 @@ class JobProgress:
     started: float = field(default_factory=time.monotonic)
     resumed: ShardCounts = NO_COUNTS  # what earlier runs left in OUTPUT
     redone_changed: int = 0  # changed images whose old rows were dropped, to be done again
+    retried: Retried | None = None  # --retry-errors
     overwritten: int = 0  # facesweep's files in OUTPUT removed first (--overwrite)
     files: int = 0  # part files this run wrote
     compacted_shards: int = 0  # shard files merged into them
@@ -178,6 +191,7 @@ def job_record(
                 "already_done": plan.done,
                 "changed": plan.changed,
                 "changed_redone": progress.redone_changed,
+                "retried_errors": progress.retried and asdict(progress.retried),
                 "vanished": plan.vanished,
                 "changed_examples": plan.changed_examples,
                 "vanished_examples": plan.vanished_examples,
