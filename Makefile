@@ -14,7 +14,7 @@ AZURITE := .cache/azurite
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: setup lock demo test test-fast imports browser bench levers scale default-model accuracy lint format clean
+.PHONY: setup lock demo test test-fast imports browser bench levers scale weather default-model accuracy lint format clean
 
 setup: $(VENV)/.installed $(AZURITE)/.installed
 
@@ -60,7 +60,8 @@ browser:
 # (CPU per GET of each S3 client), docs/PRODUCTS.md (what --anonymize and --crops cost per image) and
 # docs/BENCHMARKS.md (which includes both), and ends with one RATIO line per
 # model, data set and input kind; `make levers` (about 10 minutes)
-# measures each throughput lever into docs/LEVERS.md; `make default-model` compares the built-in models.
+# measures each throughput lever into docs/LEVERS.md; `make weather` runs a real job through a store's bad
+# weather into docs/WEATHER.md; `make default-model` compares the built-in models.
 bench: setup
 	$(BIN)/python benchmarks/s3_clients.py --out docs/S3-CLIENTS.md
 	$(BIN)/python benchmarks/products.py --out docs/PRODUCTS.md
@@ -78,6 +79,13 @@ levers: setup
 # behind a proxy adding 30 ms a request, a 1,000,000-image job; regenerates docs/SCALE.md, ends with SCALE.
 scale: setup
 	$(BIN)/python benchmarks/scale.py --out docs/SCALE.md
+
+# Needs ../shared: 20,000 small photos from SeaweedFS through infra/fault_proxy.py at 30 ms a request,
+# three real jobs: fair weather; 3% 503s, 1% 500s, 1% resets, 0.5% cut bodies, 0.1% stalls, an actor
+# killed every minute and the driver killed once then re-run; a prefix rate limit. Regenerates
+# docs/WEATHER.md, ends with WEATHER.
+weather: setup
+	$(BIN)/python benchmarks/weather.py --out docs/WEATHER.md
 
 default-model: setup
 	$(BIN)/python benchmarks/default_model.py

@@ -1,7 +1,8 @@
 """AP of every shared model and the default model on WIDER FACE val-subset-145, plus the cost of accuracy
 (multi-scale, tiles), from real `facesweep run` + `facesweep eval` runs: writes docs/ACCURACY.md.
 
-    .venv/bin/python benchmarks/accuracy.py [--shared PATH] [--out docs/ACCURACY.md] [--only TEXT]
+    .venv/bin/python benchmarks/accuracy.py [--shared PATH] [--out docs/ACCURACY.md] [--only TEXT] \
+        [--section models|views|resolution ...]
 
 Each row is one `facesweep run` of the subset's 145 photos (local files, score threshold 0.02, f32, one
 actor with 2 CPUs) into a temporary folder, scored by
@@ -14,10 +15,13 @@ the figures published for the model family (full WIDER val).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -181,6 +185,40 @@ VIEWS = (
     Variant("--scales=0.5,1,2", "retinaface-mnet025", ("--scales=0.5,1,2",), shared=False),
 )
 
+YUNET = "models/yunet/face_detection_yunet_2026may.onnx"
+BASELINE = "retinaface-mnet025, 640x640 letterbox (today's default)"
+RESOLUTIONS = (
+    Variant(BASELINE, "retinaface-mnet025", shared=False),
+    Variant(
+        "retinaface-mnet025, --input-size=1024x1024",
+        "retinaface-mnet025",
+        ("--input-size=1024x1024",),
+        shared=False,
+    ),
+    *(
+        Variant(
+            f"retinaface-mnet025, native ≤ {side}",
+            "retinaface-mnet025",
+            ("--resolution=native", f"--max-side={side}"),
+            shared=False,
+        )
+        for side in (640, 768, 800, 1024)
+    ),
+    Variant(
+        "retinaface-mnet025, native unbounded (≤ 2048: every photo)",
+        "retinaface-mnet025",
+        ("--resolution=native", "--max-side=2048"),
+        shared=False,
+    ),
+    Variant("YuNet 2026may, own size (today)", YUNET),
+    *(
+        Variant(f"YuNet 2026may, native ≤ {side}", YUNET, ("--resolution=native", f"--max-side={side}"))
+        for side in (800, 896, 1024)
+    ),
+)
+SECTIONS = ("models", "views", "resolution")
+STEADY_PASSES = 2
+
 
 @dataclass
 class Result:
@@ -191,6 +229,9 @@ class Result:
     load_before: float
     started: str
     views: float = 1.0
+    megapixels: float = 0.0  # network-input pixels per photo, in millions (the resolution section)
+    steady: float = 0.0  # images/s in-process (the resolution section: `steady_costs`)
+    cpu_ms: float = 0.0  # CPU ms per image in-process (the resolution section: `steady_costs`)
     per_image: list[int] = field(default_factory=list)  # detections per photo
 
     @property
@@ -225,20 +266,29 @@ def run_variant(variant: Variant, shared: Path) -> Result:
         job = json.loads((output / "_job.json").read_text())
         report = evaluate(str(output), subset / "annotations.txt")
         per_image = [len(scores) for _, scores in load_predictions(str(output)).values()]
-    print(f"  {variant.label}: {wall:.0f} s", file=sys.stderr, flush=True)
-    return Result(variant, report, job, wall, load, started, per_image=per_image)
+    result = Result(variant, report, job, wall, load, started, per_image=per_image)
+    print(
+        f"  {variant.label}: {wall:.0f} s; AP {aps(report)}; {speed(result)} img/s",
+        file=sys.stderr,
+        flush=True,
+    )
+    return result
 
 
-def views_per_image(variant: Variant, shared: Path) -> float:
-    """Network inputs per photo of the subset for this variant (its views: scales x tiles)."""
+def network_inputs(variant: Variant, shared: Path) -> tuple[float, float]:
+    """Network inputs (views: scales x tiles) and their pixels in millions, per photo of the subset."""
     import cv2
 
     from facesweep.workers.model.detector import Detector
 
-    args = build_parser().parse_args(["run", "in", "out", f"--model={variant.model}", *variant.options])
+    args = build_parser().parse_args(
+        ["run", "in", "out", f"--model={variant.model_arg(shared)}", *variant.options]
+    )
     detector = Detector(config_from_args(args).detector)
     paths = sorted((shared / SUBSET / "images").rglob("*.jpg"))
-    return sum(len(detector.prepare(cv2.imread(str(p))).views) for p in paths) / len(paths)
+    views = [detector.prepare(cv2.imread(str(p))).views for p in paths]
+    pixels = sum(math.prod(view.net_size) for image in views for view in image)
+    return sum(map(len, views)) / len(paths), pixels / len(paths) / 1e6
 
 
 def preprocessing(variant: Variant, shared: Path) -> str:
@@ -396,6 +446,62 @@ def views_table(results: list[Result]) -> list[str]:
     return lines
 
 
+def steady_costs(results: list[Result], shared: Path, passes: int = STEADY_PASSES) -> None:
+    """Each row's cost as one 2-CPU actor holds its model (`FaceDetector`, threads=2: decode, prepare,
+    infer, decode the faces), without start-up: the CPU time per image of this process (all its threads)
+    and its images/s, medians of `passes` passes over the subset's JPEGs, the rows' passes interleaved.
+    CPU time hardly moves with other work on the host; images/s does."""
+    from facesweep.api import FaceDetector
+
+    data = [p.read_bytes() for p in sorted((shared / SUBSET / "images").rglob("*.jpg"))]
+    detectors = []
+    for result in results:
+        args = build_parser().parse_args(
+            ["run", "in", "out", f"--model={result.variant.model_arg(shared)}", *result.variant.options]
+        )
+        settings = dataclasses.asdict(config_from_args(args).detector)
+        model = settings.pop("model")
+        settings |= {"threads": 2, "precision": "f32", "score_threshold": SCORE_THRESHOLD}
+        detector = FaceDetector(model, **settings)
+        detector.detect(data[:16])  # warm up: the first requests, the thread pool
+        detectors.append(detector)
+    walls: list[list[float]] = [[] for _ in results]
+    cpus: list[list[float]] = [[] for _ in results]
+    for _ in range(passes):
+        for wall, cpu, detector in zip(walls, cpus, detectors, strict=True):
+            clock, cpu_clock = time.perf_counter(), time.process_time()
+            detector.detect(data)
+            wall.append(time.perf_counter() - clock)
+            cpu.append(time.process_time() - cpu_clock)
+    for result, wall, cpu in zip(results, walls, cpus, strict=True):
+        result.steady = len(data) / statistics.median(wall)
+        result.cpu_ms = 1000 * statistics.median(cpu) / len(data)
+        print(
+            f"  {result.variant.label}: {result.cpu_ms:.1f} CPU ms/image, {result.steady:.1f} images/s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def resolution_table(results: list[Result]) -> list[str]:
+    """The resolution curve: each row's AP and cost against today's default, run in the same batch."""
+    base = next(r for r in results if r.variant.label == BASELINE)
+    lines = [
+        "| model and resolution | network megapixels per photo | WIDER easy / medium / hard | OMZ AP "
+        "| detections | CPU ms per image | CPU cost vs today's default | steady images/s "
+        "| job images/s after start-up (overall) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        options = " ".join(f"`{o}`" for o in result.variant.options) or "—"
+        lines.append(
+            f"| {result.variant.label}: {options} | {result.megapixels:.2f} | {aps(result.report)} "
+            f"| {result.report['omz_ap']:.4f} | {result.report['detections']} | {result.cpu_ms:.1f} "
+            f"| {result.cpu_ms / base.cpu_ms:.2f}x | {result.steady:.1f} | {speed(result)} |"
+        )
+    return lines
+
+
 def run_notes(results: list[Result]) -> list[str]:
     return [
         f"- {r.variant.label}: started {r.started} UTC, 1-min load average before it {r.load_before:.1f}; "
@@ -498,19 +604,37 @@ facesweep eval OUT ../shared/data/widerface/val-subset-145/annotations.txt
 """
 
 
-def report(shared: Path, only: str | None) -> str:
+def report(shared: Path, only: str | None, sections: tuple[str, ...] = SECTIONS) -> str:
     started = time.perf_counter()
     references = reference_figures(shared)
-    models = [v for v in MODELS if not only or only in v.label]
-    views = [v for v in VIEWS if not only or only in v.label]
-    print(f"accuracy: {len(models) + len(views)} runs", file=sys.stderr, flush=True)
+
+    def chosen(section: str, variants: tuple[Variant, ...]) -> list[Variant]:
+        texts = only.split("|") if only else [""]
+        return [v for v in variants if section in sections and any(t in v.label for t in texts)]
+
+    models, views = chosen("models", MODELS), chosen("views", VIEWS)
+    resolutions = chosen("resolution", RESOLUTIONS)
+    if resolutions:  # today's default first, whatever --only says: the speeds are relative to it
+        resolutions = [
+            RESOLUTIONS[0],
+            *(
+                v
+                for v in resolutions
+                if v != RESOLUTIONS[0] and (not v.shared or (shared / v.model).is_file())
+            ),
+        ]
+    print(f"accuracy: {len(models) + len(views) + len(resolutions)} runs", file=sys.stderr, flush=True)
     model_results = [run_variant(v, shared) for v in models]
     view_results = [run_variant(v, shared) for v in views]
-    for result in view_results:
-        result.views = views_per_image(result.variant, shared)
-    any_report = (model_results or view_results)[0].report
+    resolution_results = [run_variant(v, shared) for v in resolutions]
+    for result in view_results + resolution_results:
+        result.views, result.megapixels = network_inputs(result.variant, shared)
+    if resolution_results:
+        steady_costs(resolution_results, shared)
+    every = model_results + view_results + resolution_results
+    any_report = every[0].report
     positives = any_report.get("wider_positives", {})
-    loads = [r.load_before for r in model_results + view_results]
+    loads = [r.load_before for r in every]
     lines = [
         INTRO.format(
             photos=subset_photos(shared),
@@ -555,6 +679,18 @@ def report(shared: Path, only: str | None) -> str:
             "them, with the rules changed in code: [ACCURACY-notes.md](ACCURACY-notes.md) (not regenerated).",
             "",
         ]
+    if resolution_results:
+        lines += [
+            "## Resolution that follows the photo",
+            "",
+            RESOLUTION_INTRO.format(passes=STEADY_PASSES),
+            "",
+            *resolution_table(resolution_results),
+            "",
+            "What a dynamic input shape costs OpenVINO on CPU, and why the default stays as it is: "
+            "[ACCURACY-notes.md](ACCURACY-notes.md#native-resolution-2026-12-05) (not regenerated).",
+            "",
+        ]
     minutes = (time.perf_counter() - started) / 60
     machine = (
         f"{platform.machine()}, {os.cpu_count()} CPUs ({cpu_name()}), Python {platform.python_version()}"
@@ -563,9 +699,9 @@ def report(shared: Path, only: str | None) -> str:
         "## Runs",
         "",
         f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine}; `make accuracy` took {minutes:.1f} "
-        f"minutes ({len(model_results) + len(view_results)} runs).",
+        f"minutes ({len(every)} runs).",
         "",
-        *run_notes(model_results + view_results),
+        *run_notes(every),
     ]
     return "\n".join(lines) + "\n"
 
@@ -615,6 +751,18 @@ holds them whole), larger-than-looked-after boxes within half their size of such
 lying 60% inside a better-scoring face larger than the tile looks after (a part of a big face). Then
 all views' faces go through the format's NMS."""
 
+RESOLUTION_INTRO = """\
+`--resolution native` runs each photo near its own size instead of squeezing it into the network's
+input: a model that takes any input size (the built-ins, YuNet) gets the photo itself, padded to a
+multiple of 32, downscaled first when its longer side exceeds `--max-side` (1024); a fixed-input model
+runs as `--tile` does, its tiles cut from the photo within `--max-side`. The rows below ran back to back,
+each as the first section's commands with the options shown. A job of 145 photos spends a few seconds
+past start-up, so its images/s move with other work on the host; the cost columns are what one 2-CPU
+actor's model spends (`FaceDetector(threads=2)`: decode, prepare, infer, decode the faces): the CPU time
+per image of the process, which other work hardly moves, and its images/s, medians of {passes} passes
+over the 145 JPEGs, the rows' passes interleaved. The cost ratio divides a row's CPU time by the first
+row's (today's default, same batch)."""
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -622,11 +770,17 @@ def main() -> int:
         "--shared", type=Path, default=REPO.parent / "shared", help="the shared folder (default: %(default)s)"
     )
     parser.add_argument("--out", type=Path, help="write the report to this file (else stdout)")
-    parser.add_argument("--only", help="run only the rows whose label contains this text")
+    parser.add_argument("--only", help="run only the rows whose label contains this text (or one of A|B|...)")
+    parser.add_argument(
+        "--section",
+        action="append",
+        choices=SECTIONS,
+        help="run only this section (repeatable; default: all three)",
+    )
     args = parser.parse_args()
     if not (args.shared / SUBSET / "annotations.txt").is_file():
         parser.error(f"no {SUBSET}/annotations.txt under {args.shared}: pass --shared")
-    text = report(args.shared, args.only)
+    text = report(args.shared, args.only, tuple(args.section or SECTIONS))
     if args.out:
         args.out.write_text(text)
         print(f"wrote {args.out}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """`make scale`: a big cluster's driver, ledger, storage and sink, simulated on this machine.
 
-Every request goes through benchmarks/latency_proxy.py, which adds a fixed latency (30 ms) in front of a
+Every request goes through infra/fault_proxy.py, which adds a fixed latency (30 ms) in front of a
 real SeaweedFS. The jobs are the product's own `run_job` / `dry_run` on a 1,000,000-image Parquet
 manifest: its listing, the ledger, shard planning, dispatch to Ray actors, the sink's shard files and
 the compaction tasks. One thing is replaced: the actor class. SimulatedWorker does not fetch or detect:
@@ -154,8 +154,10 @@ def latency_proxy(server: LocalS3, latency_ms: float) -> Iterator[str]:
     """The proxy in front of `server`, as an endpoint URL."""
     port = _free_port()
     target = server.endpoint_url.removeprefix("http://")
-    command = [PYTHON, str(ROOT / "benchmarks/latency_proxy.py"), f"--port={port}", f"--target={target}"]
-    process = subprocess.Popen([*command, f"--latency-ms={latency_ms}"], stdout=subprocess.PIPE, text=True)
+    command = [PYTHON, "-m", "infra.fault_proxy", f"--port={port}", f"--target={target}"]
+    process = subprocess.Popen(
+        [*command, f"--latency-ms={latency_ms}"], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
     try:
         process.stdout.readline()
         for _ in range(100):
@@ -321,7 +323,7 @@ def report(
     e2e = job["dispatch_images"] / job["dispatch_wall_s"]
     parts = [size for key, size in objects if key.split("/")[-1].startswith("part-")]
     requests = per_million(job["requests"], n)
-    price = {k: v / 1000 * PRICE_PER_1000[k] for k, v in requests.items()}
+    price = {k: v / 1000 * PRICE_PER_1000[k] for k, v in requests.items() if k in PRICE_PER_1000}
     image_gets = 1_000_000  # per million images: the one GET per image the simulated actors do not make
     image_gets_price = image_gets / 1000 * PRICE_PER_1000["GET"]
     ratio = sum(r[RATE] for proxy, r in real if proxy) / sum(r[RATE] for proxy, r in real if not proxy)
@@ -337,7 +339,7 @@ def report(
         "",
         generated_by("scale", "scale.py", started),
         "",
-        f"Every request goes through a proxy that adds {args.latency_ms:g} ms (benchmarks/latency_proxy.py) "
+        f"Every request goes through a proxy that adds {args.latency_ms:g} ms (infra/fault_proxy.py) "
         "in front of a real SeaweedFS on this machine. The jobs are the product's `run_job` and `dry_run` on "
         f"Parquet manifests of {n:,} made-up image URIs (each with an ETag and a size), shards of 64 and "
         f"part files of {args.rows_per_file:,} images: listing, ledger, comparison, planning, dispatch to "

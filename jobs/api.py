@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from facesweep.workers.config import DEFAULT_MODEL, ConfigError, DetectorSettings, JobConfig, resolve
 from facesweep.workers.errors import JobFailedError, UserError
+from facesweep.workers.job.budget import PixelBudget, budget_bytes
 from facesweep.workers.job.driver import run_job
 from facesweep.workers.job.pipeline import ImagePipeline, Loaded
 from facesweep.workers.job.progress import JobProgress
@@ -35,7 +36,7 @@ from facesweep.workers.model.detector import Detector, Timings
 from facesweep.workers.output.schema import SCHEMA, ImageResult, results_table
 from facesweep.workers.storage import storage_for
 
-RESULT_COLUMNS = ("width", "height", "status", "error", "error_kind", "model", "faces")
+RESULT_COLUMNS = ("width", "height", "status", "error", "error_kind", "model", "faces", "decode_scale")
 """What `FaceDetector` adds to a Ray Data batch: the output contract's columns but the uri and version."""
 IMAGE_COLUMNS = {"bytes": "BGR", "image": "RGB"}
 """Ray Data's image columns: `read_binary_files`' encoded `bytes`, `read_images`' decoded RGB `image`."""
@@ -77,14 +78,21 @@ class FaceDetector:
     """One compiled model, as a job's actor holds it, for images in memory; also a Ray Data callable class.
 
     `settings` are DetectorSettings' fields (`score_threshold`, `device`, `precision`, `tile`, `scales`,
-    ...); `threads` defaults to this machine's CPUs (the model's streams and the image decoders)."""
+    ...); `threads` defaults to this machine's CPUs (the model's streams and the image decoders);
+    `pixel_budget`: MB of decoded pixels held at once, as a job's actor (default: 512 per thread)."""
 
-    def __init__(self, model: str = DEFAULT_MODEL, threads: int | None = None, **settings: Any) -> None:
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        threads: int | None = None,
+        pixel_budget: int | None = None,
+        **settings: Any,
+    ) -> None:
         threads = threads or os.cpu_count() or 1
         self.detector = Detector(DetectorSettings(model, threads=threads, **settings))
-        self._pipeline = ImagePipeline(
-            self.detector, ThreadPoolExecutor(threads, thread_name_prefix="decode"), in_flight=4 * threads
-        )
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
+        budget = PixelBudget(budget_bytes(pixel_budget, threads))
+        self._pipeline = ImagePipeline(self.detector, pool, 4 * threads, budget)
 
     def detect(self, images: Sequence[Image], names: Sequence[str] | None = None) -> list[ImageResult]:
         """One result per image, in order: its size and faces (`result.faces`, best first, in the image's

@@ -20,9 +20,11 @@ from facesweep.report import write_report
 from facesweep.specs import run_arguments
 from facesweep.workers.config import (
     DEFAULT_MODEL,
+    MAX_SIDE,
     METHODS,
     OPTIONS,
     PIECE_BYTES,
+    PIXEL_BUDGET_PER_CPU,
     ROWS_PER_FILE,
     STARTUP_TIMEOUT,
     JobConfig,
@@ -179,6 +181,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run images larger than the network input as overlapping native-resolution tiles, "
         "merged by NMS with the whole image (small faces in big photos; fixed-input models)",
     )
+    views.add_argument(
+        "--resolution",
+        type=_choice("resolution"),
+        metavar="{fixed,native}",
+        help="fixed: the network input (default); native: each image near its own size, for a model that "
+        "takes any size (else as --tile), downscaled to --max-side",
+    )
+    views.add_argument(
+        "--max-side",
+        type=_positive_int,
+        metavar="N",
+        help=f"native resolution: the longest side an image keeps, in pixels ({MAX_SIDE})",
+    )
     res = run.add_argument_group("resources")
     res.add_argument("--actors", type=_positive_int, help="actors (default: cluster CPUs / cpus-per-actor)")
     res.add_argument(
@@ -197,6 +212,28 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds to wait for a cluster that can grow to fit the actors, and for them to be ready "
         f"({STARTUP_TIMEOUT:g}); a local Ray that cannot fit them is refused at once",
+    )
+    res.add_argument(
+        "--stuck-seconds",
+        type=_positive_float,
+        default=Tuning.stuck_seconds,
+        metavar="S",
+        help=f"an actor call is never judged stuck before S seconds ({Tuning.stuck_seconds:g})",
+    )
+    res.add_argument(
+        "--stuck-factor",
+        type=_positive_float,
+        default=Tuning.stuck_factor,
+        metavar="K",
+        help="a call taking K times as long as its shards usually do is stuck: its actor is restarted, "
+        f"its shards redone elsewhere ({Tuning.stuck_factor:g})",
+    )
+    res.add_argument(
+        "--pixel-budget",
+        type=_positive_int,
+        metavar="MB",
+        help="decoded pixels an actor holds at once, in MB; a photo too large for it at full size is "
+        f"decoded at 1/2, 1/4 or 1/8, its row says so (default: {PIXEL_BUDGET_PER_CPU} per actor CPU)",
     )
     res.add_argument("--batch", type=_positive_int, default=1, help="images per inference request (1)")
     res.add_argument(
@@ -365,7 +402,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     errors = commands.add_parser("errors", help="list the error rows: uri, error_kind, error (tab-separated)")
     errors.add_argument("output", metavar="OUTPUT", help=an_output)
+    _quantize_parser(commands)
     return parser
+
+
+def _quantize_parser(commands: argparse._SubParsersAction) -> None:
+    """`facesweep quantize`'s arguments."""
+    quantize = commands.add_parser(
+        "quantize", help="INT8 of MODEL (NNCF post-training quantization) calibrated on INPUT's images"
+    )
+    quantize.add_argument(
+        "model",
+        metavar="MODEL",
+        help=f"a built-in ({', '.join(BUILTIN_MODELS)}), or a path / s3:// URI to an OpenVINO .xml (with "
+        ".bin) or .onnx",
+    )
+    quantize.add_argument(
+        "--calibration", metavar="INPUT", required=True, help="images to calibrate on: any INPUT `run` takes"
+    )
+    quantize.add_argument("--out", metavar="OUT.xml", required=True, help="the INT8 IR (.bin written beside)")
+    quantize.add_argument(
+        "--images", type=_positive_int, default=300, metavar="N", help="calibrate on INPUT's first N (300)"
+    )
+    quantize.add_argument(
+        "--preset",
+        choices=("mixed", "performance"),
+        default="mixed",
+        help="NNCF's: activations asymmetric (mixed, the default) or symmetric (performance)",
+    )
+    quantize.add_argument(
+        "--ground-truth", metavar="FILE", help="annotations as for `facesweep eval`: both models' APs on them"
+    )
+    quantize.add_argument(
+        "--eval-input", metavar="INPUT", help="where the ground truth's images are (default: --calibration)"
+    )
+    quantize.add_argument(
+        "--seconds", type=int, default=10, metavar="S", help="benchmark_app's seconds per model (10; 0: none)"
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> JobConfig:
@@ -413,6 +486,9 @@ def summary(progress: JobProgress, output: str, then: str | None = None) -> str:
         lines.append(f"errors by kind: {kinds}")
     if total.errors:
         lines.append(f"error rows: {error_query(output)}")
+    if redone := progress.redone_shards:
+        whys = ", ".join(f"{why.replace('_', ' ')} {n}" for why, n in sorted(redone.items()))
+        lines.append(f"redone elsewhere: {plural(redone.total(), 'shard')} ({whys})")
     if progress.failed_shards:
         lines.append(f"failed ({len(progress.failed_shards)}), re-run to retry them:")
         lines += [f"  {failure}" for failure in progress.failed_shards]
@@ -559,6 +635,46 @@ def run_errors(args: argparse.Namespace) -> int:
     return 0
 
 
+AP_NAMES = {"omz": "OMZ", "voc": "VOC"}
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    """`facesweep quantize`: MODEL to INT8 on INPUT's images; with --ground-truth both models' APs; both
+    models' speed."""
+    from facesweep.quantize import accuracy, benchmark, checked_out, quantize_model  # OpenVINO, NNCF
+
+    out = checked_out(args.out)
+    done = quantize_model(args.model, args.calibration, out, args.images, args.preset)
+    quantized = done.quantized
+    print(
+        f"quantized {args.model} to INT8 (NNCF, {args.preset}) on {plural(quantized.images, 'image')} of "
+        f"{args.calibration} in {quantized.seconds:.1f} s\nwrote {out} (SHA-256 {quantized.checksum[:16]}): "
+        f"run it with --model {shlex.quote(str(out))}"
+    )
+    if args.ground_truth:
+        images, models = args.eval_input or args.calibration, {"FP": args.model, "INT8": str(out)}
+        scores = {kind: accuracy(model, images, args.ground_truth) for kind, model in models.items()}
+        print(
+            f"APs on the {plural(scores['FP'][0], 'image')} of {args.ground_truth} in {images} "
+            "(detections from score 0.02):"
+        )
+        fp, int8 = scores["FP"][1], scores["INT8"][1]
+        for label, aps, sign in (("FP", fp, ""), ("INT8", int8, ""), ("INT8 - FP", fp, "+")):
+            values = {name: int8[name] - ap if sign else ap for name, ap in aps.items()}
+            named = (f"{AP_NAMES.get(name, name)} {value:{sign}.4f}" for name, value in values.items())
+            print(f"  {label:9}  " + "  ".join(named))
+    if args.seconds > 0:
+        paths = {"FP": done.plan.path, "INT8": out}
+        rates = {kind: benchmark(path, done.network_size, args.seconds) for kind, path in paths.items()}
+        width, height = done.network_size
+        print(
+            f"speed (benchmark_app -d CPU -hint throughput -t {args.seconds}, {width}x{height}): "
+            f"FP {rates['FP']:.1f} images/s, INT8 {rates['INT8']:.1f} images/s: "
+            f"{rates['INT8'] / rates['FP']:.2f}x"
+        )
+    return 0
+
+
 def refuse(error: Exception | str) -> int:
     """Bad input's one line on stderr, and its exit code."""
     print(f"facesweep: error: {error}", file=sys.stderr)
@@ -582,9 +698,9 @@ READ_COMMANDS = {"eval": run_eval, "show": run_show, "export": run_export, "erro
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in READ_COMMANDS:
+    if args.command in READ_COMMANDS or args.command == "quantize":
         try:
-            return READ_COMMANDS[args.command](args)
+            return {**READ_COMMANDS, "quantize": run_quantize}[args.command](args)
         except UserError as error:
             return refuse(error)
     try:

@@ -133,6 +133,7 @@ def ray_local(local_s3: LocalS3, azurite_if_installed: Azurite | None, ray_workd
     os.chdir(ray_workdir)  # Ray's processes keep the working directory ray.init was called in
     try:
         ray.init(
+            address="local",  # never a cluster another process started on this machine
             num_cpus=2,
             _node_ip_address="127.0.0.1",
             include_dashboard=False,

@@ -1,5 +1,6 @@
 """Faults that land where a test wants them: an actor class whose first process stops in the middle of a
-shard and stays there until it is killed (or its node removed)."""
+shard and stays there until it is killed (or its node removed), and one that says which process did which
+shard and when it took a call of several (to be stopped or drained in its middle)."""
 
 from __future__ import annotations
 
@@ -53,3 +54,57 @@ def wait_until_held(output: str | Path, timeout: float = 240.0) -> tuple[int, st
         time.sleep(0.05)
     pid, node_id = marker.read_text().split()
     return int(pid), node_id
+
+
+PACE_SECONDS = 0.2
+"""A TracedWorker's least time per shard: calls last long enough to be signalled in their middle."""
+
+
+def traces(output: str | Path) -> Path:
+    """Where a TracedWorker says what it does: `<OUTPUT>.trace/`, beside OUTPUT (a local one)."""
+    return Path(f"{output}.trace")
+
+
+class TracedWorker(ShardWorker):
+    """A ShardWorker that takes at least PACE_SECONDS a shard, and says in `traces(OUTPUT)` which process
+    did which shard (`shard-<index>.<pid>`, once committed) and which took calls of several shards
+    (`call-<pid>.<first index>`, holding the call's shard indices, written as the call starts)."""
+
+    def process(self, shards: list[Shard]) -> list[ShardReport]:
+        folder = traces(self.output)
+        folder.mkdir(exist_ok=True)
+        if len(shards) > 1:
+            name = f"call-{os.getpid()}.{shards[0].index}"
+            (folder / f"{name}.partial").write_text(" ".join(str(shard.index) for shard in shards))
+            (folder / f"{name}.partial").replace(folder / name)  # whole, or not there
+        return super().process(shards)
+
+    def process_one(self, shard: Shard) -> ShardReport:
+        time.sleep(PACE_SECONDS)
+        report = super().process_one(shard)
+        (traces(self.output) / f"shard-{shard.index}.{os.getpid()}").touch()
+        return report
+
+
+def traced_shards(output: str | Path) -> list[tuple[int, int]]:
+    """(shard index, pid) of every shard a TracedWorker committed, a shard done twice twice."""
+    names = (path.name.removeprefix("shard-") for path in traces(output).glob("shard-*"))
+    return sorted((int(index), int(pid)) for index, _, pid in (name.partition(".") for name in names))
+
+
+def traced_calls(output: str | Path) -> dict[int, list[int]]:
+    """The shards of the calls of several shards a TracedWorker took, by pid (of all its calls)."""
+    calls: dict[int, list[int]] = {}
+    for path in traces(output).glob("call-*[0-9]"):
+        pid = int(path.name.removeprefix("call-").partition(".")[0])
+        calls.setdefault(pid, []).extend(int(index) for index in path.read_text().split())
+    return calls
+
+
+def wait_for_a_call_of_several_shards(output: str | Path, timeout: float = 120.0) -> int:
+    """The pid of a process that has started a call of several shards."""
+    deadline = time.monotonic() + timeout
+    while not (calls := traced_calls(output)):
+        assert time.monotonic() < deadline, f"no call of several shards within {timeout:g} s"
+        time.sleep(0.02)
+    return min(calls)

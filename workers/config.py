@@ -25,6 +25,10 @@ PIECE_BYTES = 64 * 1024 * 1024
 STARTUP_TIMEOUT = 300.0
 ROWS_PER_FILE = 100_000
 METHODS = ("blur", "mosaic", "solid")
+PIXEL_BUDGET_PER_CPU = 512
+"""MB of decoded pixels an actor holds at once per CPU, unless --pixel-budget says (docs/PERFORMANCE.md)."""
+MAX_SIDE = 1024
+"""`--resolution native` without `--max-side`: the longest side an image keeps (docs/ACCURACY.md)."""
 
 
 class ConfigError(UserError, ValueError):
@@ -192,6 +196,15 @@ class DetectorSettings:
     scales: tuple[float, ...] = setting((1.0,), parse=scales, faces=True)  # test-time pyramid (views)
     tile: bool = setting(False, parse=switch, faces=True)  # also native-resolution tiles of large images
     reduced_decode: bool = setting(True, parse=switch, faces=True)  # JPEGs at 1/2..1/8 where views allow
+    resolution: Literal["fixed", "native"] = setting(
+        "fixed", parse=choice("fixed", "native"), faces=True
+    )  # native: each image near its own size (any-size models), else in native-resolution tiles
+    max_side: int | None = setting(None, parse=positive_int, faces=True)  # native: None = MAX_SIDE
+
+    @property
+    def native_max_side(self) -> int | None:
+        """The longest side an image keeps at native resolution; None at a fixed one."""
+        return (self.max_side or MAX_SIDE) if self.resolution == "native" else None
 
     @property
     def holds_gpu(self) -> bool:
@@ -211,8 +224,9 @@ class ContainerSettings:
 
 @dataclass(frozen=True)
 class Tuning:
-    """Throughput levers: how fast a job runs, never which faces it finds, so a re-run may change them.
-    Each default is the measured winner on a 2-CPU machine (`make levers`, docs/LEVERS.md)."""
+    """Throughput and memory levers: how fast a job runs and what an actor holds, never which faces it
+    finds (but see `pixel_budget`), so a re-run may change them. Each default is the measured winner on a
+    2-CPU machine (`make levers`, docs/LEVERS.md)."""
 
     requests_per_stream: int = setting(2, parse=positive_int, faces=False)
     """Inference requests in flight per device stream: while a finished request's outputs are decoded,
@@ -223,6 +237,16 @@ class Tuning:
     """Threads per actor fetching, decoding and preparing images (mostly waiting on the store)."""
     cpu_pinning: bool = setting(False, parse=switch, faces=False)
     """OpenVINO's ENABLE_CPU_PINNING: off, since an actor shares its node's cores with its fetch threads."""
+    pixel_budget: int | None = setting(None, parse=positive_int, faces=False)
+    """MB of decoded pixels an actor holds at once (None: PIXEL_BUDGET_PER_CPU per CPU; see
+    workers/job/budget.py). It changes a photo's faces only when the photo does not fit at the job's own
+    scale, and then the photo's row says the scale it was decoded at (`decode_scale`): a re-run may change
+    it as a node's memory allows."""
+    stuck_seconds: float = setting(120.0, parse=positive_float, faces=False)
+    """A call running this long, and `stuck_factor` times as long as its shards usually take, is stuck:
+    its actor is restarted and its shards redone elsewhere (workers/job/dispatch.py)."""
+    stuck_factor: float = setting(8.0, parse=positive_float, faces=False)
+    """How many times the usual time of its shards a call may take before it is stuck."""
 
 
 @dataclass(frozen=True)
@@ -387,7 +411,7 @@ def job_identity(config: JobConfig, checksum: str) -> dict[str, Any]:
     """What decides which faces the job writes (the `faces=True` settings; the model by its checksum):
     a re-run into the same OUTPUT must match it."""
     identity: dict[str, Any] = {"input": config.input, "include": config.include, "model_sha256": checksum}
-    identity |= _faces(config.detector)
+    identity |= _detector_faces(config.detector)
     defaults = _faces(ContainerSettings())
     identity |= {k: v for k, v in _faces(config.containers).items() if v != defaults[k]}
     if config.anonymizer is not None:  # the copies are part of what the job writes
@@ -395,6 +419,16 @@ def job_identity(config: JobConfig, checksum: str) -> dict[str, Any]:
     if config.crops is not None:  # so are the crops
         identity |= {"crops": True, **_faces(config.crops)}
     return json.loads(json.dumps(identity))  # as _job.json stores it (tuples become lists)
+
+
+def _detector_faces(detector: DetectorSettings) -> dict[str, Any]:
+    """The detector's part of the identity; `resolution` and `max_side` (the cap in force) only at native
+    resolution, since a record that predates them ran at a fixed one."""
+    faces = _faces(detector)
+    del faces["resolution"], faces["max_side"]
+    if detector.native_max_side is not None:
+        faces |= {"resolution": detector.resolution, "max_side": detector.native_max_side}
+    return faces
 
 
 def _faces(settings: Any) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -24,15 +25,25 @@ import pyarrow.parquet as pq
 import pytest
 import ray._private.state
 
-from facesweep.workers.config import AnonymizeSettings, DetectorSettings, JobConfig
+from facesweep.cli import summary
+from facesweep.workers.config import AnonymizeSettings, DetectorSettings, JobConfig, Tuning
 from facesweep.workers.job.driver import run_job
+from facesweep.workers.job.progress import JobProgress
 from facesweep.workers.output.compaction import HOLD_AFTER_PUT
 from facesweep.workers.output.layout import part_path, shard_path
 from facesweep.workers.output.writer import read_footer
 from facesweep.workers.products.anonymize import copy_uri
 from infra.demo import sample_photos
 from infra.local_s3 import LocalS3, start_local_s3
-from tests.faults import HELD_SHARD, HeldWorker, wait_until_held
+from tests.faults import (
+    HELD_SHARD,
+    HeldWorker,
+    TracedWorker,
+    traced_calls,
+    traced_shards,
+    wait_for_a_call_of_several_shards,
+    wait_until_held,
+)
 from tests.outputs import assert_one_crop_per_face
 from tests.paths import ROOT
 
@@ -90,6 +101,122 @@ def test_actor_killed_mid_shard_is_restarted_and_the_shard_redone(
     this_run = json.loads((output / "_job.json").read_text())["this_run"]
     assert (this_run["shards"], this_run["images"], this_run["failed"]) == (PHOTOS // 2, PHOTOS, [])
     assert_exactly_once(str(output), {str(p) for p in photos.iterdir()})
+
+
+def gone(pid: int, timeout: float = 15.0) -> bool:
+    """Whether process `pid` has exited (and been reaped) within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@pytest.mark.timeout(150)
+def test_an_actor_stopped_by_sigstop_is_abandoned_and_its_shards_redone_elsewhere(
+    ray_local: None, photos: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One of two actors is stopped (SIGSTOP) with calls in progress: they never answer. Once they have
+    run --stuck-seconds (3 here) and 10 times as long as a shard takes while the other actor's calls come
+    back, the driver cancels them, kills the actor (Ray restarts it) and gives their shards to the other
+    actor: the job ends with every image once and no failed shard."""
+    output = tmp_path / "out"
+    stopped: dict[str, float] = {}
+
+    def stop_an_actor(progress: JobProgress) -> None:
+        if not stopped and progress.shards >= 2:  # both actors hold calls: each is refilled at once
+            pid = int(sorted(progress.actor_cpu)[0].split("/")[1])
+            os.kill(pid, signal.SIGSTOP)
+            stopped.update(pid=pid, at=time.time())
+
+    config = JobConfig(
+        str(photos),
+        str(output),
+        DetectorSettings(model="retinaface-mnet025"),
+        2,
+        1.0,
+        shard_size=1,
+        tuning=Tuning(stuck_seconds=3.0, stuck_factor=10.0),
+    )
+    try:
+        with caplog.at_level(logging.WARNING, logger="facesweep"):
+            result = run_job(config, on_progress=stop_an_actor, worker=TracedWorker)
+    finally:
+        if stopped:  # never leave a stopped process behind, whatever failed
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(stopped["pid"]), signal.SIGCONT)
+    assert stopped, "no actor was stopped"
+    assert (result.images, result.failed_shards) == (PHOTOS, [])
+    [warning] = [r for r in caplog.records if "stuck" in r.getMessage()]
+    abandoned_after = warning.created - stopped["at"]
+    print(f"abandoned {abandoned_after:.1f} s after SIGSTOP: {warning.getMessage()}")
+    assert abandoned_after < 15, abandoned_after
+    assert 1 <= result.redone_shards["stuck"] <= 2 and set(result.redone_shards) == {"stuck"}
+    assert gone(int(stopped["pid"])), "the stopped process was not killed"
+    # Every shard reported once; each redone one by a process of the other actor or the restarted one.
+    this_run = json.loads((output / "_job.json").read_text())["this_run"]
+    assert (this_run["shards"], this_run["failed"], this_run["redone_shards"]) == (
+        PHOTOS,
+        [],
+        dict(result.redone_shards),
+    )
+    assert {index for index, _ in traced_shards(output)} == set(range(PHOTOS))
+    assert_exactly_once(str(output), {str(p) for p in photos.iterdir()})
+
+
+@pytest.fixture(scope="module")
+def more_photos(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 images: the photos, copied under other names."""
+    folder = tmp_path_factory.mktemp("more-photos")
+    originals = sorted(photos.iterdir())
+    for i in range(40):
+        source = originals[i % len(originals)]
+        shutil.copyfile(source, folder / f"{i:02d}.{source.name}")
+    return folder
+
+
+@pytest.mark.timeout(150)
+def test_an_actor_drains_on_sigterm_and_its_shards_are_done_by_the_other(
+    ray_local: None, more_photos: Path, tmp_path: Path
+) -> None:
+    """SIGTERM to an actor's process in the middle of a call of 16 shards (a spot node reclaimed, a pod
+    evicted): its calls end after their current shard and give the rest back, the process exits, and the
+    other actor does them: every shard done once, by one process, none failed."""
+    output = tmp_path / "out"
+    drained: list[tuple[int, float]] = []
+
+    def drain_an_actor() -> None:
+        pid = wait_for_a_call_of_several_shards(output)
+        os.kill(pid, signal.SIGTERM)
+        signalled = time.monotonic()
+        assert gone(pid, timeout=60), "the drained process did not exit"
+        drained.append((pid, time.monotonic() - signalled))
+
+    thread = threading.Thread(target=drain_an_actor, daemon=True)
+    thread.start()
+    config = JobConfig(
+        str(more_photos), str(output), DetectorSettings(model="retinaface-mnet025"), 2, 1.0, shard_size=1
+    )
+    result = run_job(config, worker=TracedWorker)
+    thread.join(timeout=60)
+    [(pid, exited_after)] = drained
+    assert (result.images, result.failed_shards) == (40, [])
+    traced = traced_shards(output)
+    assert sorted(index for index, _ in traced) == list(range(40)), "a shard done twice, or never"
+    by = dict(traced)
+    actor_of = {int(process.split("/")[1]): process.split("/")[0] for process in result.actor_cpu}
+    calls = traced_calls(output)[pid]
+    given_back = [index for index in calls if by[index] != pid]
+    print(f"SIGTERM: {len(given_back)} of {len(calls)} shards given back, exited after {exited_after:.1f} s")
+    assert given_back and result.redone_shards == {"given_back": len(given_back)}
+    assert f"redone elsewhere: {len(given_back)} shards (given back {len(given_back)})" in summary(
+        result, str(output)
+    )
+    assert all(actor_of[by[index]] != actor_of[pid] for index in given_back), "not done by the other actor"
+    this_run = json.loads((output / "_job.json").read_text())["this_run"]
+    assert (this_run["shards"], this_run["failed"]) == (40, [])
+    assert_exactly_once(str(output), {str(p) for p in more_photos.iterdir()})
 
 
 def facesweep(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:

@@ -65,8 +65,8 @@ from facesweep.workers.job.driver import JobConfig, run_job
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, _metrics_export_port=port,
-         object_store_memory=100 * 1024 * 1024, logging_level="WARNING")
+ray.init(address="local", num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False,
+         _metrics_export_port=port, object_store_memory=100 * 1024 * 1024, logging_level="WARNING")
 settings = DetectorSettings(model="retinaface-mnet025")
 run_job(JobConfig(sys.argv[1], sys.argv[2], settings, 1, 1.0, shard_size=4))
 deadline = time.monotonic() + 60

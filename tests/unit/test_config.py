@@ -104,7 +104,13 @@ def test_the_identity_is_the_fields_marked_as_deciding_the_faces() -> None:
     base = resolve("in", "out")
     identity = job_identity(base, "abc")
     faces = {f.name for f in dataclasses.fields(DetectorSettings) if f.metadata.get("faces")}
-    assert set(identity) == {"input", "include", "model_sha256"} | faces
+    native = {"resolution", "max_side"}  # only at native resolution: older records ran at a fixed one
+    assert set(identity) == {"input", "include", "model_sha256"} | faces - native
+    at_native = dataclasses.replace(base, detector=dataclasses.replace(base.detector, resolution="native"))
+    assert {k: job_identity(at_native, "abc")[k] for k in native} == {
+        "resolution": "native",
+        "max_side": 1024,
+    }
     for lever in (f.name for f in dataclasses.fields(Tuning)):
         assert job_identity(dataclasses.replace(base, tuning=Tuning(**{lever: 7})), "abc") == identity
     changed = dataclasses.replace(base, detector=dataclasses.replace(base.detector, score_threshold=0.9))

@@ -4,20 +4,51 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from facesweep.workers.errors import ErrorKind, ImageError
 
-MAX_PIXELS = 100_000_000
-"""Images with more pixels are refused from their header, before any decoding: decoded, one would take
-more than 300 MB (BGR), and an actor decodes many images at once."""
+MAX_PIXELS = 500_000_000
+"""Images with more pixels are refused from their header, before any decoding (a forged or absurd header):
+more than any camera writes, pixel-shift composites (400 MP) included. Below it, the actor's pixel budget
+decides what an image may cost (`workers/job/budget.py`): a large JPEG is decoded at 1/2, 1/4 or 1/8
+rather than refused."""
+REDUCTIONS = (1, 2, 4, 8)
+"""The scales (1/r) an image may be decoded at: libjpeg's DCT scaling for a JPEG, a resize after a whole
+decode for any other format (`decode_at`)."""
+
+
+@dataclass(frozen=True)
+class Header:
+    """What an image's header says, read before any decoding (`read_header`)."""
+
+    kind: str | None  # the format ("JPEG", "PNG", ...), None when unrecognised
+    size: tuple[int, int] | None  # (width, height) as stored; None: no header reader for the format
+    coefficients: int = 0
+    """Bytes libjpeg holds besides the pixels while it decodes, at any scale: a progressive JPEG's DCT
+    coefficients, 2 per sample of each component at full size."""
 
 
 def decode_image(data: bytes) -> np.ndarray:
     """BGR uint8 [H, W, 3] of encoded image bytes, upright per its EXIF orientation (`decode_reduced`)."""
     return decode_reduced(data)[0]
+
+
+def read_header(data: bytes) -> Header:
+    """The format (by its magic number) and the size, from the header only, refused above MAX_PIXELS, so
+    a decoder never allocates it; a JPEG or PNG must also be whole (`decode_reduced`). An ImageError for
+    what its header already shows to be bad."""
+    if not data:
+        raise ImageError("empty file", ErrorKind.NOT_AN_IMAGE)
+    kind = image_format(data)
+    if kind not in _SIZE_READERS:
+        return Header(kind, None)
+    size, coefficients = _jpeg_frame(data) if kind == "JPEG" else (_SIZE_READERS[kind](data), 0)
+    _check_size(kind, *size)
+    return Header(kind, size, coefficients)
 
 
 def decode_reduced(
@@ -34,26 +65,39 @@ def decode_reduced(
     `reduction_for(width, height)` (stored size) may answer 2, 4 or 8 for a JPEG: libjpeg then decodes
     at 1/2, 1/4 or 1/8 of the size in its DCT (several times faster than a full decode and a resize);
     the image returned is that small, the size returned is still the full image's."""
-    if not data:
-        raise ImageError("empty file", ErrorKind.NOT_AN_IMAGE)
-    kind = image_format(data)
-    size = None
-    if kind in _SIZE_READERS:
-        size = _SIZE_READERS[kind](data)
-        _check_size(kind, *size)
-    reduction = reduction_for(*size) if reduction_for and size and kind == "JPEG" else 1
+    header = read_header(data)
+    reduction = reduction_for(*header.size) if reduction_for and header.size and header.kind == "JPEG" else 1
+    return decode_at(data, header, reduction)
+
+
+def decode_at(data: bytes, header: Header, reduction: int = 1) -> tuple[np.ndarray, tuple[int, int]]:
+    """The image of `data` (its `header` read) decoded at 1/`reduction` (one of REDUCTIONS) of its size,
+    and the upright (width, height) of the full image: a JPEG in libjpeg's DCT, any other format decoded
+    whole, then resized (`shrink`)."""
+    dct = reduction if header.kind == "JPEG" else 1
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED_FLAGS.get(reduction, cv2.IMREAD_COLOR))
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED_FLAGS.get(dct, cv2.IMREAD_COLOR))
     except cv2.error as error:  # OpenCV's own limits, allocation failures
-        raise ImageError(f"cannot decode {kind or 'image'}: {error.err}", ErrorKind.UNDECODABLE) from None
+        kind = header.kind or "image"
+        raise ImageError(f"cannot decode {kind}: {error.err}", ErrorKind.UNDECODABLE) from None
     if image is None:
-        raise ImageError(*_undecodable(kind))
-    _check_size(kind or "image", image.shape[1], image.shape[0])
-    if reduction == 1 or size is None:
-        return image, (image.shape[1], image.shape[0])
-    width, height = size
-    stored_shape = (math.ceil(height / reduction), math.ceil(width / reduction))
+        raise ImageError(*_undecodable(header.kind))
+    _check_size(header.kind or "image", image.shape[1], image.shape[0])
+    if dct == 1 or header.size is None:
+        return shrink(image, reduction), (image.shape[1], image.shape[0])
+    width, height = header.size
+    stored_shape = (math.ceil(height / dct), math.ceil(width / dct))
     return image, (width, height) if image.shape[:2] == stored_shape else (height, width)  # EXIF-rotated
+
+
+def shrink(image: np.ndarray, reduction: int) -> np.ndarray:
+    """`image` at 1/`reduction` of its size, rounded up as libjpeg rounds (INTER_AREA: each pixel the mean
+    of those it covers)."""
+    if reduction == 1:
+        return image
+    height, width = image.shape[:2]
+    size = (math.ceil(width / reduction), math.ceil(height / reduction))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 _REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
@@ -104,7 +148,12 @@ def _undecodable(kind: str | None) -> tuple[str, ErrorKind]:
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int]:
-    """Walks the marker segments to the first scan: the frame header's size; the scan must end in EOI.
+    return _jpeg_frame(data)[0]
+
+
+def _jpeg_frame(data: bytes) -> tuple[tuple[int, int], int]:
+    """Walks the marker segments to the first scan: the frame header's size, and the bytes of a
+    progressive JPEG's coefficients (`Header.coefficients`); the scan must end in EOI.
 
     Completeness: entropy-coded data never holds FF D9 (an FF byte there is followed by 00 or a restart
     marker), so a JPEG is whole when FF D9 follows its first scan. Checked at the end of the file first
@@ -117,6 +166,7 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
     frame header claiming more (a cut file with an EOI appended, a forged header) would decode into a
     grey picture, seconds long, and an `ok` row."""
     size, frame, pos, end = None, 0, 2, len(data)
+    segment = b""
     while True:
         if pos + 2 > end:
             raise ImageError("truncated JPEG", ErrorKind.TRUNCATED)
@@ -137,7 +187,7 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
         if length < 2:
             raise ImageError("corrupt JPEG (bad segment length)", ErrorKind.CORRUPT)
         if marker in _JPEG_FRAMES and length >= 7:
-            frame = marker
+            frame, segment = marker, data[pos : pos + 2 + length]
             size = (
                 int.from_bytes(data[pos + 7 : pos + 9], "big"),
                 int.from_bytes(data[pos + 5 : pos + 7], "big"),
@@ -156,8 +206,18 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
                 raise ImageError(
                     f"corrupt JPEG (too little data for {size[0]}x{size[1]} px)", ErrorKind.CORRUPT
                 )
-            return size
+            return size, _coefficients(segment, *size) if frame in _PROGRESSIVE else 0
         pos += 2 + length
+
+
+def _coefficients(frame: bytes, width: int, height: int) -> int:
+    """Bytes of a progressive JPEG's coefficient buffers, which libjpeg fills scan by scan before any
+    pixel comes out: 2 per sample of each component of the frame header `frame` (its sampling factors
+    relative to the largest: 3 bytes a pixel at 4:2:0, 6 at 4:4:4)."""
+    factors = [(f >> 4, f & 15) for f in (frame[11 : 10 + 3 * frame[9] : 3] if len(frame) > 9 else b"")]
+    h_max = max((h for h, _ in factors), default=0) or 1
+    v_max = max((v for _, v in factors), default=0) or 1
+    return sum(2 * math.ceil(width * h / h_max) * math.ceil(height * v / v_max) for h, v in factors)
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -281,4 +341,5 @@ _SIZE_READERS = {
     "JPEG 2000": _jp2_size,
 }
 _JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOF0..SOF15 but DHT, JPG, DAC
+_PROGRESSIVE = frozenset({0xC2, 0xC6, 0xCA, 0xCE})  # the progressive frames (Huffman, arithmetic)
 _TIFF_INTEGERS = {3: 2, 4: 4, 16: 8}  # SHORT, LONG, LONG8: bytes

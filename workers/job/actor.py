@@ -27,6 +27,7 @@ from facesweep.workers.config import (
 )
 from facesweep.workers.errors import ErrorKind, ImageError, ImageFailure, internal_failure
 from facesweep.workers.inputs.containers import parse_piece, read_piece
+from facesweep.workers.job.budget import PixelBudget, budget_bytes
 from facesweep.workers.job.calls import ShardCalls
 from facesweep.workers.job.messages import ActorInfo, ShardReport
 from facesweep.workers.job.metrics import error_kinds, shard_metrics
@@ -60,7 +61,11 @@ class ShardWorker(ShardCalls):
         self.containers = containers
         threads = tuning.fetch_threads
         pool = ThreadPoolExecutor(threads, thread_name_prefix="fetch")
-        self.pipeline = ImagePipeline(self.detector, pool, in_flight=max(2 * threads, 8))  # per shard
+        self.budget = PixelBudget(budget_bytes(tuning.pixel_budget, settings.threads))  # its shards share it
+        copies = max((p.pixel_copies for p in self.products), default=0)
+        self.pipeline = ImagePipeline(
+            self.detector, pool, max(2 * threads, 8), self.budget, tuning.shards_at_once, copies
+        )  # in flight per shard
         self.start_calls(output, self.detector.format.name)
 
     def ready(self) -> ActorInfo:
@@ -141,10 +146,10 @@ class ShardWorker(ShardCalls):
 @dataclass
 class _ShardProducts:
     """A shard's products (workers/products/): each image goes through them in the fetch pool as soon as
-    its faces are known, from its full-size pixels, before the shard commits; its faces are then cut to
-    the job's own threshold. An image a product fails on becomes an error row (its detections are not
-    written without its products); a store that fails a product's writes fails the shard, as the shard's
-    own write would."""
+    its faces are known, from its pixels (full-size where the pixel budget allows), before the shard
+    commits; its faces are then cut to the job's own threshold. An image a product fails on becomes an
+    error row (its detections are not written without its products); a store that fails a product's
+    writes fails the shard, as the shard's own write would."""
 
     worker: ShardWorker
     timings: Timings
@@ -159,9 +164,8 @@ class _ShardProducts:
 
     def finish(self, position: int, result: ImageResult, image: np.ndarray) -> ImageResult:
         faces = result.faces.take(result.faces.scores >= self.worker.score_threshold)
-        detected = Detected(
-            result.uri, image, self.held.pop(position, None), faces, result.faces, self.in_container
-        )
+        data, scale = self.held.pop(position, None), result.decode_scale or 1.0
+        detected = Detected(result.uri, image, data, faces, result.faces, self.in_container, scale)
         made: list[tuple[str, Any]] = []
         clock = time.thread_time()
         for product in self.worker.products:

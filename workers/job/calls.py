@@ -1,12 +1,15 @@
-"""The actor's side of the driver's calls, whatever the actor computes: who it is, its shard reports, and
-shards a restarted actor finds already committed. Neither OpenCV nor OpenVINO: stand-ins (the scale
-benchmark's) run on it alone."""
+"""The actor's side of the driver's calls, whatever the actor computes: who it is, its shard reports,
+shards a restarted actor finds already committed, and the drain on SIGTERM. Neither OpenCV nor OpenVINO:
+stand-ins (the scale benchmark's) run on it alone."""
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from importlib.metadata import version
+from types import FrameType
 
 import pyarrow.parquet as pq
 import ray
@@ -32,6 +35,19 @@ class ShardCalls:
         self.info = ActorInfo(format_name, context.get_node_id(), process, version("facesweep"))
         self.restarted = bool(context.was_current_actor_reconstructed)
         self._ready_cpu = time.process_time()
+        self.draining = False
+        handler = signal.getsignal(signal.SIGTERM)  # Ray's own; the constructor runs in the main thread
+        if threading.current_thread() is threading.main_thread() and callable(handler):
+            self._on_sigterm = handler
+            signal.signal(signal.SIGTERM, self._drain)
+
+    def _drain(self, signum: int, frame: FrameType | None) -> None:
+        """SIGTERM (a spot node reclaimed, a pod evicted): each call in progress ends after its current
+        shard, returning the reports of the shards it did (the driver redoes the rest elsewhere); then
+        Ray's own handler: the process takes no new call, exits once those have returned, and Ray
+        restarts the actor where there is room."""
+        self.draining = True
+        self._on_sigterm(signum, frame)
 
     def report(
         self,
@@ -59,7 +75,13 @@ class ShardCalls:
         )
 
     def process(self, shards: list[Shard]) -> list[ShardReport]:
-        return [self._committed(shard) or self.process_one(shard) for shard in shards]
+        """The reports of `shards`, in order; fewer when the actor drains (the rest are given back)."""
+        reports = []
+        for shard in shards:
+            if self.draining:
+                break
+            reports.append(self._committed(shard) or self.process_one(shard))
+        return reports
 
     def process_one(self, shard: Shard) -> ShardReport:
         raise NotImplementedError

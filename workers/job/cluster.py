@@ -43,6 +43,7 @@ def ensure_ray(address: str | None) -> bool:
         # Ray turns token authentication on for a new local instance (good) and warns that it did (noise).
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(
+            address="local",  # a new instance: never a cluster someone else started with `ray start`
             _node_ip_address="127.0.0.1",
             include_dashboard=False,
             object_store_memory=LOCAL_OBJECT_STORE_BYTES,

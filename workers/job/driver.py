@@ -7,7 +7,8 @@ streamed and compared in sorted order by a thread planning up to READ_AHEAD_IMAG
 are handed out (two per actor, which it works on at once), actors commit their own shard files, and Ray
 tasks merge each ROWS_PER_FILE committed images into one part file, so its loop only submits and
 collects Ray calls. (Preparing a job and the dry run: workers/job/preparation.py; Ray itself:
-workers/job/cluster.py; the record: workers/output/record.py.)
+workers/job/cluster.py; the calls, stuck ones and draining actors: workers/job/dispatch.py; the record:
+workers/output/record.py.)
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import astuple, replace
-from itertools import chain, islice
+from itertools import chain
 
 import ray
 
 from facesweep.workers.config import DetectorSettings, JobConfig
-from facesweep.workers.errors import JobError, JobInterrupted, line_of
+from facesweep.workers.errors import JobError, JobInterrupted
 from facesweep.workers.job.cluster import ensure_ray, start_actors
+from facesweep.workers.job.dispatch import dispatch
 from facesweep.workers.job.ledger import Ledger
 from facesweep.workers.job.preparation import Prepared, count_retried, prepare
 from facesweep.workers.job.progress import JobProgress, job_record
@@ -37,10 +39,6 @@ from facesweep.workers.output.compaction import CompactionReport, compact, remov
 from facesweep.workers.output.record import JobRecord, now
 from facesweep.workers.storage import request_counts, trust_the_endpoints
 
-SHARDS_PER_CALL = 16
-"""Shards per actor call once every actor is busy (measured: a Ray call costs the driver ~0.8 ms of CPU)."""
-RAMP_CALLS = 2
-"""Calls of one shard each actor slot gets first."""
 COMPACTION_RETRIES = 3
 log = logging.getLogger("facesweep")
 COMPACTIONS_AT_ONCE = 2
@@ -137,7 +135,7 @@ def _run(
         progress.startup_seconds = progress.seconds
         compactor = _Compactor(job.ledger, config.rows_per_file)
         pending = chain([first] if first else [], shards)
-        _dispatch(actors, pending, compactor, progress, on_progress, config.tuning.shards_at_once)
+        dispatch(actors, pending, compactor, progress, on_progress, config)
         progress.finished = time.monotonic()
         addresses = {node["NodeID"]: node["NodeManagerAddress"] for node in ray.nodes()}
         for node_id, use in progress.nodes.items():
@@ -216,61 +214,6 @@ class _Compactor:
             progress.files += 1
             progress.compacted_shards += report.shards
             progress.other_requests.update(report.requests)
-
-
-def _dispatch(
-    actors: list[ray.actor.ActorHandle],
-    shards: Iterator[Shard],
-    compactor: _Compactor,
-    progress: JobProgress,
-    on_progress: Callable[[JobProgress], None],
-    concurrency: int,
-) -> None:
-    """Keeps every actor fed with up to `concurrency` calls until the plan runs out, and compacts
-    committed shards as they add up; returns when every shard and compaction has ended.
-
-    A call carries one shard until every actor has had a few, then SHARDS_PER_CALL: a big job costs the
-    driver one Ray call per SHARDS_PER_CALL shards, a small one still spreads over every actor."""
-    running: dict[ray.ObjectRef, tuple[ray.actor.ActorHandle, list[Shard]]] = {}
-    compactions: dict[ray.ObjectRef, str] = {}
-    single = RAMP_CALLS * len(actors) * concurrency
-    dispatched = 0
-
-    def submit(actor: ray.actor.ActorHandle) -> None:
-        nonlocal dispatched
-        batch = list(islice(shards, 1 if dispatched < single else SHARDS_PER_CALL))
-        if batch:
-            running[actor.process.remote(batch)] = (actor, batch)
-            dispatched += len(batch)
-
-    for actor in actors:
-        for _ in range(concurrency):
-            submit(actor)
-    compactions.update(compactor.ready(not running, len(compactions)))
-    while running or compactions:
-        done, _ = ray.wait([*running, *compactions], num_returns=1)
-        for ref in done:
-            if ref in compactions:
-                name = compactions.pop(ref)
-                try:
-                    report: CompactionReport = ray.get(ref)
-                    progress.files += 1
-                    progress.compacted_shards += report.shards
-                    progress.other_requests.update(report.requests)
-                except ray.exceptions.RayError as error:
-                    progress.failed_shards.append(f"{name}: {line_of(error, last=True)}")
-                continue
-            actor, batch = running.pop(ref)
-            try:
-                for shard_report in ray.get(ref):
-                    progress.add(shard_report)
-                    compactor.add(shard_report.index, shard_report.images)
-            except ray.exceptions.RayError as error:
-                reason = line_of(error, last=True)
-                progress.failed_shards += [f"shard {shard.index}: {reason}" for shard in batch]
-            submit(actor)
-            on_progress(progress)
-        compactions.update(compactor.ready(not running, len(compactions)))
 
 
 def _record(job: Prepared, finished_at: str | None = None) -> JobRecord:

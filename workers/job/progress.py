@@ -51,6 +51,7 @@ class JobProgress:
     errors: int = 0
     shards: int = 0
     failed_shards: list[str] = field(default_factory=list)
+    redone_shards: Counter[str] = field(default_factory=Counter)  # taken back to redo, by why (dispatch.py)
     plan: PlanCounts = field(default_factory=PlanCounts)
     started: float = field(default_factory=time.monotonic)
     resumed: ShardCounts = NO_COUNTS  # what earlier runs left in OUTPUT
@@ -201,6 +202,7 @@ def job_record(
                 "anonymized_copies": progress.anonymized,
                 "crops": progress.crops,
                 "failed": progress.failed_shards,
+                "redone_shards": dict(progress.redone_shards),
                 "requests": progress.requests,
                 "seconds": round(progress.seconds, 3),
                 "startup_seconds": round(progress.startup_seconds, 3),

@@ -16,7 +16,15 @@ from facesweep.workers.errors import ImageFailure, internal_failure
 from facesweep.workers.faces import Faces
 from facesweep.workers.model.plan import plan_model
 from facesweep.workers.model.runtime import compile_model, run_in_flight, warm_up
-from facesweep.workers.model.views import Prepared, View, image_views, in_original, merge, reduction
+from facesweep.workers.model.views import (
+    Prepared,
+    View,
+    image_views,
+    in_original,
+    merge,
+    reduction,
+    view_bytes,
+)
 
 
 @dataclass
@@ -69,15 +77,21 @@ class Detector:
         warm_up(self.compiled, np.zeros((self.plan.batch, height, width, 3), np.uint8))
 
     def reduction(self, width: int, height: int) -> int:
-        """How much smaller (1, 2, 4 or 8) an image of this stored size may be decoded (`views.reduction`);
-        1 with --tile, which wants every pixel, or without --reduced-decode."""
-        if not self.settings.reduced_decode or self.settings.tile:
+        """How much smaller (1, 2, 4 or 8) an image of this stored size may be decoded (`views.reduction`;
+        native-resolution tiles want every pixel up to `--max-side`); 1 with --full-decode."""
+        if not self.settings.reduced_decode:
             return 1
-        return reduction(self.plan.preprocess, self.settings.scales, width, height)
+        return reduction(self.plan.preprocess, self.settings.scales, width, height, self.plan.tile)
+
+    def view_bytes(self, width: int, height: int) -> int:
+        """Bytes the views of a decoded image of this size hold besides it, in either orientation (EXIF
+        may turn it): `views.view_bytes`."""
+        preprocess, scales, tile = self.plan.preprocess, self.settings.scales, self.plan.tile
+        return max(view_bytes(preprocess, scales, *size, tile) for size in ((width, height), (height, width)))
 
     def prepare(self, image: np.ndarray, full_size: tuple[int, int] | None = None) -> Prepared:
         """All views of a BGR image for the network (`views.image_views`); thread-safe."""
-        return image_views(image, self.plan.preprocess, self.settings.scales, self.settings.tile, full_size)
+        return image_views(image, self.plan.preprocess, self.settings.scales, self.plan.tile, full_size)
 
     def detect(
         self,

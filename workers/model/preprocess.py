@@ -60,7 +60,9 @@ class Preprocess:
     size: the image unscaled, padded to the multiple). `truncate`: the letterbox of insightface's SCRFD,
     the short side's length truncated rather than rounded and one scale (the height's) for both axes.
     `color`, `mean` and `scale` describe what the network expects: `(pixel - mean) / scale` in that
-    channel order.
+    channel order. `max_side` (`--resolution native`): the longest side, in pixels, an image keeps at its
+    own size (no input size) or in its native-resolution tiles (a fixed input); larger ones are first
+    downscaled to it (`shrink`).
     """
 
     input_size: tuple[int, int] | None
@@ -71,17 +73,27 @@ class Preprocess:
     pad: tuple[int, int, int] = (0, 0, 0)
     size_multiple: int = 1
     truncate: bool = False
+    max_side: int | None = None
 
     def with_overrides(self, **changes: object) -> Preprocess:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def shrink(self, width: int, height: int) -> float:
+        """The factor (at most 1) that brings an image of this size within `max_side`."""
+        return 1.0 if self.max_side is None else min(1.0, self.max_side / max(width, height))
+
+    def own_size(self, width: int, height: int) -> tuple[int, int]:
+        """An image of this size at its own resolution, within `max_side`."""
+        shrink = self.shrink(width, height)
+        return max(1, round(width * shrink)), max(1, round(height * shrink))
 
     def fit(self, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int], Geometry]:
         """For an image of this size: the network input (w, h), the size the image is resized to before
         it is placed at the input's top-left, and the geometry that maps detections back."""
         if self.input_size is None:
-            m = self.size_multiple
-            net = (math.ceil(width / m) * m, math.ceil(height / m) * m)
-            resized = (width, height) if self.resize == "letterbox" else net
+            own, m = self.own_size(width, height), self.size_multiple
+            net = (math.ceil(own[0] / m) * m, math.ceil(own[1] / m) * m)
+            resized = own if self.resize == "letterbox" else net
         elif self.resize == "stretch":
             net = resized = self.input_size
         elif self.truncate:
@@ -107,15 +119,29 @@ def scale_for_network(
     `scale` times larger than at 1: a network that takes any input size (`input_size` None) gets the image
     resized by `scale` and then preprocessed as usual (one resize); a fixed-input network keeps its input,
     and the resized image, `scale` times the size `plan` gives, is larger than the input (to be cut into
-    tiles of it) or smaller (padded as usual). `native`: the image at its own pixels (tiles of a
-    fixed-input network at native resolution)."""
+    tiles of it) or smaller (padded as usual). `native`: the image at its own pixels, within `max_side`
+    (tiles of a fixed-input network at native resolution)."""
     height, width = image.shape[:2]
+    resized, net, geometry = network_size(preprocess, width, height, scale, native)
+    if resized == (width, height):
+        return image, net, geometry
+    # bilinear, as every reference implementation resizes
+    return cv2.resize(image, resized, interpolation=cv2.INTER_LINEAR), net, geometry
+
+
+def network_size(
+    preprocess: Preprocess, width: int, height: int, scale: float = 1.0, native: bool = False
+) -> tuple[tuple[int, int], tuple[int, int], Geometry]:
+    """`scale_for_network` without the pixels: for an image of `width` x `height`, the size it is resized
+    to, the network input (w, h) and the geometry."""
     net, resized, geometry = preprocess.fit(width, height)
     if native:
-        resized, geometry = (width, height), Geometry(width, height, 1.0, 1.0)
+        resized = preprocess.own_size(width, height)
+        geometry = Geometry(width, height, resized[0] / width, resized[1] / height)
     elif scale != 1 and preprocess.input_size is None:
-        scaled_size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        net, resized, inner = preprocess.fit(*scaled_size)
+        factor = scale * preprocess.shrink(width, height)  # `scale` times the size at scale 1
+        scaled_size = (max(1, round(width * factor)), max(1, round(height * factor)))
+        net, resized, inner = replace(preprocess, max_side=None).fit(*scaled_size)
         ratio = scaled_size[0] / width, scaled_size[1] / height
         geometry = Geometry(width, height, inner.scale_x * ratio[0], inner.scale_y * ratio[1])
     elif scale != 1:
@@ -123,10 +149,7 @@ def scale_for_network(
         resized = (max(1, round(base[0] * scale)), max(1, round(base[1] * scale)))
         ratio = resized[0] / base[0], resized[1] / base[1]
         geometry = Geometry(width, height, geometry.scale_x * ratio[0], geometry.scale_y * ratio[1])
-    if resized == (width, height):
-        return image, net, geometry
-    # bilinear, as every reference implementation resizes
-    return cv2.resize(image, resized, interpolation=cv2.INTER_LINEAR), net, geometry
+    return resized, net, geometry
 
 
 def network_tensor(

@@ -87,6 +87,15 @@ def output_infos(model: ov.Model) -> list[OutputInfo]:
     ]
 
 
+SOURCE_KEY = ["facesweep", "source_sha256"]
+"""Where an IR made by `facesweep quantize` keeps the SHA-256 of the model it was quantized from."""
+
+
+def source_checksum(model: ov.Model) -> str | None:
+    """The checksum of the model a quantized IR was made from (`quantize.quantize`), else None."""
+    return model.get_rt_info(SOURCE_KEY).astype(str) if model.has_rt_info(SOURCE_KEY) else None
+
+
 def static_input_size(model: ov.Model) -> tuple[int, int] | None:
     """(width, height) of the model's NCHW image input when the IR fixes it, else None."""
     shape = model.input().get_partial_shape()

@@ -13,7 +13,13 @@ import numpy as np
 from facesweep.workers.faces import Faces
 from facesweep.workers.model.formats.base import NmsRule
 from facesweep.workers.model.nms import pairwise_intersection
-from facesweep.workers.model.preprocess import Geometry, Preprocess, network_tensor, scale_for_network
+from facesweep.workers.model.preprocess import (
+    Geometry,
+    Preprocess,
+    network_size,
+    network_tensor,
+    scale_for_network,
+)
 
 MIN_FACE = 64
 """Network pixels: faces this large are found reliably; sets how much tiles overlap (`_largest_face`)."""
@@ -69,15 +75,32 @@ class Prepared:
         return self.views[0]
 
 
-def reduction(preprocess: Preprocess, scales: Sequence[float], width: int, height: int) -> int:
+def reduction(
+    preprocess: Preprocess, scales: Sequence[float], width: int, height: int, tile: bool = False
+) -> int:
     """How much smaller (1, 2, 4 or 8) an image of this stored size may be decoded (JPEG DCT scaling)
     without any view seeing fewer pixels than it would from the full image: every view scales it down
-    at least that much. Either orientation (EXIF may turn it). Not for tiles at native resolution."""
+    at least that much. Either orientation (EXIF may turn it). `tile`: with native-resolution tiles,
+    which want every pixel up to `max_side`."""
     finest = max(
         max(geometry.scale_x, geometry.scale_y) * max(scales)
         for geometry in (preprocess.fit(w, h)[2] for w, h in ((width, height), (height, width)))
     )
+    if tile:
+        finest = max(finest, preprocess.shrink(width, height))
     return next((r for r in (8, 4, 2) if r * finest <= 1), 1)
+
+
+def view_bytes(
+    preprocess: Preprocess, scales: Sequence[float], width: int, height: int, tile: bool = False
+) -> int:
+    """Bytes of the resized copies `image_views` makes of a BGR image of this size, which its views hold
+    until they are inferred: one per scale (its tiles share it), and with `tile` the native-resolution
+    level; a view at the image's own size is the image itself."""
+    sizes = [network_size(preprocess, width, height, scale)[0] for scale in dict.fromkeys(scales)]
+    if tile:
+        sizes.append(preprocess.own_size(width, height))
+    return sum(3 * w * h for w, h in dict.fromkeys(sizes) if (w, h) != (width, height))
 
 
 def image_views(
@@ -91,7 +114,8 @@ def image_views(
 
     One view per scale of `scales` (1: the format's preprocessing; see `scale_for_network`), cut into
     overlapping tiles where a scale makes the image larger than a fixed network input; with `tile`, also
-    the image at native resolution in tiles when it does not fit the input. `full_size`: (width, height)
+    the image at native resolution (within `max_side`) in tiles when it does not fit the input.
+    `full_size`: (width, height)
     of the full image when `image` is a reduced decode of it (`reduction`); faces then come back in the
     full image's pixels."""
     full_size = full_size or (image.shape[1], image.shape[0])
@@ -102,9 +126,9 @@ def image_views(
         )
     ]
     if tile:
-        native = scale_for_network(image, preprocess, native=True)
-        height, width = image.shape[:2]
-        fits = width <= native[1][0] and height <= native[1][1]
+        scaled, net, geometry = scale_for_network(image, preprocess, native=True)
+        native = (scaled, net, geometry.of_full_size(*full_size))
+        fits = scaled.shape[1] <= net[0] and scaled.shape[0] <= net[1]
         if not fits and all(level[2] != native[2] for level in levels):
             levels.append(native)
     coarsest = (min(g.scale_x for _, _, g in levels), min(g.scale_y for _, _, g in levels))

@@ -95,7 +95,10 @@ def compact(output: str, shards: Sequence[int], number: int, extend: bool = Fals
                 footers.append(_footer(tail))
             pieces = [p for f in footers for p in f.pieces]
             merged = sorted({*shards, *(shard for f in footers for shard in f.shards)})  # the tail's too
-            table = pa.concat_tables(tables, promote_options="default")  # files older than a column
+            table = pa.concat_tables(tables, promote_options="default")  # files older than a column:
+            for field in SCHEMA:  # its rows are null, also when no file has it
+                if field.name not in table.column_names:
+                    table = table.append_column(field, pa.nulls(table.num_rows, field.type))
             table = table.select(SCHEMA.names).cast(SCHEMA).sort_by("uri")
             crops = sum(f.counts.crops for f in footers)
             counts = write_parquet(table, storage, target, merged, PART_ROW_GROUP, pieces, crops)

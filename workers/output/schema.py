@@ -59,6 +59,13 @@ COLUMNS = {
         pa.string(),
         "an image in a container: the piece of it that held the image (container#bytes=START-END); else null",
     ),
+    "decode_scale": (
+        pa.float32(),
+        "the scale the image was decoded at: 1 = full size; 0.5, 0.25 or 0.125 where a JPEG was decoded "
+        "reduced (its views downscale it that much anyway) or the actor's pixel budget could not hold it "
+        "larger; faces are in full-size pixels either way. Null on error rows and in rows written before "
+        "the column",
+    ),
 }
 SCHEMA = pa.schema(
     [pa.field(name, kind, metadata={"description": text}) for name, (kind, text) in COLUMNS.items()]
@@ -80,6 +87,7 @@ class ImageResult:
     size: int | None = None
     key: str | None = None  # in a container: the sample key or row id, and the piece that held it
     container: str | None = None
+    decode_scale: float | None = None  # the scale its pixels were decoded at (1: full size)
 
 
 def results_table(results: Sequence[ImageResult], model: str) -> pa.Table:
@@ -114,6 +122,9 @@ def results_table(results: Sequence[ImageResult], model: str) -> pa.Table:
             ),
             "key": pa.array([r.key for r in results], pa.string()),
             "container": pa.array([r.container for r in results], pa.string()),
+            "decode_scale": pa.array(
+                [r.decode_scale if good else None for r, good in zip(results, ok, strict=True)], pa.float32()
+            ),
         },
         schema=SCHEMA,
     )

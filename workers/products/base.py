@@ -18,11 +18,12 @@ class Detected:
     """One image whose faces are known, as a product sees it."""
 
     uri: str
-    image: np.ndarray  # full-size, upright, BGR
+    image: np.ndarray  # upright, BGR, at `scale` of the full size
     data: bytes | None  # its encoded bytes (for a product that `keeps_bytes`), else None
     faces: Faces  # the output's faces (the job's score threshold)
     found: Faces  # every face the detector kept (down to the lowest threshold of any product)
     in_container: bool  # a container's member (its name may lack an extension)
+    scale: float = 1.0  # what the pixel budget let it be decoded at; the faces are in full-size pixels
 
 
 class Product(ABC):
@@ -32,6 +33,8 @@ class Product(ABC):
     """Its name in counts and timings (`crops`, `anonymize`)."""
     keeps_bytes: ClassVar[bool] = False
     """Whether it needs the image's encoded bytes (its format, its JPEG quality) besides the pixels."""
+    pixel_copies: ClassVar[int] = 0
+    """How many more copies of the image's pixels it holds at once: the pixel budget reserves them."""
     score_threshold: float = 1.0
     """The lowest score of the faces it needs: the detector keeps faces down to the lowest of these."""
 

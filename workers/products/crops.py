@@ -65,12 +65,14 @@ def similarities(points: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def warped_crops(
-    image: np.ndarray, faces: Faces, settings: CropSettings
+    image: np.ndarray, faces: Faces, settings: CropSettings, scale: float = 1.0
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The transforms [N, 2, 3] of `faces` in the BGR `image` and their crops, size x size x 3 (one OpenCV
-    warp per face: each has its own transform)."""
+    """The transforms [N, 2, 3] of `faces` (full-size pixels) and their crops, size x size x 3, from the
+    BGR `image` decoded at `scale` of the full size (one OpenCV warp per face: each has its own
+    transform)."""
     matrices = alignments(faces, settings)
     sampling = matrices.copy()
+    sampling[:, :, :2] /= scale  # from the decoded image's pixels
     if faces.landmarks is None:  # pixel edges at integers -> OpenCV's pixel centres at integers
         sampling[:, :, 2] += 0.5 * sampling[:, :, :2].sum(axis=2) - 0.5
     size = (settings.crop_size, settings.crop_size)
@@ -95,8 +97,10 @@ class ImageCrops:
     jpegs: list[bytes]
 
 
-def image_crops(uri: str, image: np.ndarray, faces: Faces, settings: CropSettings) -> ImageCrops:
-    transforms, crops = warped_crops(image, faces, settings)
+def image_crops(
+    uri: str, image: np.ndarray, faces: Faces, settings: CropSettings, scale: float = 1.0
+) -> ImageCrops:
+    transforms, crops = warped_crops(image, faces, settings, scale)
     return ImageCrops(uri, faces.scores, faces.landmarks is not None, transforms, [_jpeg(c) for c in crops])
 
 
@@ -131,7 +135,7 @@ class FaceCrops(Product):
     def make(self, image: Detected) -> ImageCrops | None:
         if not len(image.faces):
             return None
-        return image_crops(image.uri, image.image, image.faces, self.settings)
+        return image_crops(image.uri, image.image, image.faces, self.settings, image.scale)
 
     def table(self, parts: Sequence[ImageCrops]) -> pa.Table | None:
         return crops_table(parts) if parts else None

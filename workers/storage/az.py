@@ -20,7 +20,8 @@ import obstore
 from obstore.store import AzureStore
 
 from facesweep.workers.errors import line_of
-from facesweep.workers.storage.base import RETRIES, ObjectInfo, ObjectStore, StorageError, count, probing
+from facesweep.workers.storage.base import TIMEOUTS, ObjectInfo, ObjectStore, StorageError, count, probing
+from facesweep.workers.storage.pacing import RETRIES
 
 PAGE = 5000
 """Results per List Blobs page (Azure's default and maximum; object_store asks for no other)."""
@@ -50,6 +51,7 @@ class AzureStorage(ObjectStore):
     """Blobs per Blob Batch request (Azure's maximum)."""
 
     def __init__(self, max_connections: int = 32) -> None:
+        super().__init__()
         self._max_connections = max_connections
         self._lock = threading.Lock()
         self._stores: dict[str, AzureStore] = {}
@@ -72,7 +74,7 @@ class AzureStorage(ObjectStore):
             or os.environ.get("AZURE_STORAGE_ENDPOINT")
             or os.environ.get("AZURE_ENDPOINT")
         )
-        options = {"pool_max_idle_per_host": str(self._max_connections), **client}
+        options = {"pool_max_idle_per_host": str(self._max_connections), **TIMEOUTS, **client}
         if endpoint and endpoint.startswith("http://"):
             options["allow_http"] = True
         try:

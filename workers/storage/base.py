@@ -9,7 +9,6 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import obstore
@@ -23,6 +22,7 @@ from obstore.exceptions import (
 )
 
 from facesweep.workers.errors import UserError, line_of
+from facesweep.workers.storage.pacing import Pacer
 
 T = TypeVar("T")
 
@@ -57,7 +57,9 @@ def trust_the_endpoints() -> None:
     _PROBING[0] = False
 
 
-REQUEST_KINDS = ("LIST", "GET", "PUT", "HEAD", "DELETE")
+REQUEST_KINDS = ("LIST", "GET", "PUT", "HEAD", "DELETE", "THROTTLED", "RETRIED")
+"""The kinds of request counted; THROTTLED and RETRIED count the attempts (of the others) that followed
+a throttling answer or a transient failure (`pacing.py`)."""
 _requests: Counter[str] = Counter()
 _requests_lock = threading.Lock()
 
@@ -147,14 +149,20 @@ class Storage(Protocol):
         ...
 
 
-RETRIES = {
-    "max_retries": 15,
-    "backoff": {"init_backoff": timedelta(milliseconds=200), "max_backoff": timedelta(seconds=5), "base": 4},
-    "retry_timeout": timedelta(minutes=3),
+CONNECT_TIMEOUT_S = 5
+READ_TIMEOUT_S = 30
+"""Seconds a request may wait for its next byte (its answer's first, or the next of a body): a stalled
+request is given up and retried. A PUT's upload counts as waiting too, so each PUT (a multipart upload's
+part: 5 MiB) must go in this long."""
+REQUEST_TIMEOUT_S = 600
+"""Seconds a request may last while bytes keep coming: a 64 MiB container piece at 110 KB/s and up."""
+TIMEOUTS = {
+    "connect_timeout": f"{CONNECT_TIMEOUT_S}s",
+    "read_timeout": f"{READ_TIMEOUT_S}s",
+    "timeout": f"{REQUEST_TIMEOUT_S}s",
 }
-"""object_store's jittered exponential backoff (each wait drawn between the first and `base` times the
-last, so it roughly doubles, up to 5 s) over about a minute: a store down for half a minute is ridden
-out, a dead one fails the work that needed it (which a re-run redoes)."""
+"""obstore's client options for every data request (its default, 30 s for a whole request, failed a
+64 MiB ranged GET below 2.2 MB/s however steadily its bytes came)."""
 
 
 class ObjectStore(ABC):
@@ -171,6 +179,17 @@ class ObjectStore(ABC):
     """Texts found in the store's answer when the container does not exist."""
     DELETE_BATCH: ClassVar[int]
     """Keys per delete request (obstore sends each call's keys as one batch up to this many)."""
+
+    def __init__(self) -> None:
+        self._pacers: dict[str, Pacer] = {}
+        self._pacers_lock = threading.Lock()
+
+    def pacer(self, container: str) -> Pacer:
+        """This client's pacer of one bucket or container (a store throttles per prefix at most)."""
+        with self._pacers_lock:
+            if container not in self._pacers:
+                self._pacers[container] = Pacer()
+            return self._pacers[container]
 
     @abstractmethod
     def _store(self, container: str) -> Any:
@@ -272,9 +291,14 @@ class ObjectStore(ABC):
             by_container.setdefault(container, []).append(key)
         for container, keys in by_container.items():
             for start in range(0, len(keys), self.DELETE_BATCH):
-                count("DELETE")
+                batch = keys[start : start + self.DELETE_BATCH]
+
+                def attempt(batch: list[str] = batch, container: str = container) -> None:
+                    count("DELETE")
+                    obstore.delete(self._store(container), batch)
+
                 try:
-                    obstore.delete(self._store(container), keys[start : start + self.DELETE_BATCH])
+                    self.pacer(container).send(attempt, count)
                 except Exception as error:  # a batch's missing object (Azure names them) is fine
                     failure = self.error(self.uri(container, ""), error)
                     if not isinstance(failure, MissingObjectError):
@@ -283,11 +307,16 @@ class ObjectStore(ABC):
     def _request(
         self, uri: str, kind: str, call: Callable[[Any, str], T], byte_range: tuple[int, int] | None = None
     ) -> T:
-        """`call(client, key)`, counted as one `kind` request, its failure as a one-line error."""
+        """`call(client, key)`, each attempt counted as one `kind` request and paced as the store allows
+        (`pacing.py`), its failure as a one-line error."""
         container, key = self.split(uri)
-        count(kind)
-        try:
+
+        def attempt() -> T:
+            count(kind)
             return call(self._store(container), key)
+
+        try:
+            return self.pacer(container).send(attempt, count)
         except (ValueError, InvalidPathError) as error:  # a key object_store will not name as a path
             return self._unnamed(uri, kind, byte_range, error)
         except Exception as error:

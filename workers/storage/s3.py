@@ -21,7 +21,9 @@ from obstore.store import S3Store
 
 from facesweep.workers.errors import line_of
 from facesweep.workers.storage.base import (
-    RETRIES,
+    CONNECT_TIMEOUT_S,
+    READ_TIMEOUT_S,
+    TIMEOUTS,
     ObjectError,
     ObjectInfo,
     ObjectStore,
@@ -29,6 +31,7 @@ from facesweep.workers.storage.base import (
     count,
     probing,
 )
+from facesweep.workers.storage.pacing import RETRIES
 
 PAGE = 1000
 """Keys per LIST page and per DeleteObjects request (S3's maximum for both)."""
@@ -55,6 +58,7 @@ class S3Storage(ObjectStore):
     DELETE_BATCH = PAGE
 
     def __init__(self, max_connections: int = 32) -> None:
+        super().__init__()
         self._max_connections = max_connections
         self._lock = threading.Lock()
         self._boto: tuple[boto3.session.Session, Any] | None = None
@@ -74,7 +78,12 @@ class S3Storage(ObjectStore):
                         "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
                         "AWS_PROFILE), and AWS_ENDPOINT_URL for an S3 store other than AWS"
                     )
-                client = session.client("s3", config=Config(retries={"mode": "standard", "max_attempts": 10}))
+                config = Config(
+                    retries={"mode": "adaptive", "max_attempts": 10},
+                    connect_timeout=CONNECT_TIMEOUT_S,
+                    read_timeout=READ_TIMEOUT_S,
+                )
+                client = session.client("s3", config=config)
                 if probing():
                     _check_reachable(session, client.meta.endpoint_url)
                 self._boto = session, client
@@ -95,6 +104,7 @@ class S3Storage(ObjectStore):
                     client_options={
                         "allow_http": endpoint.startswith("http://"),
                         "pool_max_idle_per_host": str(self._max_connections),
+                        **TIMEOUTS,
                     },
                     retry_config=RETRIES,
                     **options,

@@ -53,9 +53,11 @@ KNOWN_MODELS = (
 )
 
 
-def recognise(path: Path, checksum: str) -> KnownModel | None:
-    """The known model this file is, by its checksum (`models.model_checksum`) first, then by file name."""
-    by_checksum = [m for m in KNOWN_MODELS if checksum[:16] in m.sha256]
-    if by_checksum:
-        return by_checksum[0]
+def recognise(path: Path, checksum: str, source: str | None = None) -> KnownModel | None:
+    """The known model this file is, by its checksum (`models.model_checksum`) first, then by the checksum
+    of the model it was quantized from (`source`: `facesweep quantize` records it), then by file name."""
+    for digest in (checksum, source):
+        by_checksum = [m for m in KNOWN_MODELS if digest and digest[:16] in m.sha256]
+        if by_checksum:
+            return by_checksum[0]
     return next((m for m in KNOWN_MODELS if m.name == path.stem), None)

@@ -24,7 +24,7 @@ KEEP_TOP_K = 750
 OUTPUTS = ("loc", "conf", "landmarks")
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=64)  # native resolution: one size per photo shape
 def priors(width: int, height: int) -> np.ndarray:
     """Priors [P, 4] as (cx, cy, w, h) in pixels of a `width` x `height` network input."""
     per_step = []
