@@ -14,7 +14,7 @@ import ray
 import ray.cloudpickle
 
 from facesweep.workers.config import JobConfig, Tuning
-from facesweep.workers.job.dispatch import dispatch
+from facesweep.workers.job.dispatch import Dispatcher
 from facesweep.workers.job.messages import ActorInfo, ShardReport
 from facesweep.workers.job.progress import JobProgress
 from facesweep.workers.job.shards import Shard
@@ -70,7 +70,7 @@ def run(
     started = time.monotonic()
     plan = [Shard(i, (f"/in/{i:03d}.jpg",), (None,), (None,)) for i in range(SHARDS)]
     try:
-        dispatch(actors, iter(plan), compactor, progress, on_progress, config)
+        Dispatcher(actors, iter(plan), compactor, progress, on_progress, config).run()
     finally:
         for actor in actors:
             ray.kill(actor)

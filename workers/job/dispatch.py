@@ -88,24 +88,14 @@ def _kind(shard: Shard) -> str:
     return "piece" if parse_piece(shard.uris[0]) else "objects"
 
 
-def dispatch(
-    actors: list[ray.actor.ActorHandle],
-    shards: Iterator[Shard],
-    compactor: Compactions,
-    progress: JobProgress,
-    on_progress: Callable[[JobProgress], None],
-    config: JobConfig,
-) -> None:
+class Dispatcher:
     """Keeps every actor fed with up to `Tuning.shards_at_once` calls until the plan runs out, redoes
     what a stuck call, a draining actor or a lost one did not do, and compacts committed shards as they
-    add up; returns when every shard and compaction has ended.
+    add up; `run` returns when every shard and compaction has ended.
 
     A call carries one shard until every actor has had a few, then SHARDS_PER_CALL: a big job costs the
     driver one Ray call per SHARDS_PER_CALL shards, a small one still spreads over every actor."""
-    _Dispatcher(actors, shards, compactor, progress, on_progress, config).run()
 
-
-class _Dispatcher:
     def __init__(
         self,
         actors: list[ray.actor.ActorHandle],

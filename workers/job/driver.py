@@ -26,7 +26,7 @@ import ray
 from facesweep.workers.config import DetectorSettings, JobConfig
 from facesweep.workers.errors import JobError, JobInterrupted
 from facesweep.workers.job.cluster import ensure_ray, start_actors
-from facesweep.workers.job.dispatch import dispatch
+from facesweep.workers.job.dispatch import Dispatcher
 from facesweep.workers.job.ledger import Ledger
 from facesweep.workers.job.preparation import Prepared, count_retried, prepare
 from facesweep.workers.job.progress import JobProgress, job_record
@@ -135,7 +135,7 @@ def _run(
         progress.startup_seconds = progress.seconds
         compactor = _Compactor(job.ledger, config.rows_per_file)
         pending = chain([first] if first else [], shards)
-        dispatch(actors, pending, compactor, progress, on_progress, config)
+        Dispatcher(actors, pending, compactor, progress, on_progress, config).run()
         progress.finished = time.monotonic()
         addresses = {node["NodeID"]: node["NodeManagerAddress"] for node in ray.nodes()}
         for node_id, use in progress.nodes.items():
