@@ -82,7 +82,6 @@ class Pacer:
             throttling_detector=_ThrottlingAnswer(),
             clock=clock,
         )
-        self.throttled = 0  # throttling answers so far
         self.paced = False  # whether the store has throttled this client into a pace
         self._answers: deque[tuple[float, bool]] = deque()  # the last WINDOW's: (when, throttled)
         self._throttled_in_window = 0
@@ -104,7 +103,6 @@ class Pacer:
                 if not (throttled or TRANSIENT.search(text)) or time.monotonic() - started > RETRY_BUDGET:
                     raise
                 count("THROTTLED" if throttled else "RETRIED")
-                self.throttled += throttled
                 if not throttled:  # the pace answers throttling; a failing store gets a pause
                     time.sleep(random.uniform(0, min(BACKOFF[1], BACKOFF[0] * 2**attempt)))
                 continue
