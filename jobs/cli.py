@@ -24,6 +24,7 @@ from facesweep.workers.config import (
     METHODS,
     OPTIONS,
     PIECE_BYTES,
+    PIECE_SECONDS,
     PIXEL_BUDGET_PER_CPU,
     ROWS_PER_FILE,
     STARTUP_TIMEOUT,
@@ -40,6 +41,7 @@ from facesweep.workers.config import (
 from facesweep.workers.errors import TRANSIENT_KINDS, ErrorKind, JobFailedError, JobInterrupted, UserError
 from facesweep.workers.evaluation.evaluate import check_pairing, evaluate, format_report
 from facesweep.workers.inputs.listing import list_images
+from facesweep.workers.inputs.videos import VIDEO_SUFFIXES
 from facesweep.workers.job.preparation import DryRun, dry_run
 from facesweep.workers.job.progress import JobProgress, Retried
 from facesweep.workers.model.catalog import BUILTIN_MODELS
@@ -280,6 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="T",
         help="hide faces scoring at least T (0.2: a missed face is a leak, an extra blur is not)",
     )
+    hide.add_argument(
+        "--anonymize-hold",
+        type=_positive_float,
+        metavar="S",
+        help="a video: keep a face hidden S seconds before and after it is seen (0.5)",
+    )
+    hide.add_argument(
+        "--drop-audio", action="store_true", default=None, help="a video's copy without audio, subtitles"
+    )
     crops = run.add_argument_group("face crops (a table beside the detections: OUTPUT/_crops/)")
     crops.add_argument(
         "--crops", action="store_true", help="each face's crop, aligned by its landmarks as ArcFace takes it"
@@ -311,6 +322,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=PIECE_BYTES,
         metavar="N",
         help=f"a container's bytes per shard ({PIECE_BYTES}); a job keeps its value",
+    )
+    video = run.add_argument_group(
+        f"videos: {', '.join(VIDEO_SUFFIXES)}; one row per detected frame, `VIDEO#t=SECONDS`"
+    )
+    frames = video.add_mutually_exclusive_group()
+    frames.add_argument(
+        "--fps",
+        type=_positive_float,
+        metavar="N",
+        help="detect N frames a second (default: 1, or every frame with --anonymize)",
+    )
+    frames.add_argument("--every-frame", action="store_true", default=None, help="detect every frame")
+    frames.add_argument("--keyframes", action="store_true", default=None, help="detect keyframes only (fast)")
+    video.add_argument(
+        "--piece-seconds",
+        type=_positive_float,
+        default=PIECE_SECONDS,
+        metavar="S",
+        help=f"a video's seconds per shard ({PIECE_SECONDS:g}); a job keeps its value",
     )
     run.add_argument("--ray-address", help="an existing Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     run.add_argument("--overwrite", action="store_true", help="redo the job from scratch in OUTPUT")

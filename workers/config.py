@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
@@ -29,6 +29,8 @@ PIXEL_BUDGET_PER_CPU = 512
 """MB of decoded pixels an actor holds at once per CPU, unless --pixel-budget says (docs/PERFORMANCE.md)."""
 MAX_SIDE = 1024
 """`--resolution native` without `--max-side`: the longest side an image keeps (docs/ACCURACY.md)."""
+PIECE_SECONDS = 30.0
+"""Seconds of a video per piece (one shard): 900 frames at 30 fps, all decoded, some detected."""
 
 
 class ConfigError(UserError, ValueError):
@@ -214,12 +216,24 @@ class DetectorSettings:
 
 @dataclass(frozen=True)
 class ContainerSettings:
-    """How containers are cut and read; `piece_bytes` decides the pieces' names, so a job keeps it.
-    In the identity only when not the default (records older than containers have no such keys)."""
+    """How containers and videos are cut and read; `piece_bytes` and `piece_seconds` decide the pieces'
+    names, so a job keeps them. In the identity only when not the default (records older than containers
+    and videos have no such keys)."""
 
     piece_bytes: int = setting(PIECE_BYTES, parse=positive_int, faces=True)
     image_column: str | None = setting(None, parse=text, faces=True)  # Parquet: None = the one bytes column
     id_column: str | None = setting(None, parse=text, faces=True)  # Parquet: carried into the output as `key`
+    piece_seconds: float = setting(PIECE_SECONDS, parse=positive_float, faces=True)
+    fps: float | None = setting(None, parse=positive_float, faces=True)
+    """Video frames detected a second; None: 1, or every frame with --anonymize (the copy's faces)."""
+    every_frame: bool = setting(False, parse=switch, faces=True)
+    keyframes: bool = setting(False, parse=switch, faces=True)
+
+    def frame_rate(self, anonymizing: bool) -> float | None:
+        """Frames a second to detect (None: every frame, or every keyframe with `keyframes`)."""
+        if self.every_frame or self.keyframes:
+            return None
+        return self.fps if self.fps is not None else (None if anonymizing else 1.0)
 
 
 @dataclass(frozen=True)
@@ -257,6 +271,10 @@ class AnonymizeSettings:
     anonymize_method: Literal["blur", "mosaic", "solid"] = setting("blur", parse=choice(*METHODS), faces=True)
     anonymize_mask_scale: float = setting(1.3, parse=positive_float, faces=True)
     anonymize_threshold: float = setting(0.2, parse=fraction, faces=True)
+    anonymize_hold: float = setting(0.5, parse=number, faces=True)
+    """A video's face stays hidden this many seconds before its first and after its last detection (at
+    least until the next sampled frame), so a frame the detector missed does not show it."""
+    drop_audio: bool = setting(False, parse=switch, faces=True)  # a video's copy without audio, subtitles
     root: str | None = None
     """INPUT when it is a folder or prefix (copies' keys are relative to it), else None: derived by the
     driver."""
@@ -301,6 +319,8 @@ GROUPS: dict[str, type] = {
     "crops": CropSettings,
 }
 """JobConfig's nested settings by field name; `anonymizer` and `crops` exist only when switched on."""
+VIDEO_COPY_SETTINGS = ("anonymize_hold", "drop_audio")
+"""Settings of --anonymize that only videos use: in the identity only when not the default."""
 SWITCHES = {"anonymizer": "anonymize", "crops": "crops"}
 """The option that switches an optional group on: `anonymize=DEST`, `crops=True`."""
 SWITCH_HINTS = {
@@ -380,6 +400,7 @@ def resolve(input: Any, output: Any, model: Any = DEFAULT_MODEL, **options: Any)
         groups[group] = kind(**values)
     if groups["crops"] is not None:
         _check_crops(groups["crops"])
+    _check_frames(groups["containers"])
     own = {name: value for name, value in given.items() if OPTIONS[name].group is None}
     own.pop("input", None), own.pop("output", None)
     return JobConfig(input, output, **groups, **own)
@@ -390,6 +411,13 @@ def _check_crops(crops: CropSettings) -> None:
         raise ConfigError(f"--crop-size {crops.crop_size}: use a multiple of 112 or 128 (ArcFace's)")
     if crops.crop_margin < 0:
         raise ConfigError(f"--crop-margin {crops.crop_margin:g}: use 0 or more")
+
+
+def _check_frames(containers: ContainerSettings) -> None:
+    chosen = [name for name in ("fps", "every_frame", "keyframes") if getattr(containers, name)]
+    if len(chosen) > 1:
+        flags = " and ".join(OPTIONS[name].flag for name in chosen)
+        raise ConfigError(f"{flags}: choose one way to sample a video's frames")
 
 
 def flatten(config: JobConfig | Mapping[str, Any]) -> dict[str, Any]:
@@ -412,10 +440,11 @@ def job_identity(config: JobConfig, checksum: str) -> dict[str, Any]:
     a re-run into the same OUTPUT must match it."""
     identity: dict[str, Any] = {"input": config.input, "include": config.include, "model_sha256": checksum}
     identity |= _detector_faces(config.detector)
-    defaults = _faces(ContainerSettings())
-    identity |= {k: v for k, v in _faces(config.containers).items() if v != defaults[k]}
+    identity |= _unless_default(config.containers, _faces(config.containers))
     if config.anonymizer is not None:  # the copies are part of what the job writes
-        identity |= _faces(config.anonymizer)
+        copies = _faces(config.anonymizer)
+        identity |= {k: v for k, v in copies.items() if k not in VIDEO_COPY_SETTINGS}
+        identity |= _unless_default(config.anonymizer, VIDEO_COPY_SETTINGS)
     if config.crops is not None:  # so are the crops
         identity |= {"crops": True, **_faces(config.crops)}
     return json.loads(json.dumps(identity))  # as _job.json stores it (tuples become lists)
@@ -429,6 +458,13 @@ def _detector_faces(detector: DetectorSettings) -> dict[str, Any]:
     if detector.native_max_side is not None:
         faces |= {"resolution": detector.resolution, "max_side": detector.native_max_side}
     return faces
+
+
+def _unless_default(settings: Any, names: Iterable[str]) -> dict[str, Any]:
+    """`settings`' values of `names` that differ from their defaults; the others are taken out of the
+    identity, so records written before these settings existed still match."""
+    defaults = {f.name: f.default for f in fields(settings)}
+    return {name: getattr(settings, name) for name in names if getattr(settings, name) != defaults[name]}
 
 
 def _faces(settings: Any) -> dict[str, Any]:

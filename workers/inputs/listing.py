@@ -10,9 +10,11 @@
   delete markers and non-current versions left out).
 
 - a container, or containers among the above: WebDataset tar shards (`.tar`, `.tar.gz`) and Parquet
-  tables of image bytes (a `.parquet` without a `uri` column), each listed as its pieces (containers.py).
+  tables of image bytes (a `.parquet` without a `uri` column), each listed as its pieces (containers.py);
+- a video, or videos among the above (`.mp4`, `.mov`, `.mkv`, `.webm`, `.avi`), each listed as its
+  pieces of time (videos.py).
 
-Prefixes, directories and inventories yield only image files and containers: by extension
+Prefixes, directories and inventories yield only image files, containers and videos: by extension
 (case-insensitive), or by `include`, a glob matched case-insensitively against the path below the
 prefix (an inventory's keys).
 Manifests and inventories are not in key order: they are sorted (through disk beyond sorted_runs.RUN_ROWS)
@@ -37,9 +39,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from facesweep.workers.config import PIECE_BYTES
+from facesweep.workers.config import ContainerSettings
 from facesweep.workers.errors import UserError
-from facesweep.workers.inputs.containers import CONTAINER_SUFFIXES, expand, image_kind, is_container
+from facesweep.workers.inputs import containers, videos
+from facesweep.workers.inputs.containers import CONTAINER_SUFFIXES, image_kind, is_container
 from facesweep.workers.inputs.kinds import IMAGE_EXTENSIONS
 from facesweep.workers.inputs.sorted_runs import check_sorted, sort_unsorted
 from facesweep.workers.storage import (
@@ -72,11 +75,15 @@ def is_manifest(source: str) -> bool:
 
 
 def list_images(
-    source: str, include: str | None = None, piece_bytes: int = PIECE_BYTES
+    source: str,
+    include: str | None = None,
+    settings: ContainerSettings = ContainerSettings(),  # noqa: B008 (frozen)
 ) -> Iterator[pa.Table]:
     """Every image `source` names, as LISTING_SCHEMA tables in strictly increasing uri order; each
-    container (a tar or a Parquet table of image bytes) as its pieces (`containers.expand`)."""
-    return (expand(table, piece_bytes) for table in _list(source, include))
+    container (a tar or a Parquet table of image bytes) and each video as its pieces
+    (`containers.expand`, `videos.expand`)."""
+    for table in _list(source, include):
+        yield videos.expand(containers.expand(table, settings.piece_bytes), settings.piece_seconds)
 
 
 def _list(source: str, include: str | None) -> Iterator[pa.Table]:
@@ -88,7 +95,7 @@ def _list(source: str, include: str | None) -> Iterator[pa.Table]:
         return sort_unsorted(_read_manifest(source), LISTING_SCHEMA)
     if not is_remote(source) and Path(source).is_file():  # one image or container
         return iter([_table([storage_for(source).head(str(Path(source).absolute()))])])
-    if is_remote(source) and is_container(source):  # one tar or Parquet object
+    if is_remote(source) and (is_container(source) or videos.is_video(source)):  # one object
         return iter([_table([storage_for(source).head(source)])])
     if not is_remote(source) and not Path(source).is_dir():
         raise InputError(
@@ -151,7 +158,7 @@ def _filtered(tables: Iterator[pa.Table], root: str, include: str | None) -> Ite
 def _is_image(relative: pa.Array | pa.ChunkedArray, include: str | None) -> pa.Array:
     """Whether each path matches `include` (a glob), or without one has an image extension."""
     if include is None:
-        suffixes = [e.lstrip(".") for e in (*IMAGE_EXTENSIONS, *CONTAINER_SUFFIXES)]
+        suffixes = [e.lstrip(".") for e in (*IMAGE_EXTENSIONS, *CONTAINER_SUFFIXES, *videos.VIDEO_SUFFIXES)]
         pattern = rf"\.({'|'.join(re.escape(e) for e in suffixes)})$"
     else:
         pattern = "^" + fnmatch.translate(include).replace(r"\Z", r"\z")

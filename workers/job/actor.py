@@ -26,7 +26,9 @@ from facesweep.workers.config import (
     Tuning,
 )
 from facesweep.workers.errors import ErrorKind, ImageError, ImageFailure, internal_failure
+from facesweep.workers.inputs import videos
 from facesweep.workers.inputs.containers import parse_piece, read_piece
+from facesweep.workers.inputs.videos import FrameChoice
 from facesweep.workers.job.budget import PixelBudget, budget_bytes
 from facesweep.workers.job.calls import ShardCalls
 from facesweep.workers.job.messages import ActorInfo, ShardReport
@@ -59,6 +61,8 @@ class ShardWorker(ShardCalls):
         low = min([settings.score_threshold, *(p.score_threshold for p in self.products)])
         self.detector = Detector(replace(settings, score_threshold=low), tuning)  # the output keeps its own
         self.containers = containers
+        rate = containers.frame_rate(anonymizing=anonymizer is not None)
+        self.frames = FrameChoice(rate, containers.keyframes)
         threads = tuning.fetch_threads
         pool = ThreadPoolExecutor(threads, thread_name_prefix="fetch")
         self.budget = PixelBudget(budget_bytes(tuning.pixel_budget, settings.threads))  # its shards share it
@@ -75,9 +79,14 @@ class ShardWorker(ShardCalls):
     def process_one(self, shard: Shard) -> ShardReport:
         timings = Timings()
         piece = parse_piece(shard.uris[0]) if len(shard.uris) == 1 else None
-        made = _ShardProducts(self, timings, in_container=piece is not None) if self.products else None
+        video = videos.parse_piece(shard.uris[0]) if len(shard.uris) == 1 else None
+        products = self.products and video is None
+        made = _ShardProducts(self, timings, in_container=piece is not None) if products else None
         finish = made.finish if made is not None else None
-        if piece is None:
+        if video is not None:
+            results = self._video_piece(shard, timings)
+            pieces = [(shard.uris[0], shard.etags[0], shard.sizes[0])]
+        elif piece is None:
             uris = shard.uris
 
             def load(i: int) -> bytes:
@@ -111,6 +120,31 @@ class ShardWorker(ShardCalls):
         copied = made.done.get("anonymize", 0) if made is not None else 0
         return self.report(shard, counts, kinds, timings.seconds, copied)
 
+    def _video_piece(self, shard: Shard, timings: Timings) -> list[ImageResult]:
+        """The rows of a video piece's sampled frames (and one naming the piece if its end could not be
+        read); a video that cannot be opened is one error row, named after the video for its first piece."""
+        piece, etag, size = shard.uris[0], shard.etags[0], shard.sizes[0]
+        video, start, _ = videos.parse_piece(piece)
+        clock = time.thread_time()
+        try:
+            frames = videos.VideoPiece(piece, size, self.frames)
+        except (ImageError, ObjectError) as error:
+            failure = (
+                error.failure if isinstance(error, ImageError) else ImageFailure(ErrorKind.FETCH, str(error))
+            )
+            return [_error_row(video if start == 0 else piece, failure, etag, piece)]
+        timings.add("fetch", time.thread_time() - clock)
+        reader = videos.FrameReader(frames)
+        sampled = [frames.frames[i] for i in reader.sampled]
+        names = [videos.frame_uri(video, frame.time) for frame in sampled]
+        results = [
+            replace(result, etag=etag, container=piece, frame_index=frame.index, frame_time=float(frame.time))
+            for result, frame in zip(self.pipeline.run(names, reader, timings), sampled, strict=True)
+        ]
+        if frames.failure is not None:
+            results.append(_error_row(piece, frames.failure.failure, etag, piece))
+        return results
+
     def _container_piece(
         self, shard: Shard, timings: Timings, made: _ShardProducts | None
     ) -> list[ImageResult]:
@@ -141,6 +175,10 @@ class ShardWorker(ShardCalls):
             )
             for result, m in zip(results, members, strict=True)
         ]
+
+
+def _error_row(name: str, failure: ImageFailure, etag: str | None, piece: str) -> ImageResult:
+    return ImageResult(name, error=failure.message, error_kind=failure.kind, etag=etag, container=piece)
 
 
 @dataclass

@@ -34,7 +34,6 @@ import ray
 
 from facesweep.workers.config import JobConfig
 from facesweep.workers.errors import line_of
-from facesweep.workers.inputs.containers import parse_piece
 from facesweep.workers.job.messages import ShardReport
 from facesweep.workers.job.progress import JobProgress
 from facesweep.workers.job.shards import Shard
@@ -82,10 +81,6 @@ class _Call:
     actor: _Actor
     shards: list[Shard]
     started: float = field(default_factory=time.monotonic)
-
-
-def _kind(shard: Shard) -> str:
-    return "piece" if parse_piece(shard.uris[0]) else "objects"
 
 
 class Dispatcher:
@@ -215,7 +210,7 @@ class Dispatcher:
             self.compactor.add(report.index, report.images)
             actor.process = report.actor.process
         if len(reports) == len(call.shards):
-            kinds = {_kind(shard) for shard in call.shards}
+            kinds = {shard.kind for shard in call.shards}
             if len(kinds) == 1:
                 samples = self.samples.setdefault(kinds.pop(), deque(maxlen=SAMPLES))
                 samples.append((now - call.started) / len(call.shards))
@@ -247,7 +242,7 @@ class Dispatcher:
         elapsed = now - call.started
         if elapsed <= self.tuning.stuck_seconds:
             return False
-        kinds = [_kind(shard) for shard in call.shards]
+        kinds = [shard.kind for shard in call.shards]
         if self.last_return <= call.started or not all(kind in usual for kind in kinds):
             return elapsed > self.tuning.stuck_factor * self.tuning.stuck_seconds  # no peer to go by
         return elapsed > self.tuning.stuck_factor * sum(usual[kind] for kind in kinds)

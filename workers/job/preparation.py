@@ -70,7 +70,7 @@ def prepare(config: JobConfig, overwrite: bool, read_only: bool = False) -> Prep
         config = replace(config, anonymizer=_anonymizer(config.anonymizer, config.input))
     _check_output(config)
     checksum = checked_model(config.detector.model, config.detector.model_sha256)[1]
-    listing = _non_empty(list_images(config.input, config.include, config.containers.piece_bytes), config)
+    listing = _non_empty(list_images(config.input, config.include, config.containers), config)
     lease = OutputLease(config.output)
     if not read_only:
         lease.acquire()  # before anything under OUTPUT changes; the driver releases it
@@ -197,7 +197,7 @@ def _drop_changed(ledger: Ledger, config: JobConfig) -> int:
     """--reprocess-changed: a first pass finds the changed images and drops their rows from OUTPUT, so
     the plan then sees them as new (a kill between the two leaves them simply not done)."""
     by_file: dict[int, list[str]] = {}
-    listing = rebatch(list_images(config.input, config.include, config.containers.piece_bytes))
+    listing = rebatch(list_images(config.input, config.include, config.containers))
     for _, changed in compare_with_changes(listing, ledger.done(), PlanCounts()):
         for uri, file in zip(changed["uri"].to_pylist(), changed["file"].to_pylist(), strict=True):
             by_file.setdefault(file, []).append(uri)
@@ -225,7 +225,7 @@ def _still_listed(rows: pa.Table, config: JobConfig) -> pa.Table:
     if not rows.num_rows:
         return rows
     kept = [rows.slice(0, 0)]
-    listing = rebatch(list_images(config.input, config.include, config.containers.piece_bytes))
+    listing = rebatch(list_images(config.input, config.include, config.containers))
     try:
         for window in listing:
             if not rows.num_rows:

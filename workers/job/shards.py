@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from facesweep.workers.inputs.containers import PIECE
+from facesweep.workers.inputs import containers, videos
 from facesweep.workers.output.layout import shard_path
 
 EXAMPLES = 5
+PIECE = f"{containers.PIECE.pattern}|{videos.PIECE.pattern}"
+"""A listed uri that is a piece of a container or of a video: a shard of its own."""
 LISTED = ("uri", "etag", "size")
 DONE_SCHEMA = pa.schema(
     [("uri", pa.string()), ("etag", pa.string()), ("size", pa.int64()), ("file", pa.int32())]
@@ -29,7 +31,7 @@ DONE_SCHEMA = pa.schema(
 @dataclass(frozen=True)
 class Shard:
     """A unit of work: one actor call, one shard file; the images' listed versions ride along. A shard
-    of one container piece holds the piece's uri, and the container's etag and size."""
+    of one container's or video's piece holds the piece's uri, and the whole object's etag and size."""
 
     index: int
     uris: tuple[str, ...]
@@ -40,6 +42,13 @@ class Shard:
     def file_name(self) -> str:
         """Relative to OUTPUT."""
         return shard_path(self.index)
+
+    @property
+    def kind(self) -> str:
+        """`video`, `piece` (of a container) or `objects`: shards of a kind take alike long."""
+        if videos.parse_piece(self.uris[0]):
+            return "video"
+        return "piece" if containers.parse_piece(self.uris[0]) else "objects"
 
 
 @dataclass
@@ -92,9 +101,7 @@ def compare_with_changes(
         cut = int(pc.sum(pc.less_equal(held["uri"], last)).as_py() or 0)
         mine, held = held.slice(0, cut), held.slice(cut)
         counts.listed += window.num_rows
-        counts.listed_pieces += int(
-            pc.sum(pc.match_substring_regex(window["uri"], PIECE.pattern)).as_py() or 0
-        )
+        counts.listed_pieces += int(pc.sum(pc.match_substring_regex(window["uri"], PIECE)).as_py() or 0)
         known = pc.is_in(window["uri"], mine["uri"])
         new = window.filter(pc.invert(known))
         counts.new += new.num_rows
@@ -129,7 +136,7 @@ def _differ(listed: pa.ChunkedArray, stored: pa.ChunkedArray) -> pa.ChunkedArray
 
 def plan_shards(new: Iterable[pa.Table], size: int, first: int, counts: PlanCounts) -> Iterator[Shard]:
     """Groups the new images into shards of `size` (the last may be smaller), numbered from `first`; a
-    container's piece is a shard of its own."""
+    container's or a video's piece is a shard of its own."""
     if size < 1:
         raise ValueError(f"shard size must be at least 1, got {size}")
     index = first
@@ -137,7 +144,7 @@ def plan_shards(new: Iterable[pa.Table], size: int, first: int, counts: PlanCoun
     etags: list[str | None] = []
     sizes: list[int | None] = []
     for table in new:
-        pieces = pc.match_substring_regex(table["uri"], PIECE.pattern)
+        pieces = pc.match_substring_regex(table["uri"], PIECE)
         for uri, etag, bytes_ in zip(*(table.filter(pieces)[c].to_pylist() for c in LISTED), strict=True):
             yield Shard(index, (uri,), (etag,), (bytes_,))
             index, counts.shards, counts.pieces = index + 1, counts.shards + 1, counts.pieces + 1

@@ -25,7 +25,8 @@ COLUMNS = {
     "uri": (
         pa.string(),
         "the input image: its full s3:// URI or absolute local path; an image in a container: the "
-        "container's, then # and the tar member's path or row=N (the Parquet row, from 0)",
+        "container's, then # and the tar member's path or row=N (the Parquet row, from 0); a video's "
+        "frame: the video's, then #t= and the frame's time in seconds (three decimals)",
     ),
     "etag": (
         pa.string(),
@@ -57,7 +58,8 @@ COLUMNS = {
     ),
     "container": (
         pa.string(),
-        "an image in a container: the piece of it that held the image (container#bytes=START-END); else null",
+        "an image in a container: the piece of it that held the image (container#bytes=START-END); a "
+        "video's frame: the piece of the video (video#t=START,END); else null",
     ),
     "decode_scale": (
         pa.float32(),
@@ -66,6 +68,12 @@ COLUMNS = {
         "larger; faces are in full-size pixels either way. Null on error rows and in rows written before "
         "the column",
     ),
+    "frame_index": (
+        pa.int64(),
+        "a video's frame: its number from 0, counted at the stream's average frame rate (exact at a "
+        "constant rate); else null",
+    ),
+    "frame_time": (pa.float64(), "a video's frame: its presentation time in seconds; else null"),
 }
 SCHEMA = pa.schema(
     [pa.field(name, kind, metadata={"description": text}) for name, (kind, text) in COLUMNS.items()]
@@ -88,6 +96,8 @@ class ImageResult:
     key: str | None = None  # in a container: the sample key or row id, and the piece that held it
     container: str | None = None
     decode_scale: float | None = None  # the scale its pixels were decoded at (1: full size)
+    frame_index: int | None = None  # a video's frame: its number and time (seconds)
+    frame_time: float | None = None
 
 
 def results_table(results: Sequence[ImageResult], model: str) -> pa.Table:
@@ -125,6 +135,8 @@ def results_table(results: Sequence[ImageResult], model: str) -> pa.Table:
             "decode_scale": pa.array(
                 [r.decode_scale if good else None for r, good in zip(results, ok, strict=True)], pa.float32()
             ),
+            "frame_index": pa.array([r.frame_index for r in results], pa.int64()),
+            "frame_time": pa.array([r.frame_time for r in results], pa.float64()),
         },
         schema=SCHEMA,
     )

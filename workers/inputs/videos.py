@@ -1,0 +1,318 @@
+"""Videos as INPUT (`.mp4`, `.mov`, `.mkv`, `.webm`, `.avi`), read a piece at a time with PyAV.
+
+A video is cut into pieces by time: the listing names each piece `<video>#t=START,END` (seconds with three
+decimals, zero-padded so the pieces sort in order; a W3C media-fragment time range), one shard each. The
+planner opens each video once for its duration (`expand`, a few ranged GETs); a video it cannot open is
+one piece from 0, whose shard then writes one error row named after the video.
+
+A piece holds the frames whose presentation time is in [START, END), so each frame belongs to exactly one
+piece whatever the GOPs: it is read by seeking to the keyframe at or before START and demuxing, in
+ranged GETs of READ_BLOCK bytes, up to the first keyframe at or after END (and the leading pictures that
+follow it). Its packets are kept, so the piece decodes again for a blurred copy without another request.
+
+Frames are sampled by `FrameChoice`: N a second (the first frame at or after each multiple of 1/N s),
+every frame, or keyframes only. A sampled frame's row is `<video>#t=SECONDS` (its presentation time,
+three decimals) with its number (`frame_index`, from the time at the stream's average rate: exact at a
+constant frame rate) and time (`frame_time`) as columns. Frames come out upright (a rotation flag
+applied), BGR.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from facesweep.workers.errors import ErrorKind, ImageError
+from facesweep.workers.storage import StorageError, storage_for
+
+if TYPE_CHECKING:
+    import av
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+PIECE = re.compile(r"#t=(\d+\.\d{3}),(\d+\.\d{3})$")
+READ_BLOCK = 4 * 1024 * 1024
+"""Bytes per ranged GET of a video: a demuxer's small reads are served from blocks of this size."""
+BLOCKS_HELD = 4
+PROBES = 16
+"""Videos the planner opens at once for their durations."""
+
+
+def is_video(uri: str) -> bool:
+    return uri.lower().endswith(VIDEO_SUFFIXES)
+
+
+def piece_uri(video: str, start: float, end: float) -> str:
+    return f"{video}#t={start:010.3f},{end:010.3f}"
+
+
+def parse_piece(uri: str) -> tuple[str, Fraction, Fraction] | None:
+    """(video, start, end) of a piece's uri (seconds, exact), None for any other uri."""
+    match = PIECE.search(uri)
+    if match is None or not is_video(uri[: match.start()]):
+        return None
+    return uri[: match.start()], Fraction(match.group(1)), Fraction(match.group(2))
+
+
+def frame_uri(video: str, time: Fraction) -> str:
+    return f"{video}#t={float(time):.3f}"
+
+
+@dataclass(frozen=True)
+class FrameChoice:
+    """Which frames are detected: `fps` a second, or every frame (`fps` None), or keyframes only."""
+
+    fps: float | None = 1.0
+    keyframes: bool = False
+
+    def sampled(self, times: list[Fraction], keyframes: list[bool], frame: Fraction) -> np.ndarray:
+        """Which of frames at `times` (seconds; `frame`: the nominal frame duration) are sampled: at N a
+        second, a frame is when a multiple of 1/N s lies in (its time - frame, its time], which depends on
+        the frame alone, so pieces agree whatever their starts."""
+        if self.keyframes:
+            return np.array(keyframes, bool)
+        if self.fps is None:
+            return np.ones(len(times), bool)
+        rate = Fraction(self.fps).limit_denominator(1000)
+        return np.array([math.floor(t * rate) > math.floor((t - frame) * rate) for t in times], bool)
+
+
+def expand(listing: pa.Table, piece_seconds: float) -> pa.Table:
+    """The listing with each video replaced by its pieces (same etag and size), sorted by uri; each
+    video is opened for its duration (PROBES at once)."""
+    uris = listing["uri"]
+    suffixes = "|".join(re.escape(s) for s in VIDEO_SUFFIXES)
+    mask = pc.match_substring_regex(pc.utf8_lower(uris), rf"({suffixes})$")
+    if not pc.any(mask).as_py():
+        return listing
+    videos, rest = listing.filter(mask), listing.filter(pc.invert(mask))
+    names, etags, sizes = (videos[c].to_pylist() for c in ("uri", "etag", "size"))
+    with ThreadPoolExecutor(PROBES, thread_name_prefix="probe") as pool:
+        durations = list(pool.map(_duration_or_none, names, sizes))
+    rows: dict[str, list] = {"uri": [], "etag": [], "size": []}
+    for uri, etag, size, duration in zip(names, etags, sizes, durations, strict=True):
+        count = max(1, math.ceil((duration or 0) / piece_seconds))
+        pieces = [piece_uri(uri, i * piece_seconds, (i + 1) * piece_seconds) for i in range(count)]
+        rows["uri"] += pieces
+        rows["etag"] += [etag] * count
+        rows["size"] += [size] * count
+    return pa.concat_tables([rest, pa.table(rows, schema=listing.schema)]).sort_by("uri")
+
+
+def _duration_or_none(uri: str, size: int | None) -> float | None:
+    """The video's duration in seconds; None when it cannot be opened (its one piece says why)."""
+    try:
+        with _open(uri, size) as container:
+            stream = container.streams.video[0]
+            if stream.duration is not None:
+                return float(stream.duration * stream.time_base)
+            return container.duration / 1_000_000 if container.duration else None
+    except (ImageError, StorageError):
+        return None
+
+
+class _Blocks(io.RawIOBase):
+    """A seekable file over an object, read in aligned READ_BLOCK ranged GETs, the last few kept."""
+
+    def __init__(self, uri: str, size: int | None) -> None:
+        self.uri, self._storage = uri, storage_for(uri)
+        self._size = self._storage.size(uri) if size is None else size
+        self._position = 0
+        self._blocks: OrderedDict[int, bytes] = OrderedDict()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        if self._position >= self._size:
+            return 0
+        number = self._position // READ_BLOCK
+        block = self._blocks.get(number)
+        if block is None:
+            start = number * READ_BLOCK
+            block = self._storage.get_range(self.uri, start, min(READ_BLOCK, self._size - start))
+            self._blocks[number] = block
+            while len(self._blocks) > BLOCKS_HELD:
+                self._blocks.popitem(last=False)
+        self._blocks.move_to_end(number)
+        offset = self._position - number * READ_BLOCK
+        data = block[offset : offset + len(buffer)]
+        buffer[: len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+
+def _open(uri: str, size: int | None) -> av.container.InputContainer:
+    """The video opened for reading; an ImageError when it is not a video PyAV can read."""
+    import av
+
+    file = _Blocks(uri, size)
+    try:
+        container = av.open(file, "r")
+    except av.FFmpegError as error:
+        raise ImageError(f"not a readable video: {_reason(error)}", ErrorKind.NOT_AN_IMAGE) from None
+    if not container.streams.video:
+        container.close()
+        raise ImageError("a file without a video stream", ErrorKind.NOT_AN_IMAGE)
+    return container
+
+
+def _reason(error: Exception) -> str:
+    return getattr(error, "strerror", None) or str(error)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One frame of a piece: its number in the video, its presentation time, and whether it is sampled."""
+
+    index: int
+    time: Fraction
+    pts: int
+    sampled: bool
+
+
+class VideoPiece:
+    """A piece of a video: its video packets (demuxed once), its frames, and their pixels on demand.
+
+    `frames` lists the piece's frames in presentation order from the packets' timestamps, before any
+    decoding; `failure` says why the demuxer stopped early (the frames after it are not listed)."""
+
+    def __init__(self, piece: str, size: int | None, choice: FrameChoice) -> None:
+
+        parsed = parse_piece(piece)
+        if parsed is None:
+            raise ValueError(f"{piece} names no piece of a video")
+        self.video, self.start, self.end = parsed
+        self.failure: ImageError | None = None
+        container = _open(self.video, size)
+        try:
+            stream = container.streams.video[0]
+            self.time_base = stream.time_base or Fraction(1, 90000)
+            self.rate = stream.average_rate or stream.guessed_rate or Fraction(30)
+            self.origin = stream.start_time or 0
+            self.codec_name = stream.codec_context.name
+            self.extradata = stream.codec_context.extradata
+            self.packets = self._demux(container, stream)
+        finally:
+            container.close()
+        listed = sorted({p.pts for p in self.packets if p.pts is not None and self._inside(p.pts)})
+        keys = {p.pts for p in self.packets if p.is_keyframe}
+        times = [pts * self.time_base for pts in listed]
+        chosen = choice.sampled(times, [pts in keys for pts in listed], 1 / Fraction(self.rate))
+        first = self.origin * self.time_base
+        self.frames = [
+            Frame(round((t - first) * self.rate), t, pts, bool(s))
+            for pts, t, s in zip(listed, times, chosen, strict=True)
+        ]
+
+    def _inside(self, pts: int) -> bool:
+        return self.start <= pts * self.time_base < self.end
+
+    def _demux(self, container: av.container.InputContainer, stream: av.VideoStream) -> list[av.Packet]:
+        """The packets from the keyframe at or before START up to the first keyframe at or after END and
+        the leading pictures after it (earlier in time than it, so possibly this piece's)."""
+        import av
+
+        if self.start > 0:
+            try:
+                container.seek(math.floor(self.start / self.time_base), stream=stream, backward=True)
+            except av.FFmpegError as error:
+                why = f"cannot seek to {float(self.start):.3f} s: {_reason(error)}"
+                self.failure = ImageError(why, ErrorKind.CORRUPT)
+                return []
+        packets, boundary = [], None
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0 or packet.pts is None:
+                    continue
+                if boundary is not None and packet.pts >= boundary:
+                    break
+                if boundary is None and packet.is_keyframe and packet.pts * self.time_base >= self.end:
+                    boundary = packet.pts
+                packets.append(packet)
+        except av.FFmpegError as error:
+            self.failure = ImageError(f"video cut short or corrupt: {_reason(error)}", ErrorKind.TRUNCATED)
+        return packets
+
+    def decoded(self) -> Iterator[tuple[int, np.ndarray | ImageError]]:
+        """(position in `frames`, upright BGR pixels or why that frame cannot be decoded) for every frame
+        of the piece, in presentation order; a fresh decoder each call."""
+        import av
+
+        codec = av.CodecContext.create(self.codec_name, "r")
+        if self.extradata:
+            codec.extradata = self.extradata
+        codec.thread_type = "AUTO"
+        positions = {frame.pts: i for i, frame in enumerate(self.frames)}
+        for packet in [*self.packets, None]:
+            try:
+                frames = codec.decode(packet)
+            except av.FFmpegError as error:
+                if packet is not None and packet.pts in positions:
+                    why = f"frame not decodable: {_reason(error)}"
+                    yield positions[packet.pts], ImageError(why, ErrorKind.CORRUPT)
+                continue
+            for frame in frames:
+                position = positions.get(frame.pts)
+                if position is not None:
+                    try:
+                        yield position, _upright(frame)
+                    except ImageError as error:
+                        yield position, error
+
+
+class FrameReader:
+    """The sampled frames of a piece by their place among the sampled ones, decoded in order once,
+    from many threads: a frame asked for ahead of its turn waits while those before it are decoded and
+    held for their callers."""
+
+    def __init__(self, piece: VideoPiece) -> None:
+        self.sampled = [i for i, frame in enumerate(piece.frames) if frame.sampled]
+        self._place = {position: place for place, position in enumerate(self.sampled)}
+        self._frames = piece.decoded()
+        self._held: dict[int, np.ndarray | ImageError] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, place: int) -> np.ndarray:
+        with self._lock:
+            while place not in self._held:
+                position, pixels = next(self._frames, (None, None))
+                if position is None:
+                    raise ImageError("frame missing from the video's stream", ErrorKind.TRUNCATED)
+                if position in self._place:
+                    self._held[self._place[position]] = pixels
+            pixels = self._held.pop(place)
+        if isinstance(pixels, ImageError):
+            raise pixels
+        return pixels
+
+
+def _upright(frame: av.VideoFrame) -> np.ndarray:
+    """A decoded frame as upright BGR: its rotation flag (degrees counter-clockwise) applied."""
+    if frame.is_corrupt:
+        raise ImageError("frame decoded with errors", ErrorKind.CORRUPT)
+    pixels = frame.to_ndarray(format="bgr24")
+    turns = round(frame.rotation / 90) % 4 if frame.rotation else 0
+    return np.ascontiguousarray(np.rot90(pixels, turns)) if turns else pixels
