@@ -5,7 +5,9 @@
   `segmentation` polygon, area, score, `keypoints` `[x, y, v] * 5` with v = 2, or all 0 with
   `num_keypoints` 0 when the model has no landmarks), `categories` (one: face, its five keypoint names).
   Images that could not be read are not COCO images (they have no size): they are listed under the extra
-  key `errors` as `{"file_name": ..., "error": reason}`.
+  key `errors` as `{"file_name": ..., "error": reason}`. A video's frames are images with `video_id`,
+  `frame_id` (the frame's index) and `frame_time`, and the videos are listed under `videos` (`id`,
+  `name`), as COCO-video layouts (YouTube-VIS, TAO) have them.
 - `csv`, `flat-parquet`: the columns of
   `facesweep.workers.output.reader.FLAT_SCHEMA`, one row per face and one (face
   columns null) per image without any: every image of the output is there.
@@ -121,18 +123,20 @@ def to_coco(table: pa.Table, flat: pa.Table, image_root: str | None = None) -> d
     present = ~np.isnan(points).any(axis=1)
     keypoints = np.concatenate([np.nan_to_num(points).reshape(-1, 5, 2), np.zeros((len(points), 5, 1))], 2)
     keypoints[present, :, 2] = 2
+    videos, frames = _video_frames(images, image_root)
     return {
         "info": {
             "description": "faces found by facesweep",
             "model": ", ".join(pc.unique(table["model"]).to_pylist()),
         },
         "images": [
-            {"id": i, "file_name": name, "width": width, "height": height}
-            for i, (name, width, height) in enumerate(
+            {"id": i, "file_name": name, "width": width, "height": height, **frame}
+            for i, (name, width, height, frame) in enumerate(
                 zip(
                     file_names(images["uri"].to_pylist(), image_root),
                     images["width"].to_pylist(),
                     images["height"].to_pylist(),
+                    frames,
                     strict=True,
                 ),
                 1,
@@ -177,4 +181,28 @@ def to_coco(table: pa.Table, flat: pa.Table, image_root: str | None = None) -> d
             {"file_name": name, "error": error}
             for name, error in zip(failed["uri"].to_pylist(), failed["error"].to_pylist(), strict=True)
         ],
+        **({"videos": videos} if videos else {}),
     }
+
+
+def _video_frames(
+    images: pa.Table, image_root: str | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """COCO-video's `videos` (id, name) and, per image, its `video_id` and `frame_id` (the frame's index)
+    with its `frame_time`; an image that is no video's frame gets nothing."""
+    index = images["frame_index"].to_pylist()
+    if all(i is None for i in index):
+        return [], [{}] * images.num_rows
+    video_uris = pc.replace_substring_regex(images["uri"], r"#t=[\d.]+$", "").to_pylist()
+    ids = {
+        uri: i
+        for i, uri in enumerate(
+            dict.fromkeys(u for u, f in zip(video_uris, index, strict=True) if f is not None), 1
+        )
+    }
+    names = dict(zip(ids, file_names(list(ids), image_root), strict=True))
+    frames = [
+        {} if f is None else {"video_id": ids[uri], "frame_id": f, "frame_time": t}
+        for uri, f, t in zip(video_uris, index, images["frame_time"].to_pylist(), strict=True)
+    ]
+    return [{"id": i, "name": names[uri]} for uri, i in ids.items()], frames

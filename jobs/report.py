@@ -45,6 +45,7 @@ from facesweep.workers.evaluation.annotations import read_ground_truth
 from facesweep.workers.evaluation.evaluate import OMZ_HEIGHT_RANGE, evaluate
 from facesweep.workers.evaluation.matching import match_by_suffix, match_faces
 from facesweep.workers.faces import Faces
+from facesweep.workers.inputs import videos
 from facesweep.workers.inputs.containers import Member, fetch_members, parse_piece
 from facesweep.workers.inputs.images import decode_image
 from facesweep.workers.output.reader import faces_per_image, read_output
@@ -53,6 +54,8 @@ from facesweep.workers.products.anonymize import copy_extension, copy_uri
 from facesweep.workers.storage import StorageError, storage_for
 
 THUMB_WIDTH = 320
+FRAMES_SHOWN = 4
+"""Frames of each video the grid draws."""
 COPY_THUMBS, COPY_FULL = "anonymized/thumbs", "anonymized/full"
 MATCH_IOU = 0.5
 MAX_ERROR_ROWS = 500
@@ -134,7 +137,7 @@ def write_report(
         problem = f"{file} is a file: give a folder for the report" if file else error.strerror or error
         raise ReportError(f"show --out {folder}: {problem}") from None
     faces = faces_per_image(table)
-    drawn = np.flatnonzero(pc.is_valid(table["faces"]).to_numpy(zero_copy_only=False))[:limit]
+    drawn = _drawn(table, limit)
     uris, etags, sizes = (table[column].to_pylist() for column in ("uri", "etag", "size"))
     rows = table.take(drawn)
     held = _container_images(rows, record.containers if record else ContainerSettings())
@@ -161,21 +164,43 @@ def write_report(
     )
 
 
+def _drawn(table: pa.Table, limit: int) -> np.ndarray:
+    """The rows the grid draws: the first `limit` read ones by uri, a video by FRAMES_SHOWN of its frames
+    spread over its length (its earliest, its latest and evenly between)."""
+    read = pc.is_valid(table["faces"]).to_numpy(zero_copy_only=False)
+    times = table["frame_time"].to_numpy(zero_copy_only=False).astype(float)
+    frames = np.flatnonzero(read & ~np.isnan(times))
+    chosen = read & np.isnan(times)
+    if len(frames):
+        videos_of = pc.replace_substring_regex(table["uri"], r"#t=[\d.]+$", "").to_numpy(zero_copy_only=False)
+        order = frames[np.lexsort((times[frames], videos_of[frames]))]
+        names = videos_of[order]
+        starts = np.flatnonzero(np.r_[True, names[1:] != names[:-1]])
+        for start, end in zip(starts, [*starts[1:], len(order)], strict=True):
+            spread = np.linspace(start, end - 1, min(FRAMES_SHOWN, end - start)).round().astype(int)
+            chosen[order[spread]] = True
+    return np.flatnonzero(chosen)[:limit]
+
+
 def picture_name(position: int, uri: str) -> str:
     """`000012-0_Parade_Parade_0_102.jpg`: the grid position, then the source's file name (characters
-    other than letters, digits, `.`, `-` and `_` as `_`)."""
-    stem = re.sub(r"[^\w.-]+", "_", PurePosixPath(uri).stem)[:100]
+    other than letters, digits, `.`, `-` and `_` as `_`); a video's frame: `000013-walk.mp4_t_1.500.jpg`."""
+    name = PurePosixPath(uri).name
+    stem = re.sub(r"[^\w.-]+", "_", name if "#t=" in name else PurePosixPath(uri).stem)[:100]
     return f"{position:06d}-{stem}.jpg"
 
 
 def _container_images(rows: pa.Table, settings: ContainerSettings) -> dict[str, Member]:
-    """The drawn images that live in containers, each piece read once, with the job's container settings."""
+    """The drawn images that live in containers or are a video's frames, each piece read once, with the
+    job's container settings."""
     pieces = {
         uri: piece
         for uri, piece in zip(rows["uri"].to_pylist(), rows["container"].to_pylist(), strict=True)
         if piece is not None
     }
-    return fetch_members(pieces, settings) if pieces else {}
+    frames = {uri: piece for uri, piece in pieces.items() if videos.parse_piece(piece)}
+    members = {uri: piece for uri, piece in pieces.items() if uri not in frames}
+    return (fetch_members(members, settings) if members else {}) | videos.fetch_frames(frames)
 
 
 def _moved_members(rows: pa.Table) -> set[str]:
@@ -186,7 +211,7 @@ def _moved_members(rows: pa.Table) -> set[str]:
     for uri, piece, etag in zip(*columns, strict=True):
         if piece is None or etag is None:
             continue
-        container = (parse_piece(piece) or (piece,))[0]
+        container = (parse_piece(piece) or videos.parse_piece(piece) or (piece,))[0]
         if container not in versions:
             try:
                 versions[container] = storage_for(container).head(container).etag

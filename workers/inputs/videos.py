@@ -24,7 +24,7 @@ import math
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
@@ -34,7 +34,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from facesweep.workers.errors import ErrorKind, ImageError
+from facesweep.workers.errors import ErrorKind, ImageError, ImageFailure
+from facesweep.workers.inputs.containers import Member
 from facesweep.workers.storage import StorageError, storage_for
 
 if TYPE_CHECKING:
@@ -316,3 +317,35 @@ def _upright(frame: av.VideoFrame) -> np.ndarray:
     pixels = frame.to_ndarray(format="bgr24")
     turns = round(frame.rotation / 90) % 4 if frame.rotation else 0
     return np.ascontiguousarray(np.rot90(pixels, turns)) if turns else pixels
+
+
+def fetch_frames(pieces: Mapping[str, str]) -> dict[str, Member]:
+    """Video frames by uri as JPEG bytes, `pieces` naming each uri's piece (the output's `container`):
+    each piece read and decoded once (`facesweep show`); a frame that cannot be read now has its failure."""
+    import cv2
+
+    wanted: dict[str, set[str]] = {}
+    for uri, piece in pieces.items():
+        wanted.setdefault(piece, set()).add(uri)
+    found: dict[str, Member] = {}
+    for piece, uris in wanted.items():
+        try:
+            frames = VideoPiece(piece, None, FrameChoice(fps=None))
+            for position, pixels in frames.decoded():
+                uri = frame_uri(frames.video, frames.frames[position].time)
+                if uri not in uris:
+                    continue
+                if isinstance(pixels, ImageError):
+                    found[uri] = Member(uri, None, failure=pixels.failure)
+                else:
+                    found[uri] = Member(
+                        uri, None, cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+                    )
+        except (ImageError, StorageError) as error:
+            failure = (
+                error.failure if isinstance(error, ImageError) else ImageFailure(ErrorKind.FETCH, str(error))
+            )
+            found |= {uri: Member(uri, None, failure=failure) for uri in uris - found.keys()}
+        absent = ImageFailure(ErrorKind.FETCH, f"no frame at that time in {piece}")
+        found |= {uri: Member(uri, None, failure=absent) for uri in uris - found.keys()}
+    return found
