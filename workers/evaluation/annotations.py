@@ -78,7 +78,7 @@ def _read_annotations(path: str | os.PathLike[str], with_settings: bool) -> dict
     settings = with_settings and len(lines[0].split()) > max(SETTING_COLUMNS)
     columns = [1, 2, 3, 4, *(SETTING_COLUMNS if settings else ())]
     try:
-        numbers = np.loadtxt(lines, np.float32, usecols=columns)
+        numbers = np.loadtxt(lines, np.float32, usecols=columns, comments=None)
     except ValueError:
         raise _bad_line(path, text, numbered, columns) from None
     numbers = numbers.reshape(len(lines), -1)
@@ -103,7 +103,7 @@ def _bad_line(
     """The error naming the first line whose `columns` `np.loadtxt` cannot read, as the file has it."""
     for number, line in numbered:
         try:
-            np.loadtxt([line], np.float32, usecols=columns)
+            np.loadtxt([line], np.float32, usecols=columns, comments=None)
         except ValueError:
             shown = text.splitlines()[number - 1].strip()
             shown = shown if len(shown) <= 60 else shown[:57] + "..."

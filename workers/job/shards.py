@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -72,6 +73,7 @@ class PlanCounts:
     finished: bool = False
     changed_examples: list[str] = field(default_factory=list)
     vanished_examples: list[str] = field(default_factory=list)
+    video_pieces: Counter[str] = field(default_factory=Counter)  # listed pieces per video (its copy's)
 
 
 def compare(listing: Iterable[pa.Table], done: Iterable[pa.Table], counts: PlanCounts) -> Iterator[pa.Table]:
@@ -102,6 +104,7 @@ def compare_with_changes(
         mine, held = held.slice(0, cut), held.slice(cut)
         counts.listed += window.num_rows
         counts.listed_pieces += int(pc.sum(pc.match_substring_regex(window["uri"], PIECE)).as_py() or 0)
+        _tally_videos(counts, window["uri"])
         known = pc.is_in(window["uri"], mine["uri"])
         new = window.filter(pc.invert(known))
         counts.new += new.num_rows
@@ -121,6 +124,15 @@ def compare_with_changes(
         held = held.slice(held.num_rows)
     _tally_vanished(counts, held)
     counts.finished = True
+
+
+def _tally_videos(counts: PlanCounts, uris: pa.ChunkedArray) -> None:
+    """Counts each video's pieces: a blurred copy is joined once all of them are done."""
+    pieces = uris.filter(pc.match_substring_regex(uris, videos.PIECE.pattern))
+    if len(pieces):
+        names = pc.replace_substring_regex(pieces, videos.PIECE.pattern, "")
+        values, numbers = pc.value_counts(names).flatten()
+        counts.video_pieces.update(dict(zip(values.to_pylist(), numbers.to_pylist(), strict=True)))
 
 
 def _tally_vanished(counts: PlanCounts, rows: pa.Table) -> None:

@@ -6,6 +6,8 @@ OUTPUT/part-NNNNNN.parquet                    compacted results: the only files 
 OUTPUT/_shards/shard-NNNNNNNNN.parquet        a committed shard not yet compacted
 OUTPUT/_crops/part-NNNNNN-KKK.parquet         the crops of part NNNNNN, in files of about 256 MiB
 OUTPUT/_crops/_shards/shard-NNNNNNNNN.parquet the crops of a committed shard
+OUTPUT/_videos/VIDEO/START.mkv                a video piece's blurred segment (--anonymize), until the
+                                              video's copy is joined from its segments in DEST
 OUTPUT/_plan/...                              written by facesweep before the ledger; --overwrite removes it
 OUTPUT/_lease.json                            the running job's lease (lease.py): --overwrite keeps it
 ```
@@ -14,6 +16,7 @@ Readers (pyarrow, DuckDB, Spark) skip `_`-prefixed paths, so they see each image
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -27,7 +30,8 @@ OLD_PLAN_FOLDER = "_plan"
 DELETES_PER_CALL = 1000
 """Keys a DeleteObjects call takes."""
 
-Kind = Literal["part", "shard", "record", "crops", "plan"]
+VIDEO_FOLDER = "_videos"
+Kind = Literal["part", "shard", "record", "crops", "plan", "segment"]
 
 
 def shard_path(index: int) -> str:
@@ -43,6 +47,17 @@ def part_path(number: int) -> str:
 def crop_shard_path(index: int) -> str:
     """A shard's crops file, relative to OUTPUT."""
     return f"{CROP_FOLDER}/{shard_path(index)}"
+
+
+def video_segments(video: str) -> str:
+    """The folder of a video's blurred segments, relative to OUTPUT: named by a hash of its uri."""
+    return f"{VIDEO_FOLDER}/{hashlib.sha256(video.encode()).hexdigest()[:32]}/"
+
+
+def video_segment_path(video: str, start: str) -> str:
+    """The blurred segment of a video's piece starting at `start` (as its piece names it), relative to
+    OUTPUT."""
+    return f"{video_segments(video)}{start}.mkv"
 
 
 def crop_part_prefix(number: int) -> str:
@@ -71,6 +86,8 @@ def parse(relative: str) -> OutputPath | None:
         return OutputPath("record")
     if relative.startswith(f"{OLD_PLAN_FOLDER}/"):
         return OutputPath("plan")
+    if relative.startswith(f"{VIDEO_FOLDER}/"):
+        return OutputPath("segment")
     crops = relative.startswith(f"{CROP_FOLDER}/")
     data = _data_file(relative.removeprefix(f"{CROP_FOLDER}/"), crops)
     if data is None:
