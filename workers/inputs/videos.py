@@ -77,16 +77,26 @@ class FrameChoice:
     fps: float | None = 1.0
     keyframes: bool = False
 
-    def sampled(self, times: list[Fraction], keyframes: list[bool], frame: Fraction) -> np.ndarray:
-        """Which of frames at `times` (seconds; `frame`: the nominal frame duration) are sampled: at N a
-        second, a frame is when a multiple of 1/N s lies in (its time - frame, its time], which depends on
-        the frame alone, so pieces agree whatever their starts."""
+    def sampled(
+        self, times: list[Fraction], before: list[Fraction | None], start: Fraction, keyframes: list[bool]
+    ) -> np.ndarray:
+        """Which of a piece's frames at `times` (seconds; `before`: each one's previous frame's time, None
+        where the piece does not hold it) are sampled: at N a second, the first frame at or after each
+        multiple of 1/N s, i.e. when one lies in (previous, time]; without the previous frame, in
+        [`start`, time]. Pieces agree at their seams when a piece's seconds are a whole number of 1/N."""
         if self.keyframes:
             return np.array(keyframes, bool)
         if self.fps is None:
             return np.ones(len(times), bool)
         rate = Fraction(self.fps).limit_denominator(1000)
-        return np.array([math.floor(t * rate) > math.floor((t - frame) * rate) for t in times], bool)
+        return np.array(
+            [
+                math.floor(t * rate)
+                > (math.floor(b * rate) if b is not None else math.ceil(start * rate) - 1)
+                for t, b in zip(times, before, strict=True)
+            ],
+            bool,
+        )
 
 
 def expand(listing: pa.Table, piece_seconds: float) -> pa.Table:
@@ -198,30 +208,34 @@ class VideoPiece:
     """A piece of a video: its video packets (demuxed once), its frames, and their pixels on demand.
 
     `frames` lists the piece's frames in presentation order from the packets' timestamps, before any
-    decoding; `failure` says why the demuxer stopped early (the frames after it are not listed)."""
+    decoding; `failure` says why the demuxer stopped early (the frames after it are not listed). The
+    video stays open until `close` (a context manager): its stream's decoder is the one that knows the
+    stream's rotation flag."""
 
     def __init__(self, piece: str, size: int | None, choice: FrameChoice) -> None:
-
         parsed = parse_piece(piece)
         if parsed is None:
             raise ValueError(f"{piece} names no piece of a video")
         self.video, self.start, self.end = parsed
         self.failure: ImageError | None = None
-        container = _open(self.video, size)
+        self.container = _open(self.video, size)
         try:
-            stream = container.streams.video[0]
+            self.stream = stream = self.container.streams.video[0]
             self.time_base = stream.time_base or Fraction(1, 90000)
             self.rate = stream.average_rate or stream.guessed_rate or Fraction(30)
             self.origin = stream.start_time or 0
-            self.codec_name = stream.codec_context.name
-            self.extradata = stream.codec_context.extradata
-            self.packets = self._demux(container, stream)
-        finally:
-            container.close()
-        listed = sorted({p.pts for p in self.packets if p.pts is not None and self._inside(p.pts)})
+            stream.codec_context.thread_type = "AUTO"
+            self.packets = self._demux(self.container, stream)
+        except BaseException:
+            self.container.close()
+            raise
+        every = sorted({p.pts for p in self.packets})
+        listed = [pts for pts in every if self._inside(pts)]
+        earlier = dict(zip(every[1:], every[:-1], strict=True))
         keys = {p.pts for p in self.packets if p.is_keyframe}
         times = [pts * self.time_base for pts in listed]
-        chosen = choice.sampled(times, [pts in keys for pts in listed], 1 / Fraction(self.rate))
+        before = [earlier[pts] * self.time_base if pts in earlier else None for pts in listed]
+        chosen = choice.sampled(times, before, self.start, [pts in keys for pts in listed])
         first = self.origin * self.time_base
         self.frames = [
             Frame(round((t - first) * self.rate), t, pts, bool(s))
@@ -257,15 +271,22 @@ class VideoPiece:
             self.failure = ImageError(f"video cut short or corrupt: {_reason(error)}", ErrorKind.TRUNCATED)
         return packets
 
+    def close(self) -> None:
+        self.container.close()
+
+    def __enter__(self) -> VideoPiece:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
     def decoded(self) -> Iterator[tuple[int, np.ndarray | ImageError]]:
         """(position in `frames`, upright BGR pixels or why that frame cannot be decoded) for every frame
-        of the piece, in presentation order; a fresh decoder each call."""
+        of the piece, in presentation order; each call decodes from the piece's first packet again."""
         import av
 
-        codec = av.CodecContext.create(self.codec_name, "r")
-        if self.extradata:
-            codec.extradata = self.extradata
-        codec.thread_type = "AUTO"
+        codec = self.stream.codec_context
+        codec.flush_buffers()
         positions = {frame.pts: i for i, frame in enumerate(self.frames)}
         for packet in [*self.packets, None]:
             try:
@@ -322,30 +343,36 @@ def _upright(frame: av.VideoFrame) -> np.ndarray:
 def fetch_frames(pieces: Mapping[str, str]) -> dict[str, Member]:
     """Video frames by uri as JPEG bytes, `pieces` naming each uri's piece (the output's `container`):
     each piece read and decoded once (`facesweep show`); a frame that cannot be read now has its failure."""
-    import cv2
-
     wanted: dict[str, set[str]] = {}
     for uri, piece in pieces.items():
         wanted.setdefault(piece, set()).add(uri)
     found: dict[str, Member] = {}
     for piece, uris in wanted.items():
         try:
-            frames = VideoPiece(piece, None, FrameChoice(fps=None))
-            for position, pixels in frames.decoded():
-                uri = frame_uri(frames.video, frames.frames[position].time)
-                if uri not in uris:
-                    continue
-                if isinstance(pixels, ImageError):
-                    found[uri] = Member(uri, None, failure=pixels.failure)
-                else:
-                    found[uri] = Member(
-                        uri, None, cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
-                    )
-        except (ImageError, StorageError) as error:
-            failure = (
-                error.failure if isinstance(error, ImageError) else ImageFailure(ErrorKind.FETCH, str(error))
-            )
+            with VideoPiece(piece, None, FrameChoice(fps=None)) as frames:
+                found |= _encoded(frames, uris)
+        except ImageError as error:
+            found |= {uri: Member(uri, None, failure=error.failure) for uri in uris - found.keys()}
+        except StorageError as error:
+            failure = ImageFailure(ErrorKind.FETCH, str(error))
             found |= {uri: Member(uri, None, failure=failure) for uri in uris - found.keys()}
         absent = ImageFailure(ErrorKind.FETCH, f"no frame at that time in {piece}")
         found |= {uri: Member(uri, None, failure=absent) for uri in uris - found.keys()}
+    return found
+
+
+def _encoded(frames: VideoPiece, uris: set[str]) -> dict[str, Member]:
+    """The frames of `uris` in the piece as JPEG bytes, or why each cannot be decoded."""
+    import cv2
+
+    found = {}
+    for position, pixels in frames.decoded():
+        uri = frame_uri(frames.video, frames.frames[position].time)
+        if uri not in uris:
+            continue
+        if isinstance(pixels, ImageError):
+            found[uri] = Member(uri, None, failure=pixels.failure)
+        else:
+            jpeg = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+            found[uri] = Member(uri, None, jpeg)
     return found

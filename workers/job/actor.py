@@ -134,13 +134,16 @@ class ShardWorker(ShardCalls):
             )
             return [_error_row(video if start == 0 else piece, failure, etag, piece)]
         timings.add("fetch", time.thread_time() - clock)
-        reader = videos.FrameReader(frames)
-        sampled = [frames.frames[i] for i in reader.sampled]
-        names = [videos.frame_uri(video, frame.time) for frame in sampled]
-        results = [
-            replace(result, etag=etag, container=piece, frame_index=frame.index, frame_time=float(frame.time))
-            for result, frame in zip(self.pipeline.run(names, reader, timings), sampled, strict=True)
-        ]
+        with frames:
+            reader = videos.FrameReader(frames)
+            sampled = [frames.frames[i] for i in reader.sampled]
+            names = [videos.frame_uri(video, frame.time) for frame in sampled]
+            results = [
+                replace(
+                    result, etag=etag, container=piece, frame_index=frame.index, frame_time=float(frame.time)
+                )
+                for result, frame in zip(self.pipeline.run(names, reader, timings), sampled, strict=True)
+            ]
         if frames.failure is not None:
             results.append(_error_row(piece, frames.failure.failure, etag, piece))
         return results

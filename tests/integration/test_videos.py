@@ -1,0 +1,167 @@
+"""Videos as INPUT: cut into pieces by time, each frame in exactly one piece, sampled frames as rows with
+their index and time, a broken video's frames as error rows, resumed and incremental, on S3 with ranged
+GETs, and the same AP as the same frames given as images."""
+
+from __future__ import annotations
+
+import shutil
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+
+from facesweep.workers.config import ContainerSettings, DetectorSettings, JobConfig
+from facesweep.workers.evaluation.evaluate import evaluate
+from facesweep.workers.inputs.videos import FrameChoice, FrameReader, VideoPiece, expand, frame_uri
+from facesweep.workers.job.driver import run_job
+from facesweep.workers.output.schema import SCHEMA
+from facesweep.workers.storage import request_counts
+from infra.local_s3 import LocalS3
+from infra.videos import Truth, build_set, frames_as_images, write_truth
+from tests.paths import SHARED, WIDER_SUBSET
+
+pytestmark = pytest.mark.skipif(not WIDER_SUBSET.is_dir(), reason="needs ../shared's WIDER photos")
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Truth]]:
+    """The standard set (infra/videos.py) by the end of each name (h264.mp4, vp9.webm, rot90.mp4,
+    broken.mp4: the first three pan other photos; rot90 and broken are h264.mp4 with a rotation flag and
+    cut), and band.mp4, an H.264 video with subtitles."""
+    made = build_set(tmp_path_factory.mktemp("videos"), SHARED)
+    named = {path.name.rsplit("-", 1)[1]: (path, truth) for path, truth in reversed(made)}
+    return named | {"band.mp4": next(entry for entry in made if "marchingband" in entry[0].name)}
+
+
+def pieces_of(video: Path, piece_seconds: float) -> list[str]:
+    listing = pa.table({"uri": [str(video)], "etag": ["v1"], "size": [video.stat().st_size]})
+    return expand(listing, piece_seconds)["uri"].to_pylist()
+
+
+@pytest.mark.parametrize("piece_seconds", [0.4, 1.0, 60.0])
+def test_every_frame_is_in_exactly_one_piece(videos: dict, piece_seconds: float) -> None:
+    for name in ("h264.mp4", "vp9.webm"):
+        video, truth = videos[name]
+        frames = [
+            (frame.time, frame.index)
+            for piece in pieces_of(video, piece_seconds)
+            for frame in VideoPiece(piece, None, FrameChoice(fps=None)).frames
+        ]
+        assert [float(time) for time, _ in frames] == pytest.approx(truth.times.tolist(), abs=1e-9), name
+        assert [index for _, index in frames] == list(range(len(truth.times)))
+        sampled = [
+            float(frame.time)
+            for piece in pieces_of(video, piece_seconds)
+            for frame in VideoPiece(piece, None, FrameChoice(fps=5)).frames
+            if frame.sampled
+        ]
+        assert sampled == pytest.approx([float(truth.times[i]) for i in range(0, 90, 6)], abs=1e-9)
+
+
+def test_a_pieces_frames_are_its_pixels_upright(videos: dict) -> None:
+    video, truth = videos["rot90.mp4"]
+    plain, _ = videos["h264.mp4"]  # the same pan, without the rotation flag
+    [late] = [p for p in pieces_of(video, 1.0) if "#t=000002.000," in p]
+    [same] = [p for p in pieces_of(plain, 1.0) if "#t=000002.000," in p]
+    rotated, upright = (VideoPiece(p, None, FrameChoice(fps=2)) for p in (late, same))
+    first, second = FrameReader(rotated)(0), FrameReader(upright)(0)
+    assert first.shape == second.shape == (truth.size[1], truth.size[0], 3)
+    assert np.abs(first.astype(int) - second.astype(int)).mean() < 4  # two encodes of the same frame
+
+
+def job(input_: str, output: Path | str, **containers: object) -> JobConfig:
+    return JobConfig(
+        input_,
+        str(output),
+        DetectorSettings(model="retinaface-mnet025", precision="f32", score_threshold=0.02),
+        actors=1,
+        cpus_per_actor=1,
+        containers=ContainerSettings(**containers),
+        max_error_rate=1.0,
+    )
+
+
+def rows(output: Path | str, filesystem: object = None) -> dict[str, dict]:
+    table = ds.dataset(str(output), format="parquet", filesystem=filesystem).to_table()
+    assert table.schema.equals(SCHEMA)
+    found = {row["uri"]: row for row in table.to_pylist()}
+    assert len(found) == table.num_rows, "a frame twice"
+    return found
+
+
+def test_a_folder_of_videos_runs_exactly_once_resumes_and_grows(
+    ray_local: None, videos: dict, tmp_path: Path
+) -> None:
+    folder, output = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    for name in ("h264.mp4", "vp9.webm", "rot90.mp4", "broken.mp4"):
+        shutil.copy(videos[name][0], folder)
+    first = run_job(job(str(folder), output, piece_seconds=1.0, fps=5.0))
+    found = rows(output)
+    for name in ("h264.mp4", "vp9.webm", "rot90.mp4"):
+        video, truth = videos[name]
+        expected = {frame_uri(str(folder / video.name), Fraction(t)) for t in truth.times[::6]}
+        mine = {uri: row for uri, row in found.items() if uri.startswith(f"{folder / video.name}#")}
+        assert set(mine) == expected, name
+        assert all(
+            row["status"] == "ok" and row["container"].startswith(f"{folder / video.name}#t=")
+            for row in mine.values()
+        )
+        assert sorted(row["frame_index"] for row in mine.values()) == list(range(0, 90, 6))
+        assert all(
+            abs(row["frame_time"] - float(row["uri"].rsplit("=", 1)[1])) < 5e-4 for row in mine.values()
+        )
+        assert {(row["width"], row["height"]) for row in mine.values()} == {truth.size}
+    broken = [row for uri, row in found.items() if "broken.mp4" in uri]
+    assert {row["status"] for row in broken} == {"ok", "error"}  # its first second decodes, its middle not
+    assert all(row["error_kind"] in ("corrupt", "truncated") for row in broken if row["status"] == "error")
+    assert first.images == len(found) and not first.failed_shards
+    truth_file = tmp_path / "truth.txt"
+    write_truth([(videos[n][0].name, videos[n][1]) for n in ("h264.mp4", "rot90.mp4")], truth_file)
+    scored = evaluate(str(output), truth_file)
+    assert scored["images"]["matched"] == 30 and scored["wider_ap"]["hard"] > 0.5
+    again = run_job(job(str(folder), output, piece_seconds=1.0, fps=5.0))
+    assert again.already_complete and again.images == 0
+    shutil.copy(videos["h264.mp4"][0], folder / "added.mp4")
+    grown = run_job(job(str(folder), output, piece_seconds=1.0, fps=5.0))
+    assert grown.images == 15 and grown.resumed.images == len(found)
+
+
+def test_the_frames_of_a_video_score_as_the_same_frames_as_images(
+    ray_local: None, videos: dict, tmp_path: Path
+) -> None:
+    video, truth = videos["h264.mp4"]
+    pictures = tmp_path / "frames"
+    frames_as_images(video, pictures, truth)
+    run_job(job(str(video), tmp_path / "video-out", every_frame=True))
+    run_job(job(str(pictures), tmp_path / "image-out"))
+    truth_file = tmp_path / "truth.txt"
+    write_truth([(video.name, truth)], truth_file)
+    as_video = evaluate(str(tmp_path / "video-out"), truth_file)
+    as_images = evaluate(str(tmp_path / "image-out"), pictures / f"{video.stem}-truth.txt")
+    assert as_video["images"]["matched"] == as_images["images"]["matched"] == 90
+    for setting in ("easy", "medium", "hard"):
+        assert abs(as_video["wider_ap"][setting] - as_images["wider_ap"][setting]) < 0.01, setting
+
+
+def test_a_video_on_s3_is_read_with_ranged_gets(ray_local: None, s3_env: LocalS3, videos: dict) -> None:
+    client = s3_env.client()
+    client.create_bucket(Bucket="video-job")
+    video, _truth = videos["vp9.webm"]
+    client.upload_file(str(video), "video-job", "in/clip.webm")
+    result = run_job(job("s3://video-job/in", "s3://video-job/out", piece_seconds=1.0, keyframes=True))
+    found = rows("video-job/out", s3_env.arrow_filesystem())
+    assert result.images == len(found) == 3  # a keyframe a second
+    assert sorted(row["frame_index"] for row in found.values()) == [0, 30, 60]
+    size = video.stat().st_size
+    listing = pa.table({"uri": ["s3://video-job/in/clip.webm"], "etag": ["v"], "size": [size]})
+    frames_read = 0
+    for piece in expand(listing, 1.0)["uri"].to_pylist():  # 3.0 s and the last frame's 33 ms: 4 pieces
+        before = request_counts()["GET"]
+        with VideoPiece(piece, size, FrameChoice(fps=None)) as frames:
+            frames_read += len(frames.frames)
+        assert request_counts()["GET"] - before == 1, piece  # the whole 0.4 MB video is one READ_BLOCK
+    assert frames_read == 90
