@@ -175,7 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=(1.0,),
         metavar="S,S,...",
         help="test-time pyramid: run each image at each scale (1 = the normal preprocessing; 2 = the image "
-        "reaches the network twice as large, in tiles if it exceeds a fixed input) and merge by NMS (1)",
+        "reaches the network twice as large, in tiles if it exceeds a fixed input) and merge by NMS (1); "
+        "--second-look adds a scale only where it pays",
+    )
+    views.add_argument(
+        "--second-look",
+        type=_positive_float,
+        metavar="S",
+        help="a second view at scale S (as --scales 1,S, merged the same way) only for images whose first "
+        "pass is unsure (3 or more faces scoring 0.1-0.5): --scales 1,2's WIDER AP at less CPU "
+        "(docs/ACCURACY.md); not with --scales",
     )
     views.add_argument(
         "--tile",
@@ -500,6 +509,12 @@ def summary(progress: JobProgress, output: str, then: str | None = None) -> str:
             f"output: {output} ({plural(progress.files, 'Parquet file')} written)",
             f"the job now holds {_counts(total)}",
             *([f"anonymized copies: {progress.anonymized} written"] if progress.anonymized else []),
+            *([f"blurred videos: {progress.blurred_videos} written"] if progress.blurred_videos else []),
+            *(
+                [f"blurred videos not written: {progress.blurred_failed} (see the log; a re-run tries again)"]
+                if progress.blurred_failed
+                else []
+            ),
             *([f"face crops: {progress.crops} written to {output}/_crops/"] if progress.crops else []),
             f"next: facesweep show {then or output}  (or export it: --format coco|csv|flat-parquet)",
         ]

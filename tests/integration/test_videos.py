@@ -5,15 +5,18 @@ GETs, and the same AP as the same frames given as images."""
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
+import av
+import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from facesweep.workers.config import ContainerSettings, DetectorSettings, JobConfig
+from facesweep.workers.config import AnonymizeSettings, ContainerSettings, DetectorSettings, JobConfig
 from facesweep.workers.evaluation.evaluate import evaluate
 from facesweep.workers.inputs.videos import FrameChoice, FrameReader, VideoPiece, expand, frame_uri
 from facesweep.workers.job.driver import run_job
@@ -165,3 +168,47 @@ def test_a_video_on_s3_is_read_with_ranged_gets(ray_local: None, s3_env: LocalS3
             frames_read += len(frames.frames)
         assert request_counts()["GET"] - before == 1, piece  # the whole 0.4 MB video is one READ_BLOCK
     assert frames_read == 90
+
+
+def sharpness(image: np.ndarray) -> float:
+    """The variance of the Laplacian: high where there is detail, near zero in a blur."""
+    return float(cv2.Laplacian(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.CV_64F).var())
+
+
+def test_a_blurred_copy_hides_every_face_in_every_frame(
+    ray_local: None, videos: dict, tmp_path: Path
+) -> None:
+    folder, dest = tmp_path / "in", tmp_path / "dest"
+    folder.mkdir()
+    for name in ("band.mp4", "vp9.webm"):
+        shutil.copy(videos[name][0], folder)
+    config = job(str(folder), tmp_path / "out", piece_seconds=1.0, fps=10.0)
+    result = run_job(replace(config, anonymizer=AnonymizeSettings(str(dest), root=str(folder))))
+    assert result.blurred_videos == 2 and not (tmp_path / "out" / "_videos").exists()
+    for name in ("band.mp4", "vp9.webm"):
+        source, truth = videos[name]
+        copy = dest / source.name
+        with av.open(str(source)) as original, av.open(str(copy)) as blurred:
+            assert [s.type for s in blurred.streams] == [s.type for s in original.streams]
+            assert abs(blurred.duration - original.duration) <= 40_000  # a frame, in microseconds
+            pairs = zip(original.decode(video=0), blurred.decode(video=0), strict=True)  # as many frames
+            ratios: list[float] = []
+            rests: list[float] = []
+            for i, (before, after) in enumerate(pairs):
+                plain, hidden = before.to_ndarray(format="bgr24"), after.to_ndarray(format="bgr24")
+                assert hidden.shape == plain.shape
+                outside = np.ones(plain.shape[:2], bool)
+                for x1, y1, x2, y2 in truth.boxes[i].round().astype(int):
+                    w, h = x2 - x1, y2 - y1
+                    outside[max(0, y1 - h) : y2 + h, max(0, x1 - w) : x2 + w] = False
+                    if min(w, h) >= 24:  # its middle: the box's corners lie outside the hiding ellipse
+                        face = np.s_[y1 + h // 5 : y2 - h // 5, x1 + w // 5 : x2 - w // 5]
+                        ratios.append(sharpness(hidden[face]) / max(sharpness(plain[face]), 1e-6))
+                rests.append(np.abs(plain.astype(int) - hidden.astype(int))[outside].mean())
+        # band.mp4: every face the detector's threshold sees is hidden in every frame (measured: at most
+        # 0.27 of its detail left); vp9.webm, a crowd, has faces the default model misses (1 in 10 keeps
+        # more than 0.35): the bench reports the share. Outside the faces, a re-encode's few grey levels.
+        if name == "band.mp4":
+            assert max(ratios) < 0.3
+        assert np.median(ratios) < 0.1, name
+        assert np.median(rests) < 4.5 and max(rests) < 8, name

@@ -216,8 +216,9 @@ class VideoPiece:
         parsed = parse_piece(piece)
         if parsed is None:
             raise ValueError(f"{piece} names no piece of a video")
-        self.video, self.start, self.end = parsed
+        self.piece, (self.video, self.start, self.end) = piece, parsed
         self.failure: ImageError | None = None
+        self.rotation = 0  # the rotation flag's degrees, known once a frame is decoded
         self.container = _open(self.video, size)
         try:
             self.stream = stream = self.container.streams.video[0]
@@ -297,6 +298,7 @@ class VideoPiece:
                     yield positions[packet.pts], ImageError(why, ErrorKind.CORRUPT)
                 continue
             for frame in frames:
+                self.rotation = frame.rotation or 0
                 position = positions.get(frame.pts)
                 if position is not None:
                     try:

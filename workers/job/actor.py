@@ -26,6 +26,7 @@ from facesweep.workers.config import (
     Tuning,
 )
 from facesweep.workers.errors import ErrorKind, ImageError, ImageFailure, internal_failure
+from facesweep.workers.faces import Faces
 from facesweep.workers.inputs import videos
 from facesweep.workers.inputs.containers import parse_piece, read_piece
 from facesweep.workers.inputs.videos import FrameChoice
@@ -40,6 +41,7 @@ from facesweep.workers.output.layout import crop_shard_path
 from facesweep.workers.output.schema import CROP_COMPRESSION, ImageResult, results_table
 from facesweep.workers.output.writer import Piece, put_table, write_parquet
 from facesweep.workers.products import Detected, products_for
+from facesweep.workers.products.blurred_videos import blurred_segment, put_segment
 from facesweep.workers.storage import ObjectError, StorageError, join, storage_for
 
 
@@ -58,6 +60,7 @@ class ShardWorker(ShardCalls):
     ) -> None:
         cv2.setNumThreads(1)  # the model owns the actor's cores; many images decode in parallel instead
         self.score_threshold, self.products = settings.score_threshold, products_for(anonymizer, crops)
+        self.anonymizer = anonymizer
         low = min([settings.score_threshold, *(p.score_threshold for p in self.products)])
         self.detector = Detector(replace(settings, score_threshold=low), tuning)  # the output keeps its own
         self.containers = containers
@@ -138,15 +141,39 @@ class ShardWorker(ShardCalls):
             reader = videos.FrameReader(frames)
             sampled = [frames.frames[i] for i in reader.sampled]
             names = [videos.frame_uri(video, frame.time) for frame in sampled]
-            results = [
-                replace(
-                    result, etag=etag, container=piece, frame_index=frame.index, frame_time=float(frame.time)
-                )
-                for result, frame in zip(self.pipeline.run(names, reader, timings), sampled, strict=True)
-            ]
+            results = self.pipeline.run(names, reader, timings)
+            if self.anonymizer is not None:
+                clock = time.thread_time()
+                self._blurred_segment(frames, reader.sampled, results)
+                timings.add("anonymize", time.thread_time() - clock)
+        results = [
+            replace(
+                result,
+                faces=_at_least(result.faces, self.score_threshold),
+                etag=etag,
+                container=piece,
+                frame_index=frame.index,
+                frame_time=float(frame.time),
+            )
+            for result, frame in zip(results, sampled, strict=True)
+        ]
         if frames.failure is not None:
             results.append(_error_row(piece, frames.failure.failure, etag, piece))
         return results
+
+    def _blurred_segment(
+        self, frames: videos.VideoPiece, positions: list[int], results: list[ImageResult]
+    ) -> None:
+        """The piece's blurred segment into OUTPUT (its faces down to the anonymize threshold)."""
+        assert self.anonymizer is not None
+        low = self.anonymizer.anonymize_threshold
+        detections = {
+            position: result.faces.boxes[result.faces.scores >= low]
+            for position, result in zip(positions, results, strict=True)
+            if result.faces is not None
+        }
+        segment = blurred_segment(frames, detections, self.anonymizer, self.frames.fps)
+        put_segment(self.output, frames.piece, segment)
 
     def _container_piece(
         self, shard: Shard, timings: Timings, made: _ShardProducts | None
@@ -178,6 +205,11 @@ class ShardWorker(ShardCalls):
             )
             for result, m in zip(results, members, strict=True)
         ]
+
+
+def _at_least(faces: Faces | None, score: float) -> Faces | None:
+    """The faces scoring at least `score` (None stays None: an error row)."""
+    return None if faces is None else faces.take(faces.scores >= score)
 
 
 def _error_row(name: str, failure: ImageFailure, etag: str | None, piece: str) -> ImageResult:

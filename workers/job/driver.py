@@ -71,12 +71,24 @@ def run_job(
             raise JobInterrupted(_recount(job)) from None
         finally:
             shards.close()
+        _join_videos(job)
         remove_empty_folders(job.config.output)
         count_retried(job)
         _count_requests(job.progress, requests_before)
         job.lease.check()
         job.ledger.write_record(_record(job, finished_at=now()))
     return job.progress
+
+
+def _join_videos(job: Prepared) -> None:
+    """With --anonymize: each video whose pieces all have their blurred segment joined into its copy."""
+    if job.config.anonymizer is None or not job.progress.plan.video_pieces:
+        return
+    from facesweep.workers.products.blurred_videos import join_copies  # PyAV, only for videos
+
+    joined = join_copies(job.config.output, job.config.anonymizer, job.progress.plan.video_pieces)
+    job.progress.blurred_videos += joined.copies
+    job.progress.blurred_failed += joined.failed
 
 
 def _recount(job: Prepared) -> int:

@@ -61,6 +61,8 @@ class JobProgress:
     files: int = 0  # part files this run wrote
     compacted_shards: int = 0  # shard files merged into them
     anonymized: int = 0  # anonymized copies written (--anonymize)
+    blurred_videos: int = 0  # blurred copies of videos joined (--anonymize), and those that failed
+    blurred_failed: int = 0
     crops: int = 0  # face crops written (--crops)
     already_complete: bool = False  # nothing new, nothing pending: the job did nothing
     startup_seconds: float = 0.0  # until every actor had compiled its model
@@ -200,6 +202,7 @@ def job_record(
                 "shards": progress.shards,
                 "part_files_written": progress.files,
                 "anonymized_copies": progress.anonymized,
+                "blurred_videos": progress.blurred_videos,
                 "crops": progress.crops,
                 "failed": progress.failed_shards,
                 "redone_shards": dict(progress.redone_shards),

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from facesweep.workers.output.layout import (
     CROP_FOLDER,
     SHARD_FOLDER,
+    VIDEO_FOLDER,
     crop_part_path,
     crop_part_prefix,
     crop_shard_path,
@@ -117,10 +118,13 @@ def _footer(table: pa.Table) -> Footer:
 
 
 def remove_empty_folders(output: str) -> None:
-    """A local OUTPUT's shard folders once compaction has emptied them (a store has no folders)."""
+    """A local OUTPUT's shard folders once compaction has emptied them, and its videos' segment folders
+    once their copies are joined (a store has no folders)."""
     if is_remote(output):
         return
-    for folder in (SHARD_FOLDER, f"{CROP_FOLDER}/{SHARD_FOLDER}", CROP_FOLDER):
+    videos = Path(output, VIDEO_FOLDER)
+    joined = [f"{VIDEO_FOLDER}/{f.name}" for f in videos.iterdir()] if videos.is_dir() else []
+    for folder in (SHARD_FOLDER, f"{CROP_FOLDER}/{SHARD_FOLDER}", CROP_FOLDER, *joined, VIDEO_FOLDER):
         with contextlib.suppress(OSError):  # not there, or not empty
             Path(output, folder).rmdir()
 

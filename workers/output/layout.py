@@ -6,7 +6,7 @@ OUTPUT/part-NNNNNN.parquet                    compacted results: the only files 
 OUTPUT/_shards/shard-NNNNNNNNN.parquet        a committed shard not yet compacted
 OUTPUT/_crops/part-NNNNNN-KKK.parquet         the crops of part NNNNNN, in files of about 256 MiB
 OUTPUT/_crops/_shards/shard-NNNNNNNNN.parquet the crops of a committed shard
-OUTPUT/_videos/VIDEO/START.mkv                a video piece's blurred segment (--anonymize), until the
+OUTPUT/_videos/VIDEO/START.nut                a video piece's blurred segment (--anonymize), until the
                                               video's copy is joined from its segments in DEST
 OUTPUT/_plan/...                              written by facesweep before the ledger; --overwrite removes it
 OUTPUT/_lease.json                            the running job's lease (lease.py): --overwrite keeps it
@@ -57,7 +57,7 @@ def video_segments(video: str) -> str:
 def video_segment_path(video: str, start: str) -> str:
     """The blurred segment of a video's piece starting at `start` (as its piece names it), relative to
     OUTPUT."""
-    return f"{video_segments(video)}{start}.mkv"
+    return f"{video_segments(video)}{start}.nut"
 
 
 def crop_part_prefix(number: int) -> str:
