@@ -141,6 +141,7 @@ def write_report(
     uris, etags, sizes = (table[column].to_pylist() for column in ("uri", "etag", "size"))
     rows = table.take(drawn)
     held = _container_images(rows, record.containers if record else ContainerSettings())
+    blurred = _blurred_frames(rows, copies) if copies else {}
     moved = _moved_members(rows)
 
     def render(position: int, row: int) -> Tile:
@@ -151,7 +152,9 @@ def write_report(
         except (StorageError, ImageError) as error:
             return Tile(uri, 0, note=line_of(error))
         tile = _render(uri, data, changed, faces[row], truth.get(uri), folder, name, min_score)
-        return _with_copy(tile, held.get(uri), copies, folder, name) if copies and tile.thumb else tile
+        if not copies or not tile.thumb:
+            return tile
+        return _with_copy(tile, held.get(uri), copies, folder, name, blurred.get(uri))
 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         tiles = list(pool.map(render, range(len(drawn)), drawn.tolist()))
@@ -287,13 +290,37 @@ def _render(
     return Tile(uri, len(shown), f"thumbs/{name}", f"full/{name}", f"full/{page}", **counts)
 
 
-def _with_copy(tile: Tile, held: Member | None, copies: AnonymizeSettings, folder: Path, name: str) -> Tile:
-    """`tile` with the image's anonymized copy beside it (fetched from DEST as the job named it), or a
-    note saying why it cannot be shown."""
+def _blurred_frames(rows: pa.Table, copies: AnonymizeSettings) -> dict[str, Member]:
+    """The drawn video frames' counterparts in their blurred copies (same times), by the frame's uri."""
+    wanted: dict[str, tuple[str, str]] = {}
+    for uri, piece in zip(rows["uri"].to_pylist(), rows["container"].to_pylist(), strict=True):
+        parsed = videos.parse_piece(piece) if piece else None
+        if parsed is not None:
+            video, copy = parsed[0], copy_uri(parsed[0], copies)
+            wanted[uri] = (copy + uri.removeprefix(video), copy + piece.removeprefix(video))
+    found = videos.fetch_frames(dict(wanted.values()))
+    return {uri: found[frame] for uri, (frame, _) in wanted.items()}
+
+
+def _with_copy(
+    tile: Tile,
+    held: Member | None,
+    copies: AnonymizeSettings,
+    folder: Path,
+    name: str,
+    blurred: Member | None = None,
+) -> Tile:
+    """`tile` with the image's anonymized copy beside it (fetched from DEST as the job named it; a video's
+    frame: `blurred`, the same frame of the video's copy), or a note saying why it cannot be shown."""
     try:
-        suffix = copy_extension(held.data) if held is not None and held.data is not None else ""
-        where = copy_uri(tile.uri, copies, suffix)
-        copy = decode_image(storage_for(where).get(where))
+        if blurred is not None:
+            if blurred.failure is not None:
+                raise ImageError(blurred.failure.message, blurred.failure.kind)
+            copy = decode_image(blurred.data)
+        else:
+            suffix = copy_extension(held.data) if held is not None and held.data is not None else ""
+            where = copy_uri(tile.uri, copies, suffix)
+            copy = decode_image(storage_for(where).get(where))
     except (StorageError, ImageError) as error:
         return replace(tile, copy_note=line_of(error))
     _save(copy, folder / COPY_FULL / name)

@@ -4,6 +4,7 @@ GETs, and the same AP as the same frames given as images."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import replace
 from fractions import Fraction
@@ -16,6 +17,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
+from facesweep.export import export
+from facesweep.report import write_report
 from facesweep.workers.config import AnonymizeSettings, ContainerSettings, DetectorSettings, JobConfig
 from facesweep.workers.evaluation.evaluate import evaluate
 from facesweep.workers.inputs.videos import FrameChoice, FrameReader, VideoPiece, expand, frame_uri
@@ -126,6 +129,13 @@ def test_a_folder_of_videos_runs_exactly_once_resumes_and_grows(
     write_truth([(videos[n][0].name, videos[n][1]) for n in ("h264.mp4", "rot90.mp4")], truth_file)
     scored = evaluate(str(output), truth_file)
     assert scored["images"]["matched"] == 30 and scored["wider_ap"]["hard"] > 0.5
+    coco = json.loads(Path(export(str(output), "coco", str(tmp_path / "faces.json")).path).read_text())
+    assert len(coco["videos"]) == 4 and {"video_id", "frame_id", "frame_time"} <= set(coco["images"][0])
+    assert sorted(
+        i["frame_id"]
+        for i in coco["images"]
+        if i["file_name"].endswith(f"/{videos['vp9.webm'][0].name}#t=0.200")
+    ) == [6]
     again = run_job(job(str(folder), output, piece_seconds=1.0, fps=5.0))
     assert again.already_complete and again.images == 0
     shutil.copy(videos["h264.mp4"][0], folder / "added.mp4")
@@ -185,6 +195,9 @@ def test_a_blurred_copy_hides_every_face_in_every_frame(
     config = job(str(folder), tmp_path / "out", piece_seconds=1.0, fps=10.0)
     result = run_job(replace(config, anonymizer=AnonymizeSettings(str(dest), root=str(folder))))
     assert result.blurred_videos == 2 and not (tmp_path / "out" / "_videos").exists()
+    report = write_report(str(tmp_path / "out"), tmp_path / "report")
+    assert (report.drawn, report.unreadable) == (8, 0)  # four frames of each video
+    assert len(list((tmp_path / "report" / "anonymized" / "thumbs").iterdir())) == 8  # each beside its copy
     for name in ("band.mp4", "vp9.webm"):
         source, truth = videos[name]
         copy = dest / source.name
