@@ -141,6 +141,9 @@ def test_a_folder_of_videos_runs_exactly_once_resumes_and_grows(
     shutil.copy(videos["h264.mp4"][0], folder / "added.mp4")
     grown = run_job(job(str(folder), output, piece_seconds=1.0, fps=5.0))
     assert grown.images == 15 and grown.resumed.images == len(found)
+    shutil.copy(videos["band.mp4"][0], folder / "added.mp4")  # another video under the same name
+    changed = run_job(job(str(folder), output, piece_seconds=1.0, fps=5.0))
+    assert changed.plan.changed == 3 and changed.images == 0  # its pieces, counted, not redone
 
 
 def test_the_frames_of_a_video_score_as_the_same_frames_as_images(
