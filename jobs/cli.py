@@ -521,7 +521,7 @@ def summary(progress: JobProgress, output: str, then: str | None = None) -> str:
         if resumed.images:
             lines.insert(1, f"resumed: {plural(resumed.images, 'image')} already done by earlier runs")
             new = plan.new - progress.redone_changed - (progress.retried.entries if progress.retried else 0)
-            pieces = f" ({plan.pieces} of them container pieces)" if plan.pieces else ""
+            pieces = f" ({plan.pieces} of them container or video pieces)" if plan.pieces else ""
             lines.insert(2, f"new: {plural(new, 'image')}{pieces}")
     lines += _changes(plan.changed, plan.vanished, progress.redone_changed, plan.changed_examples)
     if progress.retried:
@@ -583,11 +583,15 @@ def _retried(retried: Retried) -> str:
 
 def dry_run_summary(plan: DryRun) -> str:
     counts = plan.counts
-    listed = _entries(counts.listed - counts.listed_pieces, counts.listed_pieces)
-    new = _entries(counts.new - counts.pieces, counts.pieces)
+    listed_videos = sum(counts.video_pieces.values())
+    listed = _entries(
+        counts.listed - counts.listed_pieces, counts.listed_pieces - listed_videos, listed_videos
+    )
+    new_videos = counts.video_pieces_new
+    new = _entries(counts.new - counts.pieces, counts.pieces - new_videos, new_videos)
     lines = [
         f"listed: {listed}; already done: {counts.done}; new: {new}",
-        *(["(a container piece's images are counted as it is read)"] if counts.listed_pieces else []),
+        *(["(a piece's images or frames are counted as it is read)"] if counts.listed_pieces else []),
         *(
             [f"overwrite: {plural(plan.overwritten, 'file')} of facesweep's in OUTPUT would be removed first"]
             if plan.overwritten
@@ -616,10 +620,14 @@ def dry_run_summary(plan: DryRun) -> str:
     return "\n".join(lines)
 
 
-def _entries(images: int, pieces: int) -> str:
-    """`13 images`, or with container pieces `0 images and 1 container piece`."""
-    text = plural(images, "image")
-    return f"{text} and {plural(pieces, 'container piece')}" if pieces else text
+def _entries(images: int, pieces: int, video_pieces: int = 0) -> str:
+    """`13 images`, or with pieces `0 images and 1 container piece`, `2 images, 1 container piece and 4
+    video pieces`."""
+    parts = [plural(images, "image")]
+    parts += [plural(pieces, "container piece")] * bool(pieces) + [
+        plural(video_pieces, "video piece")
+    ] * bool(video_pieces)
+    return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
 
 
 def run_eval(args: argparse.Namespace) -> int:

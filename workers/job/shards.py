@@ -63,13 +63,14 @@ class PlanCounts:
         return self.new if self.finished and not self.pieces else None
 
     listed: int = 0
-    listed_pieces: int = 0  # of `listed`: container pieces
+    listed_pieces: int = 0  # of `listed`: container and video pieces (`video_pieces` counts the latter)
     new: int = 0
     done: int = 0
     changed: int = 0
     vanished: int = 0
     shards: int = 0
-    pieces: int = 0  # of `new`: container pieces, whose images are known only once read
+    pieces: int = 0  # of `new`: container and video pieces, whose images are known only once read
+    video_pieces_new: int = 0  # of `pieces`: a video's
     finished: bool = False
     changed_examples: list[str] = field(default_factory=list)
     vanished_examples: list[str] = field(default_factory=list)
@@ -160,6 +161,7 @@ def plan_shards(new: Iterable[pa.Table], size: int, first: int, counts: PlanCoun
         for uri, etag, bytes_ in zip(*(table.filter(pieces)[c].to_pylist() for c in LISTED), strict=True):
             yield Shard(index, (uri,), (etag,), (bytes_,))
             index, counts.shards, counts.pieces = index + 1, counts.shards + 1, counts.pieces + 1
+            counts.video_pieces_new += videos.parse_piece(uri) is not None
         table = table.filter(pc.invert(pieces))
         uris += table["uri"].to_pylist()
         etags += table["etag"].to_pylist()
