@@ -281,15 +281,18 @@ class VideoPiece:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def decoded(self) -> Iterator[tuple[int, np.ndarray | ImageError]]:
+    def decoded(self, keyframes_only: bool = False) -> Iterator[tuple[int, np.ndarray | ImageError]]:
         """(position in `frames`, upright BGR pixels or why that frame cannot be decoded) for every frame
-        of the piece, in presentation order; each call decodes from the piece's first packet again."""
+        of the piece (or its keyframes only, the others skipped undecoded), in presentation order; each
+        call decodes from the piece's first packet again."""
         import av
 
         codec = self.stream.codec_context
         codec.flush_buffers()
+        codec.skip_frame = "NONKEY" if keyframes_only else "DEFAULT"
         positions = {frame.pts: i for i, frame in enumerate(self.frames)}
-        for packet in [*self.packets, None]:
+        packets = [p for p in self.packets if p.is_keyframe] if keyframes_only else self.packets
+        for packet in [*packets, None]:
             try:
                 frames = codec.decode(packet)
             except av.FFmpegError as error:
@@ -310,12 +313,12 @@ class VideoPiece:
 class FrameReader:
     """The sampled frames of a piece by their place among the sampled ones, decoded in order once,
     from many threads: a frame asked for ahead of its turn waits while those before it are decoded and
-    held for their callers."""
+    held for their callers. `keyframes`: the piece samples keyframes only, so only they are decoded."""
 
-    def __init__(self, piece: VideoPiece) -> None:
+    def __init__(self, piece: VideoPiece, keyframes: bool = False) -> None:
         self.sampled = [i for i, frame in enumerate(piece.frames) if frame.sampled]
         self._place = {position: place for place, position in enumerate(self.sampled)}
-        self._frames = piece.decoded()
+        self._frames = piece.decoded(keyframes_only=keyframes)
         self._held: dict[int, np.ndarray | ImageError] = {}
         self._lock = threading.Lock()
 

@@ -138,7 +138,7 @@ class ShardWorker(ShardCalls):
             return [_error_row(video if start == 0 else piece, failure, etag, piece)]
         timings.add("fetch", time.thread_time() - clock)
         with frames:
-            reader = videos.FrameReader(frames)
+            reader = videos.FrameReader(frames, keyframes=self.frames.keyframes)
             sampled = [frames.frames[i] for i in reader.sampled]
             names = [videos.frame_uri(video, frame.time) for frame in sampled]
             results = self.pipeline.run(names, reader, timings)
