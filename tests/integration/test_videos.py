@@ -105,8 +105,12 @@ def test_a_folder_of_videos_runs_exactly_once_resumes_and_grows(
     folder.mkdir()
     for name in ("h264.mp4", "vp9.webm", "rot90.mp4", "broken.mp4"):
         shutil.copy(videos[name][0], folder)
+    (folder / "junk.mov").write_bytes(b"\x00\x00\x00\x18ftypqt  " + bytes(500))  # opens as nothing
     first = run_job(job(str(folder), output, piece_seconds=1.0, fps=5.0))
     found = rows(output)
+    junk = found.pop(str(folder / "junk.mov"))  # one row named after the video
+    assert junk["status"] == "error" and junk["error_kind"] == "not_an_image" and "video" in junk["error"]
+    assert not [uri for uri in found if "junk.mov" in uri]
     for name in ("h264.mp4", "vp9.webm", "rot90.mp4"):
         video, truth = videos[name]
         expected = {frame_uri(str(folder / video.name), Fraction(t)) for t in truth.times[::6]}
@@ -124,7 +128,7 @@ def test_a_folder_of_videos_runs_exactly_once_resumes_and_grows(
     broken = [row for uri, row in found.items() if "broken.mp4" in uri]
     assert {row["status"] for row in broken} == {"ok", "error"}  # its first second decodes, its middle not
     assert all(row["error_kind"] in ("corrupt", "truncated") for row in broken if row["status"] == "error")
-    assert first.images == len(found) and not first.failed_shards
+    assert first.images == len(found) + 1 and not first.failed_shards
     truth_file = tmp_path / "truth.txt"
     write_truth([(videos[n][0].name, videos[n][1]) for n in ("h264.mp4", "rot90.mp4")], truth_file)
     scored = evaluate(str(output), truth_file)
@@ -140,7 +144,7 @@ def test_a_folder_of_videos_runs_exactly_once_resumes_and_grows(
     assert again.already_complete and again.images == 0
     shutil.copy(videos["h264.mp4"][0], folder / "added.mp4")
     grown = run_job(job(str(folder), output, piece_seconds=1.0, fps=5.0))
-    assert grown.images == 15 and grown.resumed.images == len(found)
+    assert grown.images == 15 and grown.resumed.images == len(found) + 1
     shutil.copy(videos["band.mp4"][0], folder / "added.mp4")  # another video under the same name
     changed = run_job(job(str(folder), output, piece_seconds=1.0, fps=5.0))
     assert changed.plan.changed == 3 and changed.images == 0  # its pieces, counted, not redone
