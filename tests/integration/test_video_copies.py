@@ -21,6 +21,7 @@ from facesweep.workers.products.anonymize import hide_faces
 from facesweep.workers.products.video_copies import SegmentWriter, VideoFormat, container_of, join_video
 from facesweep.workers.storage import ObjectError, request_counts, storage_for
 from infra.local_s3 import LocalS3
+from infra.videos import ASS_HEADER
 from tests.photos import ASTRONAUT_FACE, astronaut
 
 SIZE = (320, 240)  # width, height as displayed
@@ -28,14 +29,6 @@ FPS, FRAMES = 25, 50
 SPLIT = Fraction(1)  # seconds: the two pieces
 MASK_SCALE = 1.3
 SECRETS = ("+48.8584", "Apple", "iPhone", "SecretCam", "at home", "secret", "my voice", "Core Media", "2024")
-ASS_HEADER = (
-    b"[Script Info]\nScriptType: v4.00+\nPlayResX: 384\nPlayResY: 288\n\n[V4+ Styles]\n"
-    b"Format: Name, Fontname, Fontsize, PrimaryColour, SecondaryColour, OutlineColour, BackColour, Bold, "
-    b"Italic, Underline, StrikeOut, ScaleX, ScaleY, Spacing, Angle, BorderStyle, Outline, Shadow, "
-    b"Alignment, MarginL, MarginR, MarginV, Encoding\n"
-    b"Style: Default,Arial,16,&Hffffff,&Hffffff,&H0,&H0,0,0,0,0,100,100,0,0,1,1,0,2,10,10,10,0\n\n"
-    b"[Events]\nFormat: Layer, Start, End, Style, Name, MarginL, MarginR, MarginV, Effect, Text\n"
-)
 KINDS = {  # extension: (video encoder and options, audio encoder, subtitle encoder)
     ".mp4": ("libx264", {"preset": "veryfast", "crf": "18"}, "aac", "mov_text"),
     ".webm": (

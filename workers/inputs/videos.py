@@ -19,7 +19,6 @@ applied), BGR.
 
 from __future__ import annotations
 
-import io
 import math
 import re
 import threading
@@ -36,7 +35,7 @@ import pyarrow.compute as pc
 
 from facesweep.workers.errors import ErrorKind, ImageError, ImageFailure
 from facesweep.workers.inputs.containers import Member
-from facesweep.workers.storage import StorageError, storage_for
+from facesweep.workers.storage import RangedFile, StorageError
 
 if TYPE_CHECKING:
     import av
@@ -133,32 +132,18 @@ def _duration_or_none(uri: str, size: int | None) -> float | None:
         return None
 
 
-class _Blocks(io.RawIOBase):
-    """A seekable file over an object, read in aligned READ_BLOCK ranged GETs, the last few kept."""
+class _Blocks(RangedFile):
+    """A RangedFile read in aligned READ_BLOCK ranged GETs, the last few kept: a demuxer's small reads
+    cost one request per block."""
 
     def __init__(self, uri: str, size: int | None) -> None:
-        self.uri, self._storage = uri, storage_for(uri)
-        self._size = self._storage.size(uri) if size is None else size
-        self._position = 0
+        super().__init__(uri, size)
         self._blocks: OrderedDict[int, bytes] = OrderedDict()
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
-        self._position = max(0, base + offset)
-        return self._position
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:
+    def read(self, size: int = -1) -> bytes:
+        """At most `size` bytes from the position, within one block (a short read, as a raw file may)."""
         if self._position >= self._size:
-            return 0
+            return b""
         number = self._position // READ_BLOCK
         block = self._blocks.get(number)
         if block is None:
@@ -169,10 +154,9 @@ class _Blocks(io.RawIOBase):
                 self._blocks.popitem(last=False)
         self._blocks.move_to_end(number)
         offset = self._position - number * READ_BLOCK
-        data = block[offset : offset + len(buffer)]
-        buffer[: len(data)] = data
+        data = block[offset:] if size is None or size < 0 else block[offset : offset + size]
         self._position += len(data)
-        return len(data)
+        return data
 
 
 def _open(uri: str, size: int | None) -> av.container.InputContainer:
