@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from fractions import Fraction
+from pathlib import Path
 
 import pyarrow as pa
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from facesweep.workers.evaluation.annotations import EvaluationError
+from facesweep.workers.evaluation.evaluate import check_pairing
 from facesweep.workers.inputs.videos import FrameChoice, frame_uri, parse_piece, piece_uri
 from facesweep.workers.job.shards import PlanCounts, Shard, _tally_videos
 from facesweep.workers.output.layout import parse, video_segment_path
@@ -75,3 +79,11 @@ def test_the_plan_counts_each_videos_pieces_and_segments_have_their_place() -> N
     assert segment.startswith("_videos/") and segment.endswith("/000030.000.nut")
     assert parse(segment).kind == "segment"  # --overwrite removes it with facesweep's other files
     assert video_segment_path("s3://b/a.mp4", "x") != video_segment_path("s3://b/b.mp4", "x")
+
+
+def test_a_job_over_videos_may_be_given_the_frames_ground_truth(tmp_path: Path) -> None:
+    truth = tmp_path / "truth.txt"
+    truth.write_text("walk.mp4#t=0.000 10 10 20 20\n")
+    check_pairing([[piece_uri("s3://b/walk.mp4", 0, 30)]], truth)  # its frames are known once read
+    with pytest.raises(EvaluationError, match="none of its 1 images pairs"):
+        check_pairing([["s3://b/run.jpg"]], truth)

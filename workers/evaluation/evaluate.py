@@ -29,6 +29,7 @@ from facesweep.workers.evaluation.annotations import (
     read_ground_truth_with_settings,
 )
 from facesweep.workers.evaluation.matching import PAIRING_RULE, pair_paths
+from facesweep.workers.inputs import videos
 from facesweep.workers.inputs.containers import parse_piece
 from facesweep.workers.model.nms import pairwise_intersection, pairwise_iou
 from facesweep.workers.output.record import read_record
@@ -264,8 +265,8 @@ def check_pairing(windows: Iterable[Sequence[str]], ground_truth: str | os.PathL
     truth = read_ground_truth(ground_truth)
     example = None
     for uris in windows:
-        if any(parse_piece(uri) for uri in uris):
-            return  # a container's images are known only once it is read
+        if any(parse_piece(uri) or videos.parse_piece(uri) for uri in uris):
+            return  # a container's images and a video's frames are known only once it is read
         if pair_paths(uris, truth).pairs:
             return
         example = example or (uris[0] if uris else None)
