@@ -183,8 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         metavar="S",
         help="a second view at scale S (as --scales 1,S, merged the same way) only for images whose first "
-        "pass is unsure (3 or more faces scoring 0.1-0.5): --scales 1,2's WIDER AP at less CPU "
-        "(docs/ACCURACY.md); not with --scales",
+        "pass is unsure (3 or more faces scoring 0.1-0.5): --scales 1,2's WIDER AP for 0.71-0.85x its CPU "
+        "(docs/ACCURACY-notes.md); not with --scales",
     )
     views.add_argument(
         "--tile",

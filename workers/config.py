@@ -197,11 +197,21 @@ class DetectorSettings:
     model_sha256: str | None = setting(None, parse=text, faces=False)  # refuse other bytes
     scales: tuple[float, ...] = setting((1.0,), parse=scales, faces=True)  # test-time pyramid (views)
     tile: bool = setting(False, parse=switch, faces=True)  # also native-resolution tiles of large images
+    second_look: float | None = setting(None, parse=positive_float, faces=True)  # this scale where it pays
     reduced_decode: bool = setting(True, parse=switch, faces=True)  # JPEGs at 1/2..1/8 where views allow
     resolution: Literal["fixed", "native"] = setting(
         "fixed", parse=choice("fixed", "native"), faces=True
     )  # native: each image near its own size (any-size models), else in native-resolution tiles
     max_side: int | None = setting(None, parse=positive_int, faces=True)  # native: None = MAX_SIDE
+
+    def __post_init__(self) -> None:
+        if self.second_look is not None and tuple(self.scales) != (1.0,):
+            raise ConfigError(
+                f"--second-look {self.second_look:g} and --scales {','.join(f'{s:g}' for s in self.scales)}: "
+                "give one (--second-look adds its scale only where the first pass says it pays)"
+            )
+        if self.second_look == 1:
+            raise ConfigError("--second-look 1 is the first pass's own scale: give another, e.g. 2")
 
     @property
     def native_max_side(self) -> int | None:
@@ -452,9 +462,11 @@ def job_identity(config: JobConfig, checksum: str) -> dict[str, Any]:
 
 def _detector_faces(detector: DetectorSettings) -> dict[str, Any]:
     """The detector's part of the identity; `resolution` and `max_side` (the cap in force) only at native
-    resolution, since a record that predates them ran at a fixed one."""
+    resolution, since a record that predates them ran at a fixed one; `second_look` only when given."""
     faces = _faces(detector)
     del faces["resolution"], faces["max_side"]
+    if faces["second_look"] is None:  # as records that predate it
+        del faces["second_look"]
     if detector.native_max_side is not None:
         faces |= {"resolution": detector.resolution, "max_side": detector.native_max_side}
     return faces

@@ -105,7 +105,8 @@ def test_the_identity_is_the_fields_marked_as_deciding_the_faces() -> None:
     identity = job_identity(base, "abc")
     faces = {f.name for f in dataclasses.fields(DetectorSettings) if f.metadata.get("faces")}
     native = {"resolution", "max_side"}  # only at native resolution: older records ran at a fixed one
-    assert set(identity) == {"input", "include", "model_sha256"} | faces - native
+    given = {"second_look"}  # only when given: older records had none
+    assert set(identity) == {"input", "include", "model_sha256"} | faces - native - given
     at_native = dataclasses.replace(base, detector=dataclasses.replace(base.detector, resolution="native"))
     assert {k: job_identity(at_native, "abc")[k] for k in native} == {
         "resolution": "native",

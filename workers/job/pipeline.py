@@ -16,7 +16,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, InvalidStateError, ThreadPoolExecutor, wait
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -67,6 +68,12 @@ class _Call:
     reservations: Reservations
     waiting: deque[_Loaded] = field(default_factory=deque)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    woken: Future[None] = field(default_factory=Future)  # the detector queued a second look
+
+    def wake(self) -> None:
+        """The detector queued a second look: the loading loop yields, so that its views go in."""
+        with suppress(InvalidStateError):  # already woken: its heartbeat is still to come
+            self.woken.set_result(None)
 
 
 class ImagePipeline:
@@ -108,8 +115,11 @@ class ImagePipeline:
         lifetimes: dict[int, Future[None]] = {}  # each image's place among the `in_flight`
         finished: dict[int, Future[ImageResult]] = {}
 
-        def ready() -> Iterator[tuple[int, Prepared]]:
+        def ready() -> Iterator[tuple[int, Prepared] | None]:
             for item in self._prepare_all(len(names), call, lifetimes):
+                if item is None:  # a heartbeat: the detector's queued second looks go in
+                    yield None
+                    continue
                 prepared[item.position] = replace(item, prepared=None)  # its views go once inferred
                 if item.prepared is None or finish is None:  # with `finish`, held until it has run
                     lifetimes[item.position].set_result(None)
@@ -133,7 +143,7 @@ class ImagePipeline:
                 lifetimes[position].set_result(None)
 
         try:
-            faces = self.detector.detect(ready(), timings, on_done)
+            faces = self.detector.detect(ready(), timings, on_done, call.wake)
             return [
                 finished[i].result() if i in finished else _result(name, prepared[i], faces.get(i))
                 for i, name in enumerate(names)
@@ -143,12 +153,14 @@ class ImagePipeline:
 
     def _prepare_all(
         self, count: int, call: _Call, lifetimes: dict[int, Future[None]]
-    ) -> Iterator[_Prepared]:
+    ) -> Iterator[_Prepared | None]:
         """Prepared images in completion order, at most `in_flight` of them started and not yet let go:
         each image's future in `lifetimes` is ended by the caller (once it is prepared, or once what it
         does with the image after detection has run), so a slow step after detection holds back the
         loading instead of piling up decoded images. A loaded image whose reservation is not free waits
-        (in no pool thread) until it is, behind those loaded before it."""
+        (in no pool thread) until it is, behind those loaded before it. None when the detector queued a
+        second look (`_Call.wake`): its views go in while this waits (images waiting for one hold
+        their pixels and their place)."""
         started: set[Future[_Prepared | None]] = set()  # loading, or decoding and preparing
         alive: set[Future[None]] = set()
         limit = max(self.in_flight, 2 * self.detector.plan.batch)  # a batch is never short of images
@@ -163,7 +175,10 @@ class ImagePipeline:
                     started.add(self.pool.submit(self._load_one, position, call))
                     position = next(positions, None)
                 retry = self._start_waiting(call, started)
-                done, _ = wait(started | alive | retry, return_when=FIRST_COMPLETED)
+                done, _ = wait(started | alive | retry | {call.woken}, return_when=FIRST_COMPLETED)
+                if call.woken.done():
+                    call.woken = Future()
+                    yield None
                 for future in done & started:
                     started.discard(future)
                     if (item := future.result()) is not None:  # None: it waits for its reservation
@@ -246,7 +261,10 @@ class ImagePipeline:
             reservations.give(position)
             return _Prepared(position, width, height, failure=internal_failure("preprocessing", error))
         own, kept = 0 if item.header is None else image.nbytes, 0 if decoded is None else 1 + self.copies
-        reservations.keep(position, _holds(image, own, prepared, kept))
+        if prepared.image is not None:  # kept for a second look, which may add its views
+            kept = max(kept, 1)
+        second = self.detector.second_look_bytes(image.shape[1], image.shape[0])
+        reservations.keep(position, _holds(image, own, prepared, kept) + second)
         call.timings.lap("preprocess", clock)
         return _Prepared(position, width, height, prepared, scale=1 / reduction)
 

@@ -55,9 +55,13 @@ class View:
 
 @dataclass(frozen=True)
 class Prepared:
-    """An image ready for the network: its views, one for a plain run, one per scale and tile otherwise."""
+    """An image ready for the network: its views, one for a plain run, one per scale and tile otherwise.
+    With `--second-look`, also the image (and its `full_size`, for a reduced decode), kept until its
+    first pass decides whether it gets a second view."""
 
     views: tuple[View, ...]
+    image: np.ndarray | None = None
+    full_size: tuple[int, int] | None = None
 
     @property
     def tensor(self) -> np.ndarray:
@@ -109,6 +113,7 @@ def image_views(
     scales: Sequence[float] = (1.0,),
     tile: bool = False,
     full_size: tuple[int, int] | None = None,
+    after: Sequence[float] = (),
 ) -> Prepared:
     """All views of a BGR image for the network (thread-safe, so fetch threads can prepare in parallel).
 
@@ -117,22 +122,36 @@ def image_views(
     the image at native resolution (within `max_side`) in tiles when it does not fit the input.
     `full_size`: (width, height)
     of the full image when `image` is a reduced decode of it (`reduction`); faces then come back in the
-    full image's pixels."""
-    full_size = full_size or (image.shape[1], image.shape[0])
-    levels = [
-        (scaled, net, geometry.of_full_size(*full_size))
-        for scaled, net, geometry in (
-            scale_for_network(image, preprocess, scale) for scale in dict.fromkeys(scales)
-        )
-    ]
+    full image's pixels. `after`: the scales of views made of the image before (a first pass, and with
+    `tile` its native level): only the views `scales` adds to them are made, tiled as `after + scales`
+    together would tile them, so that merging both gives what one run of all the scales gives."""
+    height, width = image.shape[:2]
+    full_size = full_size or (width, height)
+
+    def level(scale: float, native: bool = False) -> tuple[tuple[int, int], tuple[int, int], Geometry]:
+        resized, net, geometry = network_size(preprocess, width, height, scale, native)
+        return resized, net, geometry.of_full_size(*full_size)
+
+    levels: dict[float | str, tuple[tuple[int, int], tuple[int, int], Geometry]] = {
+        scale: level(scale) for scale in dict.fromkeys((*after, *scales))
+    }
     if tile:
-        scaled, net, geometry = scale_for_network(image, preprocess, native=True)
-        native = (scaled, net, geometry.of_full_size(*full_size))
-        fits = scaled.shape[1] <= net[0] and scaled.shape[0] <= net[1]
-        if not fits and all(level[2] != native[2] for level in levels):
-            levels.append(native)
-    coarsest = (min(g.scale_x for _, _, g in levels), min(g.scale_y for _, _, g in levels))
-    return Prepared(tuple(view for level in levels for view in _views(*level, coarsest, preprocess.pad)))
+        resized, net, geometry = own = level(1.0, native=True)
+        fits = resized[0] <= net[0] and resized[1] <= net[1]
+        if not fits and all(other[2] != geometry for other in levels.values()):
+            levels["native"] = own
+    made = {*after, "native"} if after else set()  # the levels of the views made before
+    earlier = [geometry for key, (_, _, geometry) in levels.items() if key in made]
+    geometries = [geometry for _, _, geometry in levels.values()]
+    coarsest = (min(g.scale_x for g in geometries), min(g.scale_y for g in geometries))
+    views: list[View] = []
+    for key, (_, _, geometry) in levels.items():
+        if key in made or geometry in earlier:
+            continue
+        native = key == "native"
+        scaled, net, _ = scale_for_network(image, preprocess, 1.0 if native else float(key), native)
+        views += _views(scaled, net, geometry, coarsest, preprocess.pad)
+    return Prepared(tuple(views))
 
 
 def merge(parts: Sequence[Faces], views: Sequence[View], nms_rule: NmsRule, nms_threshold: float) -> Faces:
