@@ -14,7 +14,7 @@ AZURITE := .cache/azurite
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: setup lock demo test test-fast imports browser bench levers scale weather default-model accuracy lint format clean
+.PHONY: setup lock demo test test-fast imports browser bench levers scale weather default-model accuracy frontier lint format clean
 
 setup: $(VENV)/.installed $(AZURITE)/.installed
 
@@ -58,8 +58,9 @@ browser:
 
 # Benchmarks need ../shared (models and WIDER FACE photos). `make bench` regenerates docs/S3-CLIENTS.md
 # (CPU per GET of each S3 client), docs/PRODUCTS.md (what --anonymize and --crops cost per image) and
-# docs/BENCHMARKS.md (which includes both), and ends with one RATIO line per
-# model, data set and input kind; `make levers` (about 10 minutes)
+# docs/BENCHMARKS.md (which includes both) with one RATIO line per model, data set and input kind, then
+# docs/VIDEO.md (benchmarks/video.py: a 1080p video's frames/s, --anonymize per frame, per-frame AP, the
+# blurred copies checked; about 5 minutes) and its VIDEO line; `make levers` (about 10 minutes)
 # measures each throughput lever into docs/LEVERS.md; `make weather` runs a real job through a store's bad
 # weather into docs/WEATHER.md; `make default-model` compares the built-in models.
 bench: setup
@@ -71,6 +72,7 @@ bench: setup
 	    --section "S3 clients: CPU per GET (benchmarks/s3_clients.py)=docs/S3-CLIENTS.md" \
 	    --section "What --anonymize and --crops cost (benchmarks/products.py)=docs/PRODUCTS.md"; \
 	  status=$$?; rm -f $$table; exit $$status
+	$(BIN)/python benchmarks/video.py --out docs/VIDEO.md
 
 levers: setup
 	$(BIN)/python benchmarks/levers.py --out docs/LEVERS.md
@@ -96,6 +98,14 @@ accuracy: setup
 	$(BIN)/python benchmarks/accuracy.py --out docs/ACCURACY.md.tmp
 	mv docs/ACCURACY.md.tmp docs/ACCURACY.md
 	@echo "wrote docs/ACCURACY.md"
+
+# Needs ../shared: WIDER easy / medium / hard AP and core-ms per image of every shared model and setting
+# (INT8 or not, input size or native resolution, --scales, --tile, --second-look) on val-subset-145, in one
+# process, the Pareto-optimal rows marked and the default chosen from them, checked by real jobs;
+# regenerates docs/FRONTIER.md (10 minutes on 2 CPUs, and about 5 more the first time, to quantize the
+# models into .cache/frontier/), ends with FRONTIER.
+frontier: setup
+	$(BIN)/python benchmarks/frontier.py --out docs/FRONTIER.md
 
 lint: setup
 	$(BIN)/ruff check .

@@ -183,6 +183,8 @@ VIEWS = (
     Variant("--tile", "retinaface-mnet025", ("--tile",), shared=False),
     Variant("--scales=1,2", "retinaface-mnet025", ("--scales=1,2",), shared=False),
     Variant("--scales=0.5,1,2", "retinaface-mnet025", ("--scales=0.5,1,2",), shared=False),
+    Variant("--second-look=2", "retinaface-mnet025", ("--second-look=2",), shared=False),
+    Variant("CenterFace --second-look=2", "centerface", ("--second-look=2",), shared=False),
 )
 
 YUNET = "models/yunet/face_detection_yunet_2026may.onnx"
@@ -239,16 +241,23 @@ class Result:
         return self.job.get("this_run", self.job)
 
 
-def command_line(variant: Variant, images: str, output: str, shared: Path | None = None) -> list[str]:
+def command_line(
+    variant: Variant,
+    images: str,
+    output: str,
+    shared: Path | None = None,
+    run_options: tuple[str, ...] = RUN_OPTIONS,
+) -> list[str]:
     model = variant.model_arg(shared) if shared else variant.shown_model()
-    return ["facesweep", "run", images, output, f"--model={model}", *variant.options, *RUN_OPTIONS]
+    return ["facesweep", "run", images, output, f"--model={model}", *variant.options, *run_options]
 
 
-def run_variant(variant: Variant, shared: Path) -> Result:
+def run_variant(variant: Variant, shared: Path, run_options: tuple[str, ...] = RUN_OPTIONS) -> Result:
+    """One `facesweep run` of the subset (RUN_OPTIONS unless told) and its `facesweep eval` report."""
     subset = shared / SUBSET
     with tempfile.TemporaryDirectory(prefix="facesweep-accuracy-") as folder:
         output = Path(folder) / "out"
-        command = command_line(variant, str(subset / "images"), str(output), shared)
+        command = command_line(variant, str(subset / "images"), str(output), shared, run_options)
         command[0] = facesweep_command()
         for attempt in range(RAY_ATTEMPTS):
             shutil.rmtree(output, ignore_errors=True)

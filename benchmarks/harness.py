@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # infra/ is the checkout's, not installed
 from infra.local_s3 import LocalS3
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +39,9 @@ BIN = Path(sys.executable).parent
 BUCKET = "bench"
 SUBSET = Path("data/widerface/val-subset-145/images")
 CLOCK_TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
-SHARD_LINE = re.compile(r"^shard \d+: (\d+)/")  # facesweep.progress.LogProgress, one line per finished shard
+# facesweep.progress.LogProgress, one line per finished shard: `shard 3: 192/435 images, ...`, or for
+# containers, whose images are counted as they are read, `shard 3 of 7+: 192 images, ...`
+SHARD_LINE = re.compile(r"^shard \d+(?: of \d+\+?)?: (\d+)[/ ]")
 PARQUET_ROWS = 16  # images per row group of the benchmark's Parquet tables (about 2 MB of WIDER photos)
 ROLES = ("actor", "s3", "driver", "other", "idle")  # where the machine's core-time goes during a run
 
@@ -59,6 +62,44 @@ MODELS = (
     BenchModel("retinaface-mnet025", "retinaface-mnet025", shared=False),
 )
 DEFAULT = MODELS[-1]
+
+
+INT8_CACHE = REPO / ".cache" / "frontier"
+INT8_PRESET = "mixed"  # `facesweep quantize`'s default
+
+
+class QuantizeFailed(RuntimeError):
+    """`facesweep quantize` exited with an error (its last line)."""
+
+
+def int8_model(model: str, calibration: Path) -> tuple[Path, float]:
+    """The INT8 IR of MODEL (a built-in name or a path) and the seconds this call spent making it (0 when
+    cached): `facesweep quantize MODEL --calibration CALIBRATION --preset mixed --seconds 0`, made once and
+    kept under .cache/frontier/ by MODEL's SHA-256 (`make frontier` and `make bench` share it)."""
+    from facesweep.workers.model.catalog import model_checksum, resolve_model
+
+    source = resolve_model(model)
+    folder = INT8_CACHE / f"{model_checksum(source)[:16]}-{INT8_PRESET}"
+    out = folder / f"{source.stem}-int8.xml"
+    if out.is_file():
+        return out, 0.0
+    INT8_CACHE.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f"{folder.name}.", dir=INT8_CACHE))
+    command = [
+        facesweep_command(),
+        *("quantize", model, "--calibration", str(calibration), "--out", str(partial / out.name)),
+        *("--preset", INT8_PRESET, "--seconds", "0"),
+    ]
+    print(f"  quantizing {model} (cached in {folder})", file=sys.stderr, flush=True)
+    clock = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise QuantizeFailed((done.stderr.strip().splitlines() or ["no output"])[-1][:300])
+    seconds = time.perf_counter() - clock
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)  # whole or not at all: a run killed while quantizing leaves no half IR
+    return out, seconds
 
 
 def table(header: list[str], rows: list[list[object]]) -> list[str]:

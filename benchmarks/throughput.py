@@ -2,10 +2,11 @@
 
     .venv/bin/python benchmarks/throughput.py [--shared PATH] [--out docs/BENCHMARKS.md] [--quick]
 
-For each model (face-detection-0204 FP16, the insightface mnet.25 IR, the default model) and each data
-set (WIDER val-subset-145 as it is, and the same photos re-encoded to 1920x1080 JPEG), all in one run on
-one local SeaweedFS, with the images as objects and, for the default model, also as WebDataset tar
-shards and as Parquet tables of image bytes:
+For each model (face-detection-0204 FP16, the insightface mnet.25 IR, the default model and its INT8,
+`facesweep quantize`'s on the WIDER photos, cached in .cache/frontier/ as `make frontier` makes it) and
+each data set (WIDER val-subset-145 as it is, and the same photos re-encoded to 1920x1080 JPEG), all in
+one run on one local SeaweedFS, with the images as objects and, for the default model, also as WebDataset
+tar shards and as Parquet tables of image bytes:
 - model_img_s: OpenVINO's own `benchmark_app -hint throughput`, same model, device and thread count, right
   before and right after each end-to-end run (their mean; the pair is measured again, with the run,
   when the two differ by more than MODEL_DRIFT);
@@ -39,6 +40,7 @@ from pathlib import Path
 import cv2
 from harness import (
     DEFAULT,
+    INT8_PRESET,
     MODELS,
     PARQUET_ROWS,
     REPO,
@@ -53,6 +55,7 @@ from harness import (
     decode_seconds,
     facesweep_run,
     generated_by,
+    int8_model,
     naive,
     require_shared,
     table,
@@ -243,6 +246,29 @@ def ratio_table(runs: list[Run]) -> list[str]:
     return table(header, rows)
 
 
+def int8_table(runs: list[Run]) -> list[str]:
+    """The default model's INT8 runs beside its FP ones on the same set (objects input)."""
+    fp = {r.data.name: r for r in runs if r.model is DEFAULT and r.input == "objects"}
+    rows = []
+    for r in runs:
+        if r.model.name == f"{DEFAULT.name}-int8" and r.data.name in fp:
+            f = fp[r.data.name]
+            actor = [run.job.record["this_run"]["actor_cpu_ms_per_image"] for run in (f, r)]
+            rows.append(
+                [
+                    r.data.name,
+                    *(f"{rate:.1f}" for rate in (f.model_img_s, r.model_img_s)),
+                    f"{r.model_img_s / f.model_img_s:.2f}",
+                    *(f"{rate:.1f}" for rate in (f.e2e_img_s, r.e2e_img_s)),
+                    f"{r.e2e_img_s / f.e2e_img_s:.2f}",
+                    *(f"{ms:.2f}" for ms in actor),
+                    f"{actor[0] / actor[1]:.2f}",
+                ]
+            )
+    header = ["data", "model_img_s FP", "INT8", "INT8 / FP", "e2e_img_s FP", "INT8", "INT8 / FP"]
+    return table([*header, "actor CPU ms FP", "INT8", "FP / INT8"], rows)
+
+
 def stage_table(runs: list[Run]) -> list[str]:
     header = ["model", "data", "input", *THREAD_STAGES, "inference and the rest", "actor total"]
     header += ["infer latency"]
@@ -342,6 +368,10 @@ def report(runs: list[Run], one: Run, memory: list, started: float, sets: list[D
         "`tar` (WebDataset shards, one copy of the set per `.tar`, each sample a `.jpg` and a `.json`) and "
         "`parquet` (one copy of the set per table, the JPEG bytes in an `image` column, row groups of "
         f"{PARQUET_ROWS}); the containers are listed in a manifest and read by piece with ranged GETs.",
+        f"`{DEFAULT.name}-int8`: the default model quantized to INT8 (`facesweep quantize {DEFAULT.name} "
+        f"--calibration ../shared/{SUBSET} --preset {INT8_PRESET}`, cached in .cache/frontier/ as "
+        "`make frontier` makes it; its WIDER AP: docs/FRONTIER.md), objects input, each run right after the "
+        "FP one on the same set.",
         "",
         f"- model_img_s: `benchmark_app -d CPU -hint throughput -t {MODEL_S}` with `INFERENCE_NUM_THREADS` = "
         "the cores and pinning off (as the actors run), same model and input size, right before and right "
@@ -357,6 +387,11 @@ def report(runs: list[Run], one: Run, memory: list, started: float, sets: list[D
         f"defaults), the same decode, append; one Parquet write at the end ({NAIVE_S:.0f} s of it).",
         "",
         *ratio_table(runs),
+        "",
+        "The default model's INT8 beside its FP (objects; INT8 / FP of each rate, and the actor's CPU "
+        "milliseconds per image from `_job.json`):",
+        "",
+        *int8_table(runs),
         "",
         "## Where the time goes",
         "",
@@ -418,6 +453,8 @@ def main() -> int:
     cores = os.cpu_count() or 1
     sets = data_sets(args.shared)
     models = (DEFAULT,) if args.quick else MODELS
+    # the default model's INT8, beside its FP rows (objects input, each set, right after the FP run)
+    int8 = BenchModel(f"{DEFAULT.name}-int8", str(int8_model(DEFAULT.model, args.shared / SUBSET)[0]), False)
 
     def model_rate(model: BenchModel, n: int) -> Callable[[], float]:
         plan = inspect_model(DetectorSettings(model=model.argument(args.shared)))
@@ -438,12 +475,17 @@ def main() -> int:
         runs = []
         for model in models:
             rate = model_rate(model, cores)
+            int8_rate = model_rate(int8, cores) if model is DEFAULT else None
             inputs = ("objects", *CONTAINER_INPUTS) if model is DEFAULT else ("objects",)
             for data in sets[:1] if args.quick else sets:
                 for kind in inputs:
                     run = Run(model, data, cores, kind)
                     measure(store, run, args.shared, f"{model.name}/{data.name}/{kind}", rate)
                     runs.append(run)
+                    if int8_rate and kind == "objects":
+                        run = Run(int8, data, cores, kind)
+                        measure(store, run, args.shared, f"{int8.name}/{data.name}/{kind}", int8_rate)
+                        runs.append(run)
         one = Run(DEFAULT, sets[0], 1)
         measure(store, one, args.shared, f"{DEFAULT.name}/{sets[0].name}-1core", model_rate(DEFAULT, 1))
         memory = [] if args.quick else memory_runs(store, args.shared)
