@@ -23,6 +23,8 @@ from facesweep.workers.inputs.images import decode_image
 from facesweep.workers.model.detector import Detector
 from facesweep.workers.model.runtime import infer
 from facesweep.workers.model.views import in_original
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # infra/ is the checkout's, not installed
 from infra.demo import SHARED, WIDER_SUBSET, sample_photos
 
 MODELS = SHARED / "models"
