@@ -126,9 +126,15 @@ def test_every_option_from_a_file_as_from_flags(tmp_path: Path, monkeypatch: pyt
     what the flags give."""
     monkeypatch.chdir(tmp_path)
     Path(EVERY_KEY["ground_truth"]).write_text("a.jpg 1 2 3 4\n")
-    actions = spec_actions(subcommand(build_parser(), "run"))
+    run = subcommand(build_parser(), "run")
+    actions = spec_actions(run)
     assert EVERY_KEY.keys() <= actions.keys()
-    switches = {key: action.option_strings[-1] for key, action in actions.items() if action.nargs == 0}
+    others = {a for group in run._mutually_exclusive_groups for a in group._group_actions[1:]}  # one of each
+    switches = {
+        key: action.option_strings[-1]
+        for key, action in actions.items()
+        if action.nargs == 0 and action not in others
+    }
     spec = EVERY_KEY | dict.fromkeys(switches, True)
     flags = EVERY_FLAG + [flag for flag in switches.values() if flag not in EVERY_FLAG]
     from_file = vars(parse("--config", str(write_spec(tmp_path, spec))))

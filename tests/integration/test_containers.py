@@ -80,7 +80,7 @@ def test_a_tar_on_s3_is_read_with_a_few_ranged_gets(s3_env: LocalS3, tmp_path: P
     client = s3_env.client()
     client.create_bucket(Bucket="containers")
     client.upload_file(str(tar), "containers", "shards/000000.tar")
-    [listed] = list(list_images("s3://containers/shards", piece_bytes=1 << 20))
+    [listed] = list(list_images("s3://containers/shards", settings=ContainerSettings(piece_bytes=1 << 20)))
     before = request_counts()["GET"]
     found = [
         m
@@ -90,7 +90,9 @@ def test_a_tar_on_s3_is_read_with_a_few_ranged_gets(s3_env: LocalS3, tmp_path: P
     gets = request_counts()["GET"] - before
     assert sorted(m.name.split("#", 1)[1] for m in found) == sorted(images)
     assert gets <= 2 * listed.num_rows < len(images)  # one GET per piece, another for a member it cuts
-    [alone] = list(list_images("s3://containers/shards/000000.tar", piece_bytes=1 << 20))
+    [alone] = list(
+        list_images("s3://containers/shards/000000.tar", settings=ContainerSettings(piece_bytes=1 << 20))
+    )
     assert alone.to_pylist() == listed.to_pylist()  # INPUT naming the tar: the same pieces, with its ETag
     assert None not in alone["etag"].to_pylist()
 
