@@ -329,10 +329,11 @@ def test_unknown_formats_are_left_to_opencv() -> None:
 
 def test_listing_skips_non_images_by_extension(tmp_path: Path) -> None:
     (tmp_path / "a b").mkdir()
-    for name in ("x.JPG", "a b/ü.png", "notes.txt", "a b/README", "photo.heic", "clip.mp4"):
+    for name in ("x.JPG", "a b/ü.png", "notes.txt", "a b/README", "photo.heic", "song.mp3", "clip.mp4"):
         (tmp_path / name).write_bytes(b"")
     listed = {Path(uri).relative_to(tmp_path).as_posix() for uri in list_uris(str(tmp_path))}
-    assert listed == {"x.JPG", "a b/ü.png", "photo.heic"}
+    # a video is listed as its pieces; one that cannot be opened, as one piece from 0 (its error row's)
+    assert listed == {"x.JPG", "a b/ü.png", "photo.heic", "clip.mp4#t=000000.000,000030.000"}
 
 
 def test_manifest_with_a_byte_order_mark_crlf_and_non_ascii_names(tmp_path: Path) -> None:
