@@ -300,7 +300,8 @@ def test_a_cluster_without_facesweep_installed_gets_the_wheel_through_the_jobs_r
     installed by Ray on each node (`pip`): the driver and every actor run that wheel, not the checkout."""
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
-    version = f"0.1.0+runtimeenv.{secrets.token_hex(3)}"
+    # A letter first: PEP 440 would drop the leading zeros of an all-digit label (019585 -> 19585).
+    version = f"0.1.0+runtimeenv.r{secrets.token_hex(3)}"
     pyproject = clone / "pyproject.toml"
     pyproject.write_text(pyproject.read_text().replace('version = "0.1.0"', f'version = "{version}"', 1))
     dist = tmp_path / "dist"
