@@ -203,6 +203,9 @@ def test_ctrl_c_stops_the_job_and_says_how_to_resume(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        # a suite started as a background job of a shell inherits SIGINT ignored, and Python then sets
+        # no KeyboardInterrupt handler: the job gets Ctrl-C's default, as at a terminal
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     for line in job.stderr:
         if line.startswith("shard "):
