@@ -5,6 +5,7 @@ GETs, and the same AP as the same frames given as images."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import replace
 from fractions import Fraction
@@ -19,7 +20,13 @@ import pytest
 
 from facesweep.export import export
 from facesweep.report import write_report
-from facesweep.workers.config import AnonymizeSettings, ContainerSettings, DetectorSettings, JobConfig
+from facesweep.workers.config import (
+    AnonymizeSettings,
+    ContainerSettings,
+    CropSettings,
+    DetectorSettings,
+    JobConfig,
+)
 from facesweep.workers.evaluation.evaluate import evaluate
 from facesweep.workers.inputs.videos import FrameChoice, FrameReader, VideoPiece, expand, frame_uri
 from facesweep.workers.job.driver import run_job
@@ -27,6 +34,7 @@ from facesweep.workers.output.schema import SCHEMA
 from facesweep.workers.storage import request_counts
 from infra.local_s3 import LocalS3
 from infra.videos import Truth, build_set, frames_as_images, write_truth
+from tests.outputs import assert_one_crop_per_face
 from tests.paths import SHARED, WIDER_SUBSET
 
 pytestmark = pytest.mark.skipif(not WIDER_SUBSET.is_dir(), reason="needs ../shared's WIDER photos")
@@ -150,21 +158,32 @@ def test_a_folder_of_videos_runs_exactly_once_resumes_and_grows(
     assert changed.plan.changed == 3 and changed.images == 0  # its pieces, counted, not redone
 
 
-def test_the_frames_of_a_video_score_as_the_same_frames_as_images(
+def test_the_frames_of_a_video_score_and_crop_as_the_same_frames_as_images(
     ray_local: None, videos: dict, tmp_path: Path
 ) -> None:
+    """Every frame of a video, and the same frames written as PNG files: the same AP, and with --crops the
+    same crops, byte for byte (a frame's pixels are the picture's)."""
     video, truth = videos["h264.mp4"]
     pictures = tmp_path / "frames"
     frames_as_images(video, pictures, truth)
-    run_job(job(str(video), tmp_path / "video-out", every_frame=True))
-    run_job(job(str(pictures), tmp_path / "image-out"))
+    as_video_out, as_images_out = tmp_path / "video-out", tmp_path / "image-out"
+    run_job(replace(job(str(video), as_video_out, every_frame=True), crops=CropSettings()))
+    run_job(replace(job(str(pictures), as_images_out), crops=CropSettings()))
     truth_file = tmp_path / "truth.txt"
     write_truth([(video.name, truth)], truth_file)
-    as_video = evaluate(str(tmp_path / "video-out"), truth_file)
-    as_images = evaluate(str(tmp_path / "image-out"), pictures / f"{video.stem}-truth.txt")
+    as_video = evaluate(str(as_video_out), truth_file)
+    as_images = evaluate(str(as_images_out), pictures / f"{video.stem}-truth.txt")
     assert as_video["images"]["matched"] == as_images["images"]["matched"] == 90
     for setting in ("easy", "medium", "hard"):
         assert abs(as_video["wider_ap"][setting] - as_images["wider_ap"][setting]) < 0.01, setting
+    crops = {}
+    for output, time_of in ((as_video_out, r"#t=([\d.]+)$"), (as_images_out, r"-t([\d.]+)\.png$")):
+        table = assert_one_crop_per_face(output).select(["uri", "face", "jpeg"]).to_pydict()
+        crops[output] = {
+            (re.search(time_of, uri)[1], face): jpeg
+            for uri, face, jpeg in zip(table["uri"], table["face"], table["jpeg"], strict=True)
+        }
+    assert len(crops[as_video_out]) > 90 and crops[as_video_out] == crops[as_images_out]
 
 
 def test_a_video_on_s3_is_read_with_ranged_gets(ray_local: None, s3_env: LocalS3, videos: dict) -> None:
@@ -200,8 +219,13 @@ def test_a_blurred_copy_hides_every_face_in_every_frame(
     for name in ("band.mp4", "vp9.webm"):
         shutil.copy(videos[name][0], folder)
     config = job(str(folder), tmp_path / "out", piece_seconds=1.0, fps=10.0)
-    result = run_job(replace(config, anonymizer=AnonymizeSettings(str(dest), root=str(folder))))
+    anonymizer = AnonymizeSettings(str(dest), root=str(folder))
+    # the output's threshold far above the copy's (0.2): the copy still hides the faces the output leaves out
+    output_only = replace(config.detector, score_threshold=0.95)
+    result = run_job(replace(config, detector=output_only, anonymizer=anonymizer, crops=CropSettings()))
     assert result.blurred_videos == 2 and not (tmp_path / "out" / "_videos").exists()
+    crops = assert_one_crop_per_face(tmp_path / "out")  # each frame's output faces cropped
+    assert crops.num_rows > 0 and all("#t=" in uri for uri in crops["uri"].to_pylist())
     report = write_report(str(tmp_path / "out"), tmp_path / "report")
     assert (report.drawn, report.unreadable) == (8, 0)  # four frames of each video
     assert len(list((tmp_path / "report" / "anonymized" / "thumbs").iterdir())) == 8  # each beside its copy

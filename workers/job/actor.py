@@ -34,13 +34,13 @@ from facesweep.workers.job.budget import PixelBudget, budget_bytes
 from facesweep.workers.job.calls import ShardCalls
 from facesweep.workers.job.messages import ActorInfo, ShardReport
 from facesweep.workers.job.metrics import error_kinds, shard_metrics
-from facesweep.workers.job.pipeline import ImagePipeline
+from facesweep.workers.job.pipeline import Finish, ImagePipeline
 from facesweep.workers.job.shards import Shard
 from facesweep.workers.model.detector import Detector, Timings
 from facesweep.workers.output.layout import crop_shard_path
 from facesweep.workers.output.schema import CROP_COMPRESSION, ImageResult, results_table
 from facesweep.workers.output.writer import Piece, put_table, write_parquet
-from facesweep.workers.products import Detected, products_for
+from facesweep.workers.products import Detected, Product, products_for
 from facesweep.workers.products.blurred_videos import blurred_segment, put_segment
 from facesweep.workers.storage import ObjectError, StorageError, join, storage_for
 
@@ -83,11 +83,12 @@ class ShardWorker(ShardCalls):
         timings = Timings()
         piece = parse_piece(shard.uris[0]) if len(shard.uris) == 1 else None
         video = videos.parse_piece(shard.uris[0]) if len(shard.uris) == 1 else None
-        products = self.products and video is None
-        made = _ShardProducts(self, timings, in_container=piece is not None) if products else None
+        products = [p for p in self.products if video is None or p.of_video_frames]
+        inside = piece is not None or video is not None
+        made = _ShardProducts(self, timings, products, inside, cut=video is None) if products else None
         finish = made.finish if made is not None else None
         if video is not None:
-            results = self._video_piece(shard, timings)
+            results = self._video_piece(shard, timings, finish)
             pieces = [(shard.uris[0], shard.etags[0], shard.sizes[0])]
         elif piece is None:
             uris = shard.uris
@@ -123,9 +124,10 @@ class ShardWorker(ShardCalls):
         copied = made.done.get("anonymize", 0) if made is not None else 0
         return self.report(shard, counts, kinds, timings.seconds, copied)
 
-    def _video_piece(self, shard: Shard, timings: Timings) -> list[ImageResult]:
+    def _video_piece(self, shard: Shard, timings: Timings, finish: Finish | None) -> list[ImageResult]:
         """The rows of a video piece's sampled frames (and one naming the piece if its end could not be
-        read); a video that cannot be opened is one error row, named after the video for its first piece."""
+        read); a video that cannot be opened is one error row, named after the video for its first piece.
+        `finish`: the products made of each frame (its faces left uncut: the blurred segment needs them)."""
         piece, etag, size = shard.uris[0], shard.etags[0], shard.sizes[0]
         video, start, _ = videos.parse_piece(piece)
         clock = time.thread_time()
@@ -141,7 +143,7 @@ class ShardWorker(ShardCalls):
             reader = videos.FrameReader(frames, keyframes=self.frames.keyframes)
             sampled = [frames.frames[i] for i in reader.sampled]
             names = [videos.frame_uri(video, frame.time) for frame in sampled]
-            results = self.pipeline.run(names, reader, timings)
+            results = self.pipeline.run(names, reader, timings, finish)
             if self.anonymizer is not None:
                 clock = time.thread_time()
                 self._blurred_segment(frames, reader.sampled, results)
@@ -226,13 +228,15 @@ class _ShardProducts:
 
     worker: ShardWorker
     timings: Timings
+    products: list[Product]
     in_container: bool
+    cut: bool = True  # its results' faces cut to the job's threshold (else left to the caller)
     held: dict[int, bytes] = field(default_factory=dict)  # encoded bytes, for products that keep them
     parts: dict[str, list[Any]] = field(default_factory=dict)  # each product's parts of the shard's images
     done: Counter[str] = field(default_factory=Counter)  # images each product made its part of
 
     def hold(self, position: int, data: bytes | None) -> None:
-        if data is not None and any(p.keeps_bytes for p in self.worker.products):
+        if data is not None and any(p.keeps_bytes for p in self.products):
             self.held[position] = data
 
     def finish(self, position: int, result: ImageResult, image: np.ndarray) -> ImageResult:
@@ -241,7 +245,7 @@ class _ShardProducts:
         detected = Detected(result.uri, image, data, faces, result.faces, self.in_container, scale)
         made: list[tuple[str, Any]] = []
         clock = time.thread_time()
-        for product in self.worker.products:
+        for product in self.products:
             try:
                 made.append((product.name, product.make(detected)))
             except ObjectError as error:
@@ -258,9 +262,9 @@ class _ShardProducts:
             self.done[name] += 1
             if part is not None:
                 self.parts.setdefault(name, []).append(part)
-        return replace(result, faces=faces)
+        return replace(result, faces=faces) if self.cut else result
 
     def side_table(self) -> pa.Table | None:
         """The shard's side table (at most one product has one: footers count its rows)."""
-        tables = [p.table(self.parts.get(p.name, [])) for p in self.worker.products]
+        tables = [p.table(self.parts.get(p.name, [])) for p in self.products]
         return next((table for table in tables if table is not None), None)

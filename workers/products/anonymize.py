@@ -150,6 +150,7 @@ class AnonymizedCopies(Product):
     the scale the image was decoded at (full size unless the pixel budget could not hold it so)."""
 
     name = "anonymize"
+    of_video_frames = False
     keeps_bytes = True
     pixel_copies = 3  # the copy, then a face's region hidden and its mask, or the encoding (BMP: 1 copy)
 

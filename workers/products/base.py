@@ -37,6 +37,9 @@ class Product(ABC):
     """How many more copies of the image's pixels it holds at once: the pixel budget reserves them."""
     score_threshold: float = 1.0
     """The lowest score of the faces it needs: the detector keeps faces down to the lowest of these."""
+    of_video_frames: ClassVar[bool] = True
+    """Whether it is made of each sampled video frame as of a photo (a video's blurred copy is not: it is
+    made of the whole piece, `blurred_videos`)."""
 
     @abstractmethod
     def make(self, image: Detected) -> Any | None:
