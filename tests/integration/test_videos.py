@@ -30,8 +30,11 @@ from facesweep.workers.config import (
 from facesweep.workers.evaluation.evaluate import evaluate
 from facesweep.workers.inputs.videos import FrameChoice, FrameReader, VideoPiece, expand, frame_uri
 from facesweep.workers.job.driver import run_job
+from facesweep.workers.job.ledger import Ledger
+from facesweep.workers.job.preparation import dry_run
 from facesweep.workers.output.schema import SCHEMA
-from facesweep.workers.storage import request_counts
+from facesweep.workers.storage import _store, request_counts
+from infra.fault_proxy import FaultProxy, Weather
 from infra.local_s3 import LocalS3
 from infra.videos import Truth, build_set, frames_as_images, write_truth
 from tests.outputs import assert_one_crop_per_face
@@ -204,6 +207,37 @@ def test_a_video_on_s3_is_read_with_ranged_gets(ray_local: None, s3_env: LocalS3
             frames_read += len(frames.frames)
         assert request_counts()["GET"] - before == 1, piece  # the whole 0.4 MB video is one READ_BLOCK
     assert frames_read == 90
+
+
+def test_a_rerun_cuts_done_videos_from_their_recorded_durations_without_reading_them(
+    ray_local: None, s3_env: LocalS3, videos: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The footers record each video's duration with its etag and size: a re-run (and a dry run) plans
+    done videos without a request for them, a video added since is opened, and the pieces are the same."""
+    client = s3_env.client()
+    client.create_bucket(Bucket="video-rerun")
+    client.upload_file(str(videos["vp9.webm"][0]), "video-rerun", "in/a.webm")
+    config = job("s3://video-rerun/in", "s3://video-rerun/out", piece_seconds=1.0, keyframes=True)
+    first = run_job(config)
+    [(key, seconds)] = Ledger.read("s3://video-rerun/out", read_only=True).video_seconds().items()
+    assert key[0] == "s3://video-rerun/in/a.webm" and key[2] == videos["vp9.webm"][0].stat().st_size
+    assert 3 < seconds < 3.1  # 90 frames at 30 fps (WebM says 3.008 s): four pieces of 1 s
+    client.upload_file(str(videos["h264.mp4"][0]), "video-rerun", "in/b.mp4")
+    with FaultProxy(s3_env.endpoint_url, Weather(aim=r"^GET /video-rerun/in/")) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        _store.cache_clear()  # this process's clients made afresh, through the proxy
+        try:
+            planned = dry_run(config)
+            opened_to_plan = proxy.counts()["aimed"]
+            again = run_job(config)  # compacts first, then b.mp4 alone
+        finally:
+            _store.cache_clear()
+    assert opened_to_plan == 1, "only the added video is opened for its duration"
+    for plan in (planned.counts, again.plan):  # a.webm's recorded pieces are the ones it has done
+        assert (plan.done, plan.new, plan.video_pieces_new) == (4, 3, 3), plan  # b.mp4: 3.0 s
+    found = rows("video-rerun/out", s3_env.arrow_filesystem())
+    assert first.images == 3 and again.images == len(found) - 3 > 0
+    assert {uri.split("#")[0].rsplit("/", 1)[1] for uri in found} == {"a.webm", "b.mp4"}
 
 
 def sharpness(image: np.ndarray) -> float:

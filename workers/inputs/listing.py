@@ -28,7 +28,7 @@ import json
 import queue
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
@@ -78,12 +78,27 @@ def list_images(
     source: str,
     include: str | None = None,
     settings: ContainerSettings = ContainerSettings(),  # noqa: B008 (frozen)
+    known: Mapping[videos.VideoKey, float] | None = None,
 ) -> Iterator[pa.Table]:
     """Every image `source` names, as LISTING_SCHEMA tables in strictly increasing uri order; each
-    container (a tar or a Parquet table of image bytes) and each video as its pieces
-    (`containers.expand`, `videos.expand`)."""
-    for table in _list(source, include):
-        yield videos.expand(containers.expand(table, settings.piece_bytes), settings.piece_seconds)
+    container (a tar or a Parquet table of image bytes) and each video as its pieces (`in_pieces`)."""
+    yield from in_pieces(list_entries(source, include), settings, known)
+
+
+def list_entries(source: str, include: str | None = None) -> Iterator[pa.Table]:
+    """What `source` names, as `list_images` does, but each container and video as itself."""
+    yield from _list(source, include)
+
+
+def in_pieces(
+    tables: Iterable[pa.Table],
+    settings: ContainerSettings,
+    known: Mapping[videos.VideoKey, float] | None = None,
+) -> Iterator[pa.Table]:
+    """The listing `tables` with each container and video replaced by its pieces (`containers.expand`,
+    `videos.expand`; `known`: video durations an earlier run recorded, not probed again)."""
+    for table in tables:
+        yield videos.expand(containers.expand(table, settings.piece_bytes), settings.piece_seconds, known)
 
 
 def _list(source: str, include: str | None) -> Iterator[pa.Table]:

@@ -98,9 +98,17 @@ class FrameChoice:
         )
 
 
-def expand(listing: pa.Table, piece_seconds: float) -> pa.Table:
-    """The listing with each video replaced by its pieces (same etag and size), sorted by uri; each
-    video is opened for its duration (PROBES at once)."""
+VideoKey = tuple[str, str | None, int | None]
+"""A video as a listing names it: its uri, etag and size."""
+
+
+def expand(
+    listing: pa.Table, piece_seconds: float, known: Mapping[VideoKey, float] | None = None
+) -> pa.Table:
+    """The listing with each video replaced by its pieces (same etag and size), sorted by uri. Each video
+    is opened for its duration (PROBES at once), unless `known` has it: the seconds an earlier run's
+    footers recorded for the same uri, etag and size (`Ledger.video_seconds`), so a re-run over done
+    videos makes no request for them."""
     uris = listing["uri"]
     suffixes = "|".join(re.escape(s) for s in VIDEO_SUFFIXES)
     mask = pc.match_substring_regex(pc.utf8_lower(uris), rf"({suffixes})$")
@@ -108,8 +116,12 @@ def expand(listing: pa.Table, piece_seconds: float) -> pa.Table:
         return listing
     videos, rest = listing.filter(mask), listing.filter(pc.invert(mask))
     names, etags, sizes = (videos[c].to_pylist() for c in ("uri", "etag", "size"))
+    durations = [(known or {}).get(key) for key in zip(names, etags, sizes, strict=True)]
+    unknown = [i for i, duration in enumerate(durations) if duration is None]
     with ThreadPoolExecutor(PROBES, thread_name_prefix="probe") as pool:
-        durations = list(pool.map(_duration_or_none, names, sizes))
+        probed = pool.map(_duration_or_none, [names[i] for i in unknown], [sizes[i] for i in unknown])
+        for i, duration in zip(unknown, probed, strict=True):
+            durations[i] = duration
     rows: dict[str, list] = {"uri": [], "etag": [], "size": []}
     for uri, etag, size, duration in zip(names, etags, sizes, durations, strict=True):
         count = max(1, math.ceil((duration or 0) / piece_seconds))
@@ -124,12 +136,17 @@ def _duration_or_none(uri: str, size: int | None) -> float | None:
     """The video's duration in seconds; None when it cannot be opened (its one piece says why)."""
     try:
         with _open(uri, size) as container:
-            stream = container.streams.video[0]
-            if stream.duration is not None:
-                return float(stream.duration * stream.time_base)
-            return container.duration / 1_000_000 if container.duration else None
+            return _seconds(container)
     except (ImageError, StorageError):
         return None
+
+
+def _seconds(container: av.container.InputContainer) -> float | None:
+    """An open video's duration in seconds, as its index or header says (None: it says none)."""
+    stream = container.streams.video[0]
+    if stream.duration is not None:
+        return float(stream.duration * stream.time_base)
+    return container.duration / 1_000_000 if container.duration else None
 
 
 class _Blocks(RangedFile):
@@ -204,6 +221,7 @@ class VideoPiece:
         self.failure: ImageError | None = None
         self.rotation = 0  # the rotation flag's degrees, known once a frame is decoded
         self.container = _open(self.video, size)
+        self.seconds = _seconds(self.container)  # the video's whole duration, as the planner probed it
         try:
             self.stream = stream = self.container.streams.video[0]
             self.time_base = stream.time_base or Fraction(1, 90000)

@@ -39,7 +39,7 @@ from facesweep.workers.job.shards import Shard
 from facesweep.workers.model.detector import Detector, Timings
 from facesweep.workers.output.layout import crop_shard_path
 from facesweep.workers.output.schema import CROP_COMPRESSION, ImageResult, results_table
-from facesweep.workers.output.writer import Piece, put_table, write_parquet
+from facesweep.workers.output.writer import Piece, VideoSeconds, put_table, write_parquet
 from facesweep.workers.products import Detected, Product, products_for
 from facesweep.workers.products.blurred_videos import blurred_segment, put_segment
 from facesweep.workers.storage import ObjectError, StorageError, join, storage_for
@@ -87,9 +87,12 @@ class ShardWorker(ShardCalls):
         inside = piece is not None or video is not None
         made = _ShardProducts(self, timings, products, inside, cut=video is None) if products else None
         finish = made.finish if made is not None else None
+        seconds: list[VideoSeconds] = []
         if video is not None:
-            results = self._video_piece(shard, timings, finish)
+            results, duration = self._video_piece(shard, timings, finish)
             pieces = [(shard.uris[0], shard.etags[0], shard.sizes[0])]
+            if duration is not None:
+                seconds.append((video[0], shard.etags[0], shard.sizes[0], duration))
         elif piece is None:
             uris = shard.uris
 
@@ -116,7 +119,12 @@ class ShardWorker(ShardCalls):
         table = results_table(results, self.detector.settings.model)
         side_rows = side.num_rows if side is not None else 0
         counts = write_parquet(
-            table, storage, join(self.output, shard.file_name), pieces=pieces, crops=side_rows
+            table,
+            storage,
+            join(self.output, shard.file_name),
+            pieces=pieces,
+            crops=side_rows,
+            video_seconds=seconds,
         )
         timings.add("write", time.thread_time() - started)
         kinds = error_kinds(table["error_kind"])
@@ -124,10 +132,13 @@ class ShardWorker(ShardCalls):
         copied = made.done.get("anonymize", 0) if made is not None else 0
         return self.report(shard, counts, kinds, timings.seconds, copied)
 
-    def _video_piece(self, shard: Shard, timings: Timings, finish: Finish | None) -> list[ImageResult]:
+    def _video_piece(
+        self, shard: Shard, timings: Timings, finish: Finish | None
+    ) -> tuple[list[ImageResult], float | None]:
         """The rows of a video piece's sampled frames (and one naming the piece if its end could not be
-        read); a video that cannot be opened is one error row, named after the video for its first piece.
-        `finish`: the products made of each frame (its faces left uncut: the blurred segment needs them)."""
+        read), and the video's duration; a video that cannot be opened is one error row, named after the
+        video for its first piece. `finish`: the products made of each frame (its faces left uncut: the
+        blurred segment needs them)."""
         piece, etag, size = shard.uris[0], shard.etags[0], shard.sizes[0]
         video, start, _ = videos.parse_piece(piece)
         clock = time.thread_time()
@@ -137,7 +148,7 @@ class ShardWorker(ShardCalls):
             failure = (
                 error.failure if isinstance(error, ImageError) else ImageFailure(ErrorKind.FETCH, str(error))
             )
-            return [_error_row(video if start == 0 else piece, failure, etag, piece)]
+            return [_error_row(video if start == 0 else piece, failure, etag, piece)], None
         timings.add("fetch", time.thread_time() - clock)
         with frames:
             reader = videos.FrameReader(frames, keyframes=self.frames.keyframes)
@@ -161,7 +172,7 @@ class ShardWorker(ShardCalls):
         ]
         if frames.failure is not None:
             results.append(_error_row(piece, frames.failure.failure, etag, piece))
-        return results
+        return results, frames.seconds
 
     def _blurred_segment(
         self, frames: videos.VideoPiece, positions: list[int], results: list[ImageResult]

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from facesweep.workers.errors import UserError
 from facesweep.workers.inputs.sorted_runs import Prefetched, merge_sorted
+from facesweep.workers.inputs.videos import VideoKey
 from facesweep.workers.job.shards import DONE_SCHEMA
 from facesweep.workers.output.layout import (
     JOB_FILE,
@@ -152,6 +153,15 @@ class Ledger:
         columns = list(zip(*rows, strict=True)) if rows else [[], [], [], []]
         arrays = [pa.array(c, f.type) for c, f in zip(columns, DONE_SCHEMA, strict=True)]
         return pa.table(arrays, schema=DONE_SCHEMA).sort_by("uri")
+
+    def video_seconds(self) -> dict[VideoKey, float]:
+        """The durations of the videos whose pieces the files did, by uri, etag and size (from footers
+        already read: no request)."""
+        return {
+            (uri, etag, size): seconds
+            for f in self.files
+            for uri, etag, size, seconds in f.footer.video_seconds
+        }
 
     def check_identity(self, identity: dict) -> None:
         """Refuses to mix this job's results with another's in one OUTPUT, naming the old and new values."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from itertools import chain
 from pathlib import Path
@@ -18,8 +18,9 @@ import pyarrow.compute as pc
 
 from facesweep.workers.config import AnonymizeSettings, JobConfig, job_identity
 from facesweep.workers.inputs.containers import is_container
-from facesweep.workers.inputs.listing import InputError, is_manifest, list_images
+from facesweep.workers.inputs.listing import InputError, in_pieces, is_manifest, list_entries, list_images
 from facesweep.workers.inputs.sorted_runs import rebatch
+from facesweep.workers.inputs.videos import VideoKey
 from facesweep.workers.job.ledger import Ledger
 from facesweep.workers.job.progress import JobProgress, Retried
 from facesweep.workers.job.shards import PlanCounts, Shard, compare, compare_with_changes, plan_shards
@@ -70,7 +71,7 @@ def prepare(config: JobConfig, overwrite: bool, read_only: bool = False) -> Prep
         config = replace(config, anonymizer=_anonymizer(config.anonymizer, config.input))
     _check_output(config)
     checksum = checked_model(config.detector.model, config.detector.model_sha256)[1]
-    listing = _non_empty(list_images(config.input, config.include, config.containers), config)
+    entries = _non_empty(list_entries(config.input, config.include), config)  # cut into pieces below
     lease = OutputLease(config.output)
     if not read_only:
         lease.acquire()  # before anything under OUTPUT changes; the driver releases it
@@ -83,14 +84,15 @@ def prepare(config: JobConfig, overwrite: bool, read_only: bool = False) -> Prep
             _remove_partials(config)
         identity = job_identity(config, checksum)
         ledger.check_identity(identity)
+        known = ledger.video_seconds()  # before any rows are dropped: a changed video is probed anyway
         if config.reprocess_changed:
-            progress.redone_changed = _drop_changed(ledger, config)
-        retry = _retry_errors(ledger, config, progress, read_only) if config.retry_errors else None
+            progress.redone_changed = _drop_changed(ledger, config, known)
+        retry = _retry_errors(ledger, config, progress, read_only, known) if config.retry_errors else None
         progress.resumed = ledger.totals
         done = ledger.done()
         if retry is not None and read_only:  # the dry run: the ledger as it will be once they are dropped
             done = (table.filter(pc.invert(pc.is_in(table["uri"], retry.entries))) for table in done)
-        new = compare(listing, done, progress.plan)
+        new = compare(in_pieces(entries, config.containers, known), done, progress.plan)
         shards = plan_shards(new, config.shard_size, ledger.next_shard, progress.plan)
     except BaseException:
         lease.release()  # a job refused here leaves no lease
@@ -193,23 +195,25 @@ def _remove_partials(config: JobConfig) -> None:
         log.info("removed %d partial files a killed run left", removed)
 
 
-def _drop_changed(ledger: Ledger, config: JobConfig) -> int:
+def _drop_changed(ledger: Ledger, config: JobConfig, known: Mapping[VideoKey, float]) -> int:
     """--reprocess-changed: a first pass finds the changed images and drops their rows from OUTPUT, so
     the plan then sees them as new (a kill between the two leaves them simply not done)."""
     by_file: dict[int, list[str]] = {}
-    listing = rebatch(list_images(config.input, config.include, config.containers))
+    listing = rebatch(list_images(config.input, config.include, config.containers, known))
     for _, changed in compare_with_changes(listing, ledger.done(), PlanCounts()):
         for uri, file in zip(changed["uri"].to_pylist(), changed["file"].to_pylist(), strict=True):
             by_file.setdefault(file, []).append(uri)
     return ledger.drop_rows(by_file).images
 
 
-def _retry_errors(ledger: Ledger, config: JobConfig, progress: JobProgress, read_only: bool) -> Retry:
+def _retry_errors(
+    ledger: Ledger, config: JobConfig, progress: JobProgress, read_only: bool, known: Mapping[VideoKey, float]
+) -> Retry:
     """--retry-errors: OUTPUT's error rows of its kinds whose images INPUT still lists, dropped from their
     files (unless `read_only`) so the plan sees them as new; a kill between the two leaves them simply not
     done. An image in a container is redone with its whole piece."""
     kinds = config.retry_errors or ()
-    rows = _still_listed(ledger.error_rows(kinds), config)
+    rows = _still_listed(ledger.error_rows(kinds), config, known)
     entries = pc.unique(rows["entry"])
     progress.retried = Retried(kinds, rows.num_rows, len(entries))
     if rows.num_rows and not read_only:
@@ -219,13 +223,13 @@ def _retry_errors(ledger: Ledger, config: JobConfig, progress: JobProgress, read
     return Retry(rows["uri"].combine_chunks(), entries, ledger.next_shard)
 
 
-def _still_listed(rows: pa.Table, config: JobConfig) -> pa.Table:
+def _still_listed(rows: pa.Table, config: JobConfig, known: Mapping[VideoKey, float]) -> pa.Table:
     """The `rows` (sorted by entry) whose entry INPUT lists: the listing is read only until it has passed
     the last of them (an image no longer listed keeps its row, as a vanished one does)."""
     if not rows.num_rows:
         return rows
     kept = [rows.slice(0, 0)]
-    listing = rebatch(list_images(config.input, config.include, config.containers))
+    listing = rebatch(list_images(config.input, config.include, config.containers, known))
     try:
         for window in listing:
             if not rows.num_rows:

@@ -102,7 +102,8 @@ def compact(output: str, shards: Sequence[int], number: int, extend: bool = Fals
                     table = table.append_column(field, pa.nulls(table.num_rows, field.type))
             table = table.select(SCHEMA.names).cast(SCHEMA).sort_by("uri")
             crops = sum(f.counts.crops for f in footers)
-            counts = write_parquet(table, storage, target, merged, PART_ROW_GROUP, pieces, crops)
+            seconds = [v for f in footers for v in f.video_seconds]
+            counts = write_parquet(table, storage, target, merged, PART_ROW_GROUP, pieces, crops, seconds)
     if hold := os.environ.get(HOLD_AFTER_PUT):
         Path(hold, f"part-{number}").touch()
         threading.Event().wait()

@@ -41,8 +41,11 @@ NO_COUNTS = ShardCounts(0, 0, 0)
 COUNTS_KEY = b"facesweep.counts"
 SHARDS_KEY = b"facesweep.shards"
 PIECES_KEY = b"facesweep.pieces"
+VIDEO_SECONDS_KEY = b"facesweep.video_seconds"
 Piece = tuple[str, str | None, int | None]
 """A container's piece a file's rows came from: its uri, the container's etag and size (the ledger's)."""
+VideoSeconds = tuple[str, str | None, int | None, float]
+"""A video's duration as a file's piece of it found it: its uri, etag, size and seconds."""
 
 
 def write_parquet(
@@ -53,10 +56,12 @@ def write_parquet(
     row_group: int | None = None,
     pieces: Sequence[Piece] = (),
     crops: int = 0,
+    video_seconds: Sequence[VideoSeconds] = (),
 ) -> ShardCounts:
     """Writes `table` to `uri` as one Parquet file, atomically (readers never see a partial file); a part
     file names the `shards` it holds, and any file the container `pieces` it did (even one without an
-    image: a piece is done when a footer names it); `crops`: the rows of its crops files."""
+    image: a piece is done when a footer names it); `crops`: the rows of its crops files;
+    `video_seconds`: the durations of the videos its pieces are of (a re-run cuts them without opening)."""
     counts = ShardCounts(
         images=table.num_rows,
         faces=int(pc.sum(pc.list_value_length(table["faces"])).as_py() or 0),
@@ -69,6 +74,8 @@ def write_parquet(
         metadata[SHARDS_KEY] = json.dumps(list(shards)).encode()
     if pieces:
         metadata[PIECES_KEY] = json.dumps(sorted(map(list, pieces))).encode()
+    if video_seconds:
+        metadata[VIDEO_SECONDS_KEY] = json.dumps(sorted(map(list, set(video_seconds)))).encode()
     put_table(storage, uri, table.replace_schema_metadata(metadata), row_group=row_group)
     return counts
 
@@ -89,6 +96,7 @@ class Footer:
     counts: ShardCounts
     shards: tuple[int, ...]
     pieces: tuple[Piece, ...] = ()
+    video_seconds: tuple[VideoSeconds, ...] = ()
 
 
 def read_footer(file: pq.ParquetFile) -> Footer:
@@ -98,4 +106,7 @@ def read_footer(file: pq.ParquetFile) -> Footer:
 def footer_of(metadata: dict[bytes, bytes]) -> Footer:
     shards = tuple(json.loads(metadata[SHARDS_KEY])) if SHARDS_KEY in metadata else ()
     pieces = tuple(tuple(p) for p in json.loads(metadata[PIECES_KEY])) if PIECES_KEY in metadata else ()
-    return Footer(ShardCounts(**json.loads(metadata[COUNTS_KEY])), shards, pieces)
+    seconds = json.loads(metadata.get(VIDEO_SECONDS_KEY, b"[]"))
+    return Footer(
+        ShardCounts(**json.loads(metadata[COUNTS_KEY])), shards, pieces, tuple(tuple(v) for v in seconds)
+    )
