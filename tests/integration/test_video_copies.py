@@ -279,6 +279,27 @@ def test_colours_come_back_as_the_decoder_gave_them(colorspace: int, color_range
     assert error < 2.6  # 1.4-2.0 here; a wrong matrix gives 3.5-7.6, a wrong range 8-13
 
 
+def test_an_odd_sized_frame_is_written_with_its_last_row_and_column_repeated() -> None:
+    """4:2:0 needs even sides: a 63x47 frame is encoded 64x48, its edge repeated, each frame's own (the
+    writer refills one buffer), whether written from its canvas or from another array."""
+    fmt = VideoFormat("libx264", 63, 47, Fraction(25), Fraction(1, 12800))
+    writer = SegmentWriter(fmt)
+    ramp = np.add.outer(np.arange(47) * 2, np.arange(63) * 2).astype(np.uint8)  # 0-216: no wrap
+    images = [np.dstack([ramp, 255 - ramp, np.full_like(ramp, 40 * i)]) for i in range(4)]
+    for i, image in enumerate(images):
+        if i % 2:
+            np.copyto(writer.canvas, image)
+            image = writer.canvas
+        writer.write(image, 512 * i)
+    with av.open(io.BytesIO(writer.finish())) as segment:
+        decoded = [frame.to_ndarray(format="bgr24").astype(np.int16) for frame in segment.decode(video=0)]
+    assert len(decoded) == 4 and decoded[0].shape == (48, 64, 3)
+    for image, frame in zip(images, decoded, strict=True):
+        assert np.abs(frame[:47, :63] - image).mean() < 3, "each frame's own pixels"
+        row, column = np.abs(frame[47, :63] - image[46]).mean(), np.abs(frame[:47, 63] - image[:, 62]).mean()
+        assert row < 8 and column < 8, (row, column)  # 2-4 here; black or a stale edge: 40 and more
+
+
 def test_writer_refuses_frames_it_cannot_write() -> None:
     fmt = VideoFormat("libx264", 64, 48, Fraction(25), Fraction(1, 12800))
     writer = SegmentWriter(fmt)

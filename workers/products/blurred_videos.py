@@ -55,8 +55,8 @@ def blurred_segment(
                 continue
             if writer is None:
                 writer = SegmentWriter(VideoFormat.of(piece.stream, piece.video, piece.rotation))
-            boxes = hidden[position]
-            image = hide_faces(pixels, boxes, settings.anonymize_method, settings.anonymize_mask_scale)
+            method, scale = settings.anonymize_method, settings.anonymize_mask_scale
+            image = hide_faces(pixels, hidden[position], method, scale, out=writer.canvas)
             writer.write(image, piece.frames[position].pts)
         return writer.finish() if writer is not None else b""
     finally:

@@ -182,11 +182,18 @@ class SegmentWriter:
         self._stream.metadata.update(
             {"time_base": str(fmt.time_base), "frame_rate": str(fmt.rate), "container": fmt.container}
         )
+        # One BGR frame, refilled for every frame (its conversion to `pix_fmt` is a new frame): a fresh
+        # 1080p frame a frame cost more than the copy into it.
+        self._bgr = av.VideoFrame(self._size[1], self._size[0], "bgr24")
+        plane = self._bgr.planes[0]
+        rows = np.frombuffer(plane, np.uint8).reshape(self._size[0], plane.line_size)
+        self._pixels = rows[:, : 3 * self._size[1]].reshape(*self._size, 3)
+        # The next frame's pixels, to be filled (`hide_faces(..., out=writer.canvas)`) and then written
+        # with `write(writer.canvas, pts)`, saving a copy.
+        self.canvas = self._pixels[: fmt.height, : fmt.width]
 
     def write(self, image: np.ndarray, pts: int) -> None:
         """Encodes one frame shown at `pts` (source time base, after the previous frame's)."""
-        import av
-
         if image.shape != (self.fmt.height, self.fmt.width, 3) or image.dtype != np.uint8:
             raise ValueError(
                 f"a frame of shape {image.shape} {image.dtype}: the copy's frames are upright BGR uint8 "
@@ -194,12 +201,15 @@ class SegmentWriter:
             )
         if self._last_pts is not None and pts <= self._last_pts:
             raise ValueError(f"frame pts {pts} after {self._last_pts}: frames go in presentation order")
-        if image.shape[:2] != self._size:
-            pad = ((0, self._size[0] - image.shape[0]), (0, self._size[1] - image.shape[1]), (0, 0))
-            image = np.pad(image, pad, mode="edge")
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")
+        if image is not self.canvas:
+            np.copyto(self.canvas, image)
+        height, width = image.shape[:2]
+        if height < self._size[0]:  # an odd side: its last row or column repeated
+            self._pixels[height:] = self._pixels[height - 1]
+        if width < self._size[1]:
+            self._pixels[:, width:] = self._pixels[:, width - 1 : width]
         # The inverse of the decoder's to_ndarray: the source's matrix and range (see VideoFormat).
-        frame = frame.reformat(
+        frame = self._bgr.reformat(
             format=self.fmt.pix_fmt, dst_colorspace=self.fmt.colorspace, dst_color_range=self.fmt.color_range
         )
         frame.pts, frame.time_base, frame.duration = pts, self.fmt.time_base, self.fmt.frame_duration
