@@ -210,11 +210,14 @@ class Ledger:
             crops = file.footer.counts.crops - self._drop_crops(file, gone_rows)
             pieces = [p for p in file.footer.pieces if p[0] not in set(uris)]
             shards = file.footer.shards
-            counts = write_parquet(kept, self.storage, file.uri, shards, pieces=pieces, crops=crops)
+            seconds = file.footer.video_seconds  # all kept: each is keyed by its video's etag and size
+            counts = write_parquet(
+                kept, self.storage, file.uri, shards, pieces=pieces, crops=crops, video_seconds=seconds
+            )
             dropped += file.footer.counts - counts
             size = self.storage.size(file.uri)
             metadata = pq.ParquetFile(RangedFile(file.uri, size)).metadata
-            footer = Footer(counts, file.footer.shards, tuple(pieces))
+            footer = Footer(counts, file.footer.shards, tuple(pieces), seconds)
             self.files[index] = replace(file, size=size, footer=footer, metadata=metadata)
         return dropped
 
