@@ -594,7 +594,7 @@ def report(
         "The two every-frame runs above, with and without `--anonymize` (each over its own number of "
         "copies). `anonymize ms`: the actor's stage timing, CPU time of the thread that decodes the piece "
         "a second time, hides the faces tracked across the frames, feeds the encoder (libx264, as the "
-        "source; its own threads are in the actor's total, not here) and PUTs the segment. The driver "
+        "source; its own threads are in the actor's total, not here) and PUTs the segment. A Ray task "
         "joins each video's segments into its copy (one remux and PUT) after the last shard: in the "
         "command's wall time, not in frames/s. Against one plain run "
         "(not a plain run before and after, as docs/PRODUCTS.md does): the model FPS before and after "

@@ -33,6 +33,7 @@ from facesweep.workers.job.driver import run_job
 from facesweep.workers.job.ledger import Ledger
 from facesweep.workers.job.preparation import dry_run
 from facesweep.workers.output.schema import SCHEMA
+from facesweep.workers.products.blurred_videos import blurred_segment, put_segment
 from facesweep.workers.storage import _store, request_counts
 from infra.fault_proxy import FaultProxy, Weather
 from infra.local_s3 import LocalS3
@@ -298,3 +299,16 @@ def test_a_blurred_copy_hides_every_face_in_every_frame(
             assert max(ratios) < 0.3
         assert np.median(ratios) < 0.1, name
         assert np.median(rests) < 4.5 and max(rests) < 8, name
+
+    # A run killed after its last segment, before the join: the next run, with nothing new to detect,
+    # joins the copy in its own process (no Ray started) and removes the segments.
+    band = folder / videos["band.mp4"][0].name
+    (dest / band.name).unlink()
+    for piece in pieces_of(band, 1.0):
+        with VideoPiece(piece, band.stat().st_size, FrameChoice(fps=None)) as frames:
+            put_segment(str(tmp_path / "out"), piece, blurred_segment(frames, {}, anonymizer, None))
+    assert (tmp_path / "out" / "_videos").is_dir()
+    again = run_job(replace(config, detector=output_only, anonymizer=anonymizer, crops=CropSettings()))
+    assert again.images == 0 and again.blurred_videos == 1 and not (tmp_path / "out" / "_videos").exists()
+    with av.open(str(band)) as original, av.open(str(dest / band.name)) as copy:
+        assert copy.streams.video[0].frames == original.streams.video[0].frames

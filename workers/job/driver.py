@@ -23,8 +23,8 @@ from itertools import chain
 
 import ray
 
-from facesweep.workers.config import DetectorSettings, JobConfig
-from facesweep.workers.errors import JobError, JobInterrupted
+from facesweep.workers.config import AnonymizeSettings, DetectorSettings, JobConfig
+from facesweep.workers.errors import JobError, JobInterrupted, line_of
 from facesweep.workers.job.cluster import ensure_ray, start_actors
 from facesweep.workers.job.dispatch import Dispatcher
 from facesweep.workers.job.ledger import Ledger
@@ -71,7 +71,6 @@ def run_job(
             raise JobInterrupted(_recount(job)) from None
         finally:
             shards.close()
-        _join_videos(job)
         remove_empty_folders(job.config.output)
         count_retried(job)
         _count_requests(job.progress, requests_before)
@@ -80,15 +79,47 @@ def run_job(
     return job.progress
 
 
-def _join_videos(job: Prepared) -> None:
-    """With --anonymize: each video whose pieces all have their blurred segment joined into its copy."""
+def _join_videos(job: Prepared, in_tasks: bool) -> None:
+    """With --anonymize: each video whose pieces all have their blurred segment joined into its copy,
+    after the last shard; `in_tasks`: in Ray tasks spread over the nodes (every copy's bytes pass through
+    the process that joins it: the driver alone would be a cluster's bottleneck), else here."""
     if job.config.anonymizer is None or not job.progress.plan.video_pieces:
         return
-    from facesweep.workers.products.blurred_videos import join_copies  # PyAV, only for videos
+    from facesweep.workers.products import blurred_videos  # PyAV, only for videos
 
-    joined = join_copies(job.config.output, job.config.anonymizer, job.progress.plan.video_pieces)
+    output, settings, pieces = job.config.output, job.config.anonymizer, job.progress.plan.video_pieces
+    if not in_tasks:
+        joined = blurred_videos.join_copies(output, settings, pieces)
+    else:
+        joined = blurred_videos.Joined()
+        task = ray.remote(_join_task).options(
+            num_cpus=0, max_retries=COMPACTION_RETRIES, scheduling_strategy="SPREAD"
+        )
+        at_once = blurred_videos.JOINS_AT_ONCE * max(1, len(ray.nodes()))
+        todo, running = blurred_videos.videos_to_join(output, pieces), {}
+        while todo or running:
+            while todo and len(running) < at_once:
+                video, count = todo.pop()
+                running[task.remote(output, settings, video, count)] = video
+            [ref], _ = ray.wait(list(running), num_returns=1)
+            video = running.pop(ref)
+            try:
+                joined.add(ray.get(ref))
+            except ray.exceptions.RayError as error:  # a store that stays down: the next run joins it
+                log.warning(
+                    "facesweep: the blurred copy of %s was not written: %s", video, line_of(error, last=True)
+                )
+                joined.add("failed")
     job.progress.blurred_videos += joined.copies
     job.progress.blurred_failed += joined.failed
+
+
+def _join_task(output: str, settings: AnonymizeSettings, video: str, pieces: int) -> str:
+    """`join_one` in a Ray task."""
+    from facesweep.workers.products.blurred_videos import join_one
+
+    trust_the_endpoints()
+    return join_one(output, settings, video, pieces)
 
 
 def _recount(job: Prepared) -> int:
@@ -135,6 +166,7 @@ def _run(
         progress.already_complete = not progress.redone_changed and not job.ledger.shards
         _Compactor(job.ledger, config.rows_per_file).here(progress)
         progress.finished = time.monotonic()
+        _join_videos(job, in_tasks=False)  # segments a killed run left
         return
     started_ray = ensure_ray(config.ray_address)
     actors = []
@@ -149,6 +181,7 @@ def _run(
         pending = chain([first] if first else [], shards)
         Dispatcher(actors, pending, compactor, progress, on_progress, config).run()
         progress.finished = time.monotonic()
+        _join_videos(job, in_tasks=True)
         addresses = {node["NodeID"]: node["NodeManagerAddress"] for node in ray.nodes()}
         for node_id, use in progress.nodes.items():
             use.ip = addresses.get(node_id, "")

@@ -3,10 +3,10 @@
 After a piece's sampled frames are detected, its actor decodes every frame of the piece again, hides the
 faces tracked across the samples (`face_tracks.boxes_per_frame`: interpolated between detections, held
 before the first and after the last), and encodes them into a segment that is committed under
-`OUTPUT/_videos/` before the shard's file. Once every listed piece of a video has its segment, the
-driver joins them into the copy in DEST (`video_copies.join_video`: the source's audio and subtitles
-copied, one PUT) and removes them, so a copy appears whole or not at all, and a run after a kill joins
-what the killed one could not.
+`OUTPUT/_videos/` before the shard's file. After the last shard, each video whose listed pieces all
+have their segment is joined into its copy in DEST (`join_one`, in Ray tasks the driver spreads over the
+nodes; `video_copies.join_video`: the source's audio and subtitles copied, one PUT) and its segments
+removed, so a copy appears whole or not at all, and a run after a kill joins what the killed one could not.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from facesweep.workers.storage import ObjectError, StorageError, as_folder, join
 
 log = logging.getLogger("facesweep")
 JOINS_AT_ONCE = 8
-"""Videos the driver joins at once (each mostly waits on the store)."""
+"""Videos joined at once in one process (each mostly waits on the store); a cluster runs this many a node."""
 
 
 def hold_frames(settings: AnonymizeSettings, rate: Fraction, fps: float | None) -> int:
@@ -80,23 +80,33 @@ class Joined:
     waiting: int = 0
     failed: int = 0
 
+    def add(self, outcome: str) -> None:
+        setattr(self, outcome, getattr(self, outcome) + 1)
+
+
+def videos_to_join(output: str, pieces: Mapping[str, int]) -> list[tuple[str, int]]:
+    """The videos of `pieces` (with their number of listed pieces) that have segments in OUTPUT: one
+    LIST of `_videos/`'s folders."""
+    _, folders = storage_for(output).list_level(join(output, f"{VIDEO_FOLDER}/"))
+    present = {as_folder(folder) for folder in folders}
+    return [(v, n) for v, n in pieces.items() if as_folder(join(output, video_segments(v))) in present]
+
 
 def join_copies(output: str, settings: AnonymizeSettings, pieces: Mapping[str, int]) -> Joined:
-    """Every video of `pieces` (its number of listed pieces) whose segments are all in OUTPUT joined into
-    its copy, its segments then removed; JOINS_AT_ONCE at once. A video that cannot be joined is logged
-    and left for the next run."""
-    storage = storage_for(output)
-    _, folders = storage.list_level(join(output, f"{VIDEO_FOLDER}/"))
-    present = {as_folder(folder) for folder in folders}
-    todo = [(v, n) for v, n in pieces.items() if as_folder(join(output, video_segments(v))) in present]
+    """Every video of `pieces` whose segments are all in OUTPUT joined into its copy here, JOINS_AT_ONCE at
+    once (a job with Ray runs `join_one` in tasks across the cluster instead)."""
     joined = Joined()
+    todo = videos_to_join(output, pieces)
     with ThreadPoolExecutor(JOINS_AT_ONCE, thread_name_prefix="join") as pool:
-        for outcome in pool.map(lambda item: _join_one(output, settings, *item), todo):
-            setattr(joined, outcome, getattr(joined, outcome) + 1)
+        for outcome in pool.map(lambda item: join_one(output, settings, *item), todo):
+            joined.add(outcome)
     return joined
 
 
-def _join_one(output: str, settings: AnonymizeSettings, video: str, pieces: int) -> str:
+def join_one(output: str, settings: AnonymizeSettings, video: str, pieces: int) -> str:
+    """The video's segments joined into its copy and then removed, if all `pieces` are there: what
+    happened (a `Joined` field). A video that cannot be joined is logged and left for the next run; a
+    store that fails raises StorageError."""
     storage = storage_for(output)
     segments = sorted(storage.list(join(output, video_segments(video))))
     if len(segments) < pieces:
